@@ -1,0 +1,222 @@
+"""The adaptive rule of Section 3: probabilities, limits, counts, new-weight initialisation, determinism."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from topo.errors import ConfigError
+from topo.sparsity import Adaptive, AdaptiveConfig, adapt_layer, grow_probability, prune_probability
+from topo.sparsity.adaptive import grow_exponent, prune_exponent
+
+from ..conftest import mlp
+
+
+def test_prune_probability_is_half_at_k_times_mean():
+    cfg = AdaptiveConfig(density=0.3, k=0.25, g=7.0, s=3.0)
+    mean = 0.8
+    p = prune_probability(torch.tensor([0.25 * mean]), mean, 0.3, cfg)
+    assert p.item() == pytest.approx(0.5)
+
+
+def test_prune_probability_hand_worked():
+    # g=2, k=0.5, W̄=1, a-α=0.1, s=1: x = |w|/0.5 - 1 - 0.1; |w|=1 → x=0.9 → P = 1/(1+e^1.8)
+    cfg = AdaptiveConfig(density=0.2, k=0.5, g=2.0, s=1.0)
+    p = prune_probability(torch.tensor([1.0]), 1.0, 0.3, cfg)
+    assert p.item() == pytest.approx(1 / (1 + math.exp(1.8)), rel=1e-6)
+
+
+def test_prune_probability_falls_with_magnitude_and_rises_with_excess_density():
+    cfg = AdaptiveConfig(density=0.3, k=0.5, g=4.0, s=5.0)
+    w = torch.linspace(0.01, 2, 50)
+    p = prune_probability(w, 1.0, 0.3, cfg)
+    assert torch.all(p[1:] < p[:-1])
+    assert torch.all(prune_probability(w, 1.0, 0.5, cfg) > p)
+
+
+def test_g_infinite_is_a_step_function():
+    cfg = AdaptiveConfig(density=0.3, k=0.5, g=math.inf)
+    w = torch.tensor([0.1, 0.49, 0.5, 0.51, 2.0])
+    assert prune_probability(w, 1.0, 0.3, cfg).tolist() == [1.0, 1.0, 0.5, 0.0, 0.0]
+    sharp = AdaptiveConfig(density=0.3, k=0.5, g=1e4)
+    assert torch.allclose(prune_probability(w[[0, 1, 3, 4]], 1.0, 0.3, sharp), torch.tensor([1.0, 1.0, 0.0, 0.0]))
+
+
+def test_grow_probability_is_half_at_l_times_mean_gradient():
+    cfg = AdaptiveConfig(density=0.3, l=2.0, g=3.0, s=10.0)
+    p = grow_probability(torch.tensor([2.0 * 0.7]), 0.7, 0.3, cfg)
+    assert p.item() == pytest.approx(0.5)
+
+
+def test_grow_probability_rises_with_gradient_and_falls_with_excess_density():
+    cfg = AdaptiveConfig(density=0.3, l=1.0, g=3.0, s=2.0)
+    grad = torch.linspace(0.05, 5, 40)
+    p = grow_probability(grad, 1.0, 0.3, cfg)
+    assert torch.all(p[1:] > p[:-1])
+    assert torch.all(grow_probability(grad, 1.0, 0.6, cfg) < p)
+
+
+def test_zero_gradient_never_grows():
+    cfg = AdaptiveConfig(density=0.3, g=3.0, s=2.0)
+    assert grow_probability(torch.zeros(3), 1.0, 0.1, cfg).tolist() == [0.0, 0.0, 0.0]
+    assert torch.isinf(grow_exponent(torch.zeros(1), 1.0, 0.3, cfg)).all()
+
+
+def test_deterministic_thresholds_prune_exactly_below_k_mean():
+    torch.manual_seed(0)
+    weight = torch.randn(40, 30)
+    mask = torch.rand(40, 30) < 0.4
+    weight *= mask
+    grad = torch.randn(40, 30)
+    cfg = AdaptiveConfig(density=0.4, k=0.5)
+    mean = weight.abs()[mask].mean()
+    expected_pruned = mask & (weight.abs() < 0.5 * mean)
+    pruned, grown = adapt_layer(weight, mask.clone(), grad, cfg, torch.Generator().manual_seed(0))
+    assert torch.equal(pruned, expected_pruned)
+    assert grown.sum() == pruned.sum()
+    inactive_after_prune = ~(mask & ~pruned)
+    threshold = grad.abs()[grown].min()
+    assert (grad.abs()[inactive_after_prune & ~grown] <= threshold).all()
+
+
+@pytest.mark.parametrize("g", [math.inf, 5.0])
+def test_s_infinite_keeps_every_layer_count(g):
+    torch.manual_seed(1)
+    model = mlp((48, 24))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    sp = Adaptive(model, opt, density=0.2, k=0.5, g=g, every=1, unit="step", seed=3)
+    before = sp.counts()
+    changed = 0
+    for _ in range(6):
+        loss = model(torch.randn(32, 64)).logsumexp(1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sp.step()
+        assert sp.counts() == before
+        changed += sum(p for p, _ in sp.pop_changes().values())
+    assert changed > 0
+
+
+def test_finite_s_moves_density_towards_target():
+    torch.manual_seed(2)
+    weight = torch.randn(100, 100)
+    mask = torch.rand(100, 100) < 0.6
+    weight *= mask
+    grad = torch.randn(100, 100)
+    cfg = AdaptiveConfig(density=0.3, k=0.5, g=10.0, s=2.0, l=2.0)
+    adapt_layer(weight, mask, grad, cfg, torch.Generator().manual_seed(0))
+    assert mask.float().mean() < 0.55
+    low = torch.rand(100, 100) < 0.1
+    adapt_layer(torch.randn(100, 100) * low, low, grad, cfg, torch.Generator().manual_seed(0))
+    assert low.float().mean() > 0.12
+
+
+def test_finite_g_prunes_half_at_threshold():
+    weight = torch.full((200, 200), 0.3)
+    mask = torch.ones(200, 200, dtype=torch.bool)
+    cfg = AdaptiveConfig(density=1.0, k=1.0, g=2.0, s=0.0, l=1e9)
+    pruned, grown = adapt_layer(weight, mask, torch.zeros(200, 200), cfg, torch.Generator().manual_seed(5))
+    assert pruned.float().mean().item() == pytest.approx(0.5, abs=0.01)
+    assert grown.sum() == 0
+
+
+def test_new_weights_lie_within_radius_plus_gradient_term():
+    torch.manual_seed(3)
+    weight = torch.randn(60, 60)
+    mask = torch.rand(60, 60) < 0.3
+    weight *= mask
+    grad = torch.randn(60, 60)
+    cfg = AdaptiveConfig(density=0.3, k=0.5, r=0.05, cg=0.7)
+    pruned, grown = adapt_layer(weight, mask, grad, cfg, torch.Generator().manual_seed(1))
+    assert grown.any()
+    noise = weight[grown] - 0.7 * grad[grown]
+    assert noise.abs().max() <= 0.05 + 1e-6
+    assert noise.std() > 0.01
+
+
+def test_default_radius_is_two_k_mean_magnitude():
+    torch.manual_seed(4)
+    weight = torch.randn(80, 80)
+    mask = torch.rand(80, 80) < 0.3
+    weight *= mask
+    k = 0.25
+    mean = weight.abs()[mask].mean().item()
+    cfg = AdaptiveConfig(density=0.3, k=k)
+    _, grown = adapt_layer(weight, mask, torch.randn(80, 80), cfg, torch.Generator().manual_seed(1))
+    assert weight[grown].abs().max().item() <= 2 * k * mean + 1e-6
+    assert weight[grown].abs().max().item() > 1.5 * k * mean
+
+
+def test_sampling_fraction_beta1_limits_pruning():
+    torch.manual_seed(5)
+    weight = torch.rand(100, 100) * 0.01
+    weight[:, :50] = 1.0
+    mask = torch.ones(100, 100, dtype=torch.bool)
+    cfg = AdaptiveConfig(density=1.0, k=0.5, beta1=0.2)
+    pruned, _ = adapt_layer(weight, mask, torch.randn(100, 100), cfg, torch.Generator().manual_seed(0))
+    assert pruned[:, 50:].float().mean().item() == pytest.approx(0.2, abs=0.03)
+    assert not pruned[:, :50].any()
+
+
+def test_epoch_schedule_adapts_at_first_step_after_every_nth_epoch():
+    torch.manual_seed(6)
+    model = mlp((32,))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    sp = Adaptive(model, opt, density=0.3, every=2, unit="epoch")
+    changes = []
+    for epoch in range(4):
+        for _ in range(3):
+            loss = model(torch.randn(8, 64)).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sp.step()
+        changes.append(sum(p for p, _ in sp.pop_changes().values()))
+        sp.end_epoch(epoch)
+    assert changes[0] == 0 and changes[1] == 0 and changes[2] > 0 and changes[3] == 0
+
+
+def test_same_seed_same_masks_and_different_seed_differs():
+    def run(seed):
+        torch.manual_seed(0)
+        model = mlp((32,))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        sp = Adaptive(model, opt, density=0.3, every=2, unit="step", seed=seed, g=4.0, s=1.0, beta0=0.5)
+        data = torch.Generator().manual_seed(1)
+        for _ in range(6):
+            loss = model(torch.randn(8, 64, generator=data)).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sp.step()
+        return {n: m.clone() for n, m in sp.masks.items()}
+
+    a, b, c = run(7), run(7), run(8)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert not all(torch.equal(a[n], c[n]) for n in a)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [dict(density=0.0), dict(density=1.5), dict(density=0.3, k=0), dict(density=0.3, g=-1), dict(density=0.3, s=-1),
+     dict(density=0.3, beta1=0), dict(density=0.3, beta0=2), dict(density=0.3, every=0),
+     dict(density=0.3, unit="hour"), dict(density=0.3, r=-1.0)],
+)
+def test_bad_hyperparameters_name_the_culprit(bad):
+    name = [k for k in bad if k != "density"] or ["density"]
+    with pytest.raises(ConfigError, match=name[0]):
+        Adaptive(mlp(), density=bad.pop("density"), **bad)
+
+
+def test_unknown_hyperparameter_is_rejected():
+    with pytest.raises(ConfigError, match="gamma"):
+        Adaptive(mlp(), density=0.3, gamma=2)
+
+
+def test_prune_exponent_formula():
+    cfg = AdaptiveConfig(density=0.25, k=2.0, s=4.0, g=1.0)
+    x = prune_exponent(torch.tensor([3.0]), 0.5, 0.5, cfg)
+    assert x.item() == pytest.approx(3.0 / 1.0 - 1 - 4.0 * 0.25)

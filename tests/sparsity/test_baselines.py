@@ -1,0 +1,92 @@
+"""The paper's controls: random fixed, channel-wise, magnitude pruning (Han et al. 2015b), dense."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from topo.sparsity import Dense, MagnitudePruning, RandomChannelwise, RandomFixed, active_count
+
+from ..conftest import mlp
+from .test_common import train
+
+
+def test_random_fixed_masks_never_change():
+    torch.manual_seed(0)
+    model = mlp((32, 32))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    sp = RandomFixed(model, opt, density=0.25)
+    start = {n: m.clone() for n, m in sp.masks.items()}
+    train(model, opt, sp, 60, epoch_every=5)
+    assert all(torch.equal(start[n], sp.masks[n]) for n in start)
+    for mask in sp.masks.values():
+        assert mask.sum() == active_count(mask.numel(), 0.25)
+
+
+def test_channelwise_masks_whole_kernels_with_exact_pair_count():
+    model = nn.Sequential(nn.Conv2d(6, 10, 3), nn.Conv1d(10, 4, 5), nn.Linear(7, 3))
+    sp = RandomChannelwise(model, density=0.3, seed=1)
+    for name, mask in sp.masks.items():
+        flat = mask.flatten(2) if mask.dim() > 2 else mask.unsqueeze(-1)
+        assert torch.all(flat.all(-1) == flat.any(-1)), name
+        assert flat[..., 0].sum() == active_count(mask.shape[0] * mask.shape[1], 0.3)
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_magnitude_pruning_keeps_exactly_the_target_count_of_largest_weights(scope):
+    torch.manual_seed(0)
+    model = mlp((40, 40))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    sp = MagnitudePruning(model, opt, density=0.1, prune_after=[1], scope=scope)
+    for epoch in range(2):
+        train(model, opt, sp, 10, epoch_every=100)
+        assert all(m.all() for m in sp.masks.values())
+        before = {n: w.detach().abs().clone() for n, w in sp.weights.items()}
+        sp.end_epoch(epoch)
+    totals = [m.numel() for m in sp.masks.values()]
+    actives = [int(m.sum()) for m in sp.masks.values()]
+    if scope == "layer":
+        assert actives == [active_count(t, 0.1) for t in totals]
+        for name, mask in sp.masks.items():
+            assert before[name][mask].min() >= before[name][~mask].max()
+    else:
+        assert sum(actives) == active_count(sum(totals), 0.1)
+        kept = torch.cat([before[n][m] for n, m in sp.masks.items()])
+        dropped = torch.cat([before[n][~m] for n, m in sp.masks.items()])
+        assert kept.min() >= dropped.max()
+    train(model, opt, sp, 10, epoch_every=100)
+    for name, mask in sp.masks.items():
+        assert torch.count_nonzero(sp.weights[name][~mask]) == 0
+
+
+def test_one_shot_pruning_keeps_largest_magnitudes():
+    model = nn.Linear(10, 10, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.arange(100, dtype=torch.float32).view(10, 10) - 50)
+    sp = MagnitudePruning(model, density=0.2, prune_after=[0])
+    sp.end_epoch(0)
+    kept = model.weight[sp.masks["weight"]].abs()
+    assert kept.numel() == 20 and kept.min() >= 40
+
+
+def test_iterative_pruning_density_falls_geometrically():
+    model = mlp((50,))
+    sp = MagnitudePruning(model, density=0.01, prune_after=[0, 2, 4])
+    targets = []
+    for epoch in range(6):
+        sp.end_epoch(epoch)
+        targets.append(sp.total().active / sp.total().total)
+    assert targets[0] == pytest.approx(0.01 ** (1 / 3), rel=0.02)
+    assert targets[2] == pytest.approx(0.01 ** (2 / 3), rel=0.05)
+    assert targets[5] == pytest.approx(0.01, rel=0.1)
+
+
+def test_dense_masks_nothing():
+    torch.manual_seed(0)
+    model = mlp((16,))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    sp = Dense(model, opt)
+    train(model, opt, sp, 5)
+    assert all(m.all() for m in sp.masks.values())
+    assert sp.total().density == 1.0

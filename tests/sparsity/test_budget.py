@@ -1,0 +1,55 @@
+"""Budget matching: widened sparse models have the dense baseline's non-zero count (Section 4)."""
+
+from __future__ import annotations
+
+import pytest
+from torch import nn
+
+from topo.errors import ConfigError
+from topo.sparsity import match_budget, nonzero_count
+
+from ..conftest import mlp
+
+
+def mnist_mlp(widths):
+    return mlp(widths, n_in=784, n_out=10)
+
+
+def cnn(widths):
+    c1, c2, c3 = widths
+    return nn.Sequential(
+        nn.Conv2d(3, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(c2, c3, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c3, 10),
+    )
+
+
+@pytest.mark.parametrize("log_alpha", [0.5, 1.0, 1.5, 2.0])
+def test_mlp_budget_matched_within_one_percent(log_alpha):
+    density = 10 ** -log_alpha
+    match = match_budget(mnist_mlp, [64, 64, 64], density)
+    assert match.relative_error <= 0.01
+    assert nonzero_count(mnist_mlp(match.widths), density) == match.nonzeros
+    assert match.target == nonzero_count(mnist_mlp([64, 64, 64]), 1.0)
+    assert all(w > 64 for w in match.widths)
+    assert match.wide_dense_params > match.target
+
+
+@pytest.mark.parametrize("log_alpha", [0.5, 1.0])
+def test_cnn_budget_matched_and_widened_by_about_inverse_sqrt_alpha(log_alpha):
+    density = 10 ** -log_alpha
+    match = match_budget(cnn, [32, 64, 64], density)
+    assert match.relative_error <= 0.01
+    scale = match.widths[1] / 64
+    assert scale == pytest.approx(density ** -0.5, rel=0.15)
+
+
+def test_full_density_keeps_widths():
+    assert match_budget(mnist_mlp, [64, 64, 64], 1.0).widths == [64, 64, 64]
+
+
+def test_bad_widths_and_density():
+    with pytest.raises(ConfigError, match="widths"):
+        match_budget(mnist_mlp, [0, 64], 0.5)
+    with pytest.raises(ConfigError, match="density"):
+        match_budget(mnist_mlp, [64], 0.0)

@@ -1,0 +1,150 @@
+"""Checks every sparsity method must pass (the scikit-learn "common tests" idea)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from topo.errors import ConfigError, MaskError
+from topo.sparsity import METHODS, FixedMask, make_sparsifier
+
+from ..conftest import mlp
+
+DENSITY = 0.3
+
+
+def build(method: str, model: nn.Module, opt: torch.optim.Optimizer, seed: int = 0):
+    kwargs: dict = {"seed": seed}
+    if method == "adaptive":
+        kwargs.update(density=DENSITY, every=5, unit="step", k=0.5)
+    elif method == "pruning":
+        kwargs.update(density=DENSITY, prune_after=[0])
+    elif method == "fixed-mask":
+        kwargs["masks"] = {n: torch.rand_like(p) < DENSITY for n, p in model.named_parameters() if n.endswith("weight")}
+    elif method != "dense":
+        kwargs["density"] = DENSITY
+    return make_sparsifier(method, model, opt, **kwargs)
+
+
+def train(model, opt, sp, steps, data_seed=0, epoch_every=10):
+    g = torch.Generator().manual_seed(data_seed)
+    for i in range(steps):
+        x = torch.randn(16, 64, generator=g)
+        y = torch.randint(0, 10, (16,), generator=g)
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sp.step()
+        if (i + 1) % epoch_every == 0:
+            sp.end_epoch((i + 1) // epoch_every - 1)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_inactive_weights_exactly_zero_after_100_adam_steps_with_weight_decay(method):
+    torch.manual_seed(0)
+    model = mlp((32, 32))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    sp = build(method, model, opt)
+    train(model, opt, sp, 100)
+    for name, mask in sp.masks.items():
+        weight = sp.weights[name]
+        assert torch.count_nonzero(weight[~mask]) == 0, name
+        assert torch.count_nonzero(weight[mask]) == mask.sum(), name
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_state_dict_round_trip_resumes_bit_identically(method):
+    torch.manual_seed(0)
+    model = mlp((32, 32))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    sp = build(method, model, opt, seed=4)
+    train(model, opt, sp, 23)
+    saved = copy.deepcopy({"model": model.state_dict(), "opt": opt.state_dict(), "sp": sp.state_dict()})
+    train(model, opt, sp, 27, data_seed=1)
+
+    fresh = mlp((32, 32))
+    fresh_opt = torch.optim.Adam(fresh.parameters(), lr=1e-2)
+    fresh_sp = build(method, fresh, fresh_opt, seed=99)
+    fresh.load_state_dict(saved["model"])
+    fresh_opt.load_state_dict(saved["opt"])
+    fresh_sp.load_state_dict(saved["sp"])
+    train(fresh, fresh_opt, fresh_sp, 27, data_seed=1)
+    for name in sp.masks:
+        assert torch.equal(sp.masks[name], fresh_sp.masks[name])
+    for a, b in zip(model.parameters(), fresh.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("method", sorted(set(METHODS) - {"dense", "fixed-mask"}))
+def test_density_outside_unit_interval_is_rejected(method):
+    for bad in (0.0, -0.1, 1.01):
+        with pytest.raises(ConfigError, match="density"):
+            make_sparsifier(method, mlp(), density=bad)
+
+
+def test_model_without_sparsifiable_weights_is_rejected():
+    with pytest.raises(ConfigError, match="LayerNorm"):
+        make_sparsifier("random-fixed", nn.LayerNorm(4), density=0.5)
+
+
+def test_unknown_parameter_name_is_named():
+    with pytest.raises(ConfigError, match="nope.weight"):
+        make_sparsifier("random-fixed", mlp(), density=0.5, params=["0.weight", "nope.weight"])
+
+
+def test_unknown_method_lists_valid_ones():
+    with pytest.raises(ConfigError, match="adaptive"):
+        make_sparsifier("lottery", mlp())
+
+
+def test_default_selection_covers_linear_conv_and_recurrent_weights():
+    model = nn.ModuleDict(
+        {"conv": nn.Conv2d(3, 4, 3), "lstm": nn.LSTM(5, 6, num_layers=2), "gru": nn.GRUCell(3, 4),
+         "bn": nn.BatchNorm2d(4), "fc": nn.Linear(4, 2)}
+    )
+    sp = make_sparsifier("random-fixed", model, density=0.5)
+    assert sp.masked.names == [
+        "conv.weight", "lstm.weight_ih_l0", "lstm.weight_hh_l0", "lstm.weight_ih_l1", "lstm.weight_hh_l1",
+        "gru.weight_ih", "gru.weight_hh", "fc.weight",
+    ]
+
+
+def test_filter_callable_overrides_default():
+    sp = make_sparsifier("random-fixed", mlp((8,)), density=0.5, params=lambda name, p, m: p.dim() == 1)
+    assert sp.masked.names == ["0.bias", "2.bias"]
+
+
+def test_fixed_mask_rejects_wrong_shape():
+    model = mlp((8,))
+    with pytest.raises(MaskError, match="0.weight"):
+        FixedMask(model, masks={"0.weight": torch.ones(3, 3, dtype=torch.bool)})
+
+
+def test_mask_grads_without_optimizer_hook():
+    torch.manual_seed(0)
+    model = mlp((16,))
+    sp = make_sparsifier("random-fixed", model, density=0.2)
+    model(torch.randn(4, 64)).sum().backward()
+    sp.mask_grads()
+    for name, mask in sp.masks.items():
+        assert torch.count_nonzero(sp.weights[name].grad[~mask]) == 0
+
+
+def test_optimizer_state_of_regrown_weights_is_reset():
+    torch.manual_seed(0)
+    model = mlp((32,))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    sp = make_sparsifier("adaptive", model, opt, density=0.3, every=4, unit="step")
+    train(model, opt, sp, 3)
+    before = {n: opt.state[p]["exp_avg"].clone() for n, p in sp.weights.items()}
+    train(model, opt, sp, 1)
+    for name, param in sp.weights.items():
+        mask = sp.masks[name]
+        was_inactive = before[name] == 0
+        fresh = mask & was_inactive
+        assert torch.all(opt.state[param]["exp_avg_sq"][fresh] >= 0)
+    assert sum(p for p, _ in sp.pop_changes().values()) > 0

@@ -1,0 +1,57 @@
+"""Sparse training: the paper's adaptive weight sparsity and its controls, behind one interface.
+
+>>> sparsifier = make_sparsifier("adaptive", model, optimizer, density=0.3, k=0.25)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from topo.errors import ConfigError
+from topo.sparsity.adaptive import Adaptive, AdaptiveConfig, adapt_layer, grow_probability, prune_probability
+from topo.sparsity.base import Sparsifier, active_count, random_mask
+from topo.sparsity.baselines import Dense, FixedMask, MagnitudePruning, RandomChannelwise, RandomFixed
+from topo.sparsity.budget import BudgetMatch, match_budget, nonzero_count
+from topo.sparsity.masks import LayerCount, MaskedParams, default_filter, select_parameters
+
+METHODS: dict[str, type[Sparsifier]] = {
+    cls.method: cls for cls in (Dense, RandomFixed, RandomChannelwise, Adaptive, MagnitudePruning, FixedMask)
+}
+
+
+def make_sparsifier(
+    method: str, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, **kwargs: Any
+) -> Sparsifier:
+    """Build the sparsity method registered as ``method`` (see :data:`METHODS`)."""
+    if method not in METHODS:
+        raise ConfigError(f"unknown sparsity method {method!r}; valid: {', '.join(sorted(METHODS))}")
+    return METHODS[method](model, optimizer, **kwargs)
+
+
+__all__ = [
+    "METHODS",
+    "Adaptive",
+    "AdaptiveConfig",
+    "BudgetMatch",
+    "Dense",
+    "FixedMask",
+    "LayerCount",
+    "MagnitudePruning",
+    "MaskedParams",
+    "RandomChannelwise",
+    "RandomFixed",
+    "Sparsifier",
+    "active_count",
+    "adapt_layer",
+    "default_filter",
+    "grow_probability",
+    "make_sparsifier",
+    "match_budget",
+    "nonzero_count",
+    "prune_probability",
+    "random_mask",
+    "select_parameters",
+]

@@ -1,0 +1,280 @@
+"""Adaptive weight sparsity: the paper's prune/grow rule (Section 3) with every hyperparameter.
+
+For each sparsified weight tensor, at each adaptation:
+
+1. **Prune.** Sample a fraction β1 of the active weights and let W̄ be the mean of their magnitudes. Each sampled
+   weight is deactivated with probability (Section 3, first equation)
+
+       P(1→0 | w, W̄, a) = 1 / (1 + exp[g(|w| / (k·W̄) − 1 − s(a − α))])
+
+   so P = 0.5 at |w| = k·W̄ when a = α. ``a`` is the layer's active fraction before pruning.
+
+2. **Grow.** Sample a fraction β0 of the inactive weights (including those just pruned) and let V̄ be the mean
+   magnitude of the loss gradient ∇J over them. Each candidate is activated with probability
+
+       P(0→1 | ∇J, V̄, a) = 1 / (1 + exp[g(l·V̄ / |∇J| − 1 + s(a − α))])
+
+   The seed's text of this equation is garbled by OCR; this is the form its prose states: P = 0.5 at
+   |∇J| = l·V̄ (when a = α), P rises with |∇J|, and falls as the active fraction ``a`` (after pruning) exceeds
+   α. A zero gradient never grows.
+
+3. **Initialise** grown weights as w = Cg·∇J + n, n ~ U(−r, r), with r = 2·k·W̄ by default (Section 4).
+   Note the sign: w = Cg·∇J literally, so Cg < 0 starts a new weight along the descent direction.
+
+Limits: ``g = inf`` makes both rules deterministic thresholds (prune iff |w| < k·W̄(1 + s(a−α)), grow iff
+the grow exponent is negative). ``s = inf`` holds the active count fixed: pruning uses the threshold with the
+s-term at zero (a = α) and exactly as many weights are grown as were pruned, largest |∇J| first among the
+candidates (topped up from the unsampled inactive weights if β0 sampled too few). The paper's experiments
+use β0 = β1 = 1, g = s = inf, Cg = 0, r = 2kW̄: the defaults here.
+
+The grow rule reads the dense gradient of inactive weights. Gradients of inactive weights are zeroed before every
+optimizer step; at a step where an adaptation is due, the dense gradient is kept aside first. Adaptations run
+every ``every`` steps (``unit="step"``) or, with ``unit="epoch"``, at the first optimizer step after every
+``every``-th :meth:`~topo.sparsity.base.Sparsifier.end_epoch`, using that step's minibatch gradient.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from topo.errors import ConfigError
+from topo.sparsity.base import Sparsifier, check_density, random_mask
+from topo.sparsity.masks import ParamFilter
+
+
+@dataclass(frozen=True)
+class AdaptiveConfig:
+    """Hyperparameters of the rule (Section 3); defaults are the paper's experimental presets (Section 4).
+
+    Attributes
+    ----------
+    density: α, target fraction of active weights per layer.
+    k: pruning threshold as a multiple of the mean active magnitude W̄.
+    l: growing threshold as a multiple of the mean candidate gradient magnitude V̄.
+    g: sigmoid sharpness; ``math.inf`` for deterministic thresholds.
+    s: strength of the bias towards a = α; ``math.inf`` grows exactly as many as were pruned.
+    beta1: fraction of active weights sampled for pruning.
+    beta0: fraction of inactive weights sampled as growth candidates.
+    r: radius of the uniform noise of new weights; ``None`` for 2·k·W̄.
+    cg: gradient coefficient Cg of new weights.
+    every: adaptation period, in ``unit``.
+    unit: ``"epoch"`` or ``"step"``.
+    """
+
+    density: float
+    k: float = 0.5
+    l: float = 1.0  # noqa: E741 - the paper's name
+    g: float = math.inf
+    s: float = math.inf
+    beta1: float = 1.0
+    beta0: float = 1.0
+    r: float | None = None
+    cg: float = 0.0
+    every: int = 1
+    unit: str = "epoch"
+
+    def __post_init__(self) -> None:
+        check_density(self.density)
+        for name in ("k", "l", "g"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0 (math.inf allowed for g), got {getattr(self, name)!r}")
+        if not self.s >= 0:
+            raise ConfigError(f"s must be >= 0 (math.inf allowed), got {self.s!r}")
+        for name in ("beta1", "beta0"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ConfigError(f"{name} must be in (0, 1], got {getattr(self, name)!r}")
+        if self.r is not None and not (self.r >= 0 and math.isfinite(self.r)):
+            raise ConfigError(f"r must be a finite number >= 0 or None, got {self.r!r}")
+        if not math.isfinite(self.cg):
+            raise ConfigError(f"cg must be finite, got {self.cg!r}")
+        if not (isinstance(self.every, int) and self.every >= 1):
+            raise ConfigError(f"every must be an integer >= 1, got {self.every!r}")
+        if self.unit not in ("epoch", "step"):
+            raise ConfigError(f"unit must be 'epoch' or 'step', got {self.unit!r}")
+
+
+def _bias(s: float, active_fraction: float, density: float) -> float:
+    """The term s·(a − α); zero in the s → ∞ limit, where the count is held at α by construction."""
+    return 0.0 if math.isinf(s) else s * (active_fraction - density)
+
+
+def _sigmoid_limit(exponent: torch.Tensor, g: float) -> torch.Tensor:
+    """1 / (1 + exp(g·x)); for g = inf the step function (1 below zero, 0.5 at zero, 0 above)."""
+    if math.isinf(g):
+        return (exponent < 0).to(torch.float32) + 0.5 * (exponent == 0).to(torch.float32)
+    return torch.sigmoid(-g * exponent)
+
+
+def prune_exponent(
+    weight_abs: torch.Tensor, mean_abs: float | torch.Tensor, active_fraction: float, cfg: AdaptiveConfig
+) -> torch.Tensor:
+    """x in P(1→0) = 1/(1+exp(g·x)): x = |w|/(k·W̄) − 1 − s(a − α)."""
+    return weight_abs / (cfg.k * mean_abs) - 1.0 - _bias(cfg.s, active_fraction, cfg.density)
+
+
+def grow_exponent(
+    grad_abs: torch.Tensor, mean_grad: float | torch.Tensor, active_fraction: float, cfg: AdaptiveConfig
+) -> torch.Tensor:
+    """y in P(0→1) = 1/(1+exp(g·y)): y = l·V̄/|∇J| − 1 + s(a − α); +inf where ∇J = 0 (never grows)."""
+    ratio = torch.where(grad_abs > 0, cfg.l * mean_grad / grad_abs, torch.full_like(grad_abs, math.inf))
+    return ratio - 1.0 + _bias(cfg.s, active_fraction, cfg.density)
+
+
+def prune_probability(
+    weight_abs: torch.Tensor, mean_abs: float | torch.Tensor, active_fraction: float, cfg: AdaptiveConfig
+) -> torch.Tensor:
+    """P(1→0 | w, W̄, a) of Section 3, elementwise."""
+    return _sigmoid_limit(prune_exponent(weight_abs, mean_abs, active_fraction, cfg), cfg.g)
+
+
+def grow_probability(
+    grad_abs: torch.Tensor, mean_grad: float | torch.Tensor, active_fraction: float, cfg: AdaptiveConfig
+) -> torch.Tensor:
+    """P(0→1 | ∇J, V̄, a) of Section 3 (see the module docstring for its form), elementwise."""
+    return _sigmoid_limit(grow_exponent(grad_abs, mean_grad, active_fraction, cfg), cfg.g)
+
+
+def _sample(candidates: torch.Tensor, fraction: float, generator: torch.Generator) -> torch.Tensor:
+    """Each candidate kept independently with probability ``fraction`` (all of them for fraction 1)."""
+    if fraction >= 1.0:
+        return candidates
+    draw = torch.rand(candidates.shape, generator=generator, device=candidates.device)
+    return candidates & (draw < fraction)
+
+
+def _decide(exponent: torch.Tensor, g: float, generator: torch.Generator) -> torch.Tensor:
+    """Bernoulli draw with P = 1/(1+exp(g·x)); for g = inf, deterministically x < 0."""
+    if math.isinf(g):
+        return exponent < 0
+    draw = torch.rand(exponent.shape, generator=generator, device=exponent.device)
+    return draw < torch.sigmoid(-g * exponent)
+
+
+def _masked_mean(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    return (values * where).sum() / where.sum().clamp(min=1)
+
+
+@torch.no_grad()
+def adapt_layer(
+    weight: torch.Tensor,
+    mask: torch.Tensor,
+    grad: torch.Tensor,
+    cfg: AdaptiveConfig,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One adaptation of one weight tensor, in place on ``weight`` and ``mask``.
+
+    Returns the boolean tensors (pruned, grown) of the positions that changed. A weight can be pruned and then
+    regrown at the same adaptation (it is then counted in both and receives a fresh value).
+    """
+    total = mask.numel()
+    weight_abs = weight.abs()
+    active_fraction = mask.sum().item() / total
+
+    sampled = _sample(mask, cfg.beta1, generator)
+    mean_abs = _masked_mean(weight_abs, sampled)
+    pruned = sampled & _decide(prune_exponent(weight_abs, mean_abs, active_fraction, cfg), cfg.g, generator)
+    mask &= ~pruned
+
+    grad_abs = grad.abs()
+    candidates = _sample(~mask, cfg.beta0, generator)
+    if math.isinf(cfg.s):
+        # Candidates by |∇J|; unsampled inactive weights only when too few were sampled; never active ones.
+        quota = int(pruned.sum().item())
+        scores = torch.where(candidates, grad_abs, torch.where(mask, -2.0, -1.0).to(grad_abs.dtype)).flatten()
+        grown = torch.zeros(total, dtype=torch.bool, device=mask.device)
+        grown[torch.topk(scores, quota, sorted=False).indices] = True
+        grown = grown.view(mask.shape)
+    else:
+        mean_grad = _masked_mean(grad_abs, candidates)
+        after_prune = mask.sum().item() / total
+        grown = candidates & _decide(grow_exponent(grad_abs, mean_grad, after_prune, cfg), cfg.g, generator)
+
+    radius = 2.0 * cfg.k * mean_abs if cfg.r is None else torch.tensor(cfg.r, device=weight.device)
+    noise = (torch.rand(weight.shape, generator=generator, device=weight.device, dtype=weight.dtype) * 2 - 1)
+    new_values = cfg.cg * grad.to(weight.dtype) + noise * radius.to(weight.dtype)
+    weight.copy_(torch.where(grown, new_values, weight * ~pruned))
+    mask |= grown
+    return pruned, grown
+
+
+class Adaptive(Sparsifier):
+    """Adaptive weight sparsity (Section 3): prune small weights, grow where the gradient is large.
+
+    Takes the hyperparameters of :class:`AdaptiveConfig` as keyword arguments. The initial mask of each layer is
+    uniformly random with exactly round(α·n) active weights ("the model is initialized by setting a target
+    fraction α of the weights to be active"); active weights keep the model's own initialisation.
+    """
+
+    method = "adaptive"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        density: float,
+        params: Iterable[str] | ParamFilter | None = None,
+        seed: int = 0,
+        **hyperparameters: Any,
+    ) -> None:
+        unknown = set(hyperparameters) - set(AdaptiveConfig.__dataclass_fields__)
+        if unknown:
+            valid = sorted(AdaptiveConfig.__dataclass_fields__)
+            raise ConfigError(f"unknown adaptive hyperparameter(s) {sorted(unknown)}; valid: {valid}")
+        self.cfg = AdaptiveConfig(density=density, **hyperparameters)
+        super().__init__(model, optimizer, density=density, params=params, seed=seed)
+        self._initialise_masks(lambda name, w: random_mask(w.shape, self.density, self.generator, w.device))
+        self._pending = False
+        self._stashed_grads: dict[str, torch.Tensor] | None = None
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), **asdict(self.cfg)}
+
+    @property
+    def adaptation_due(self) -> bool:
+        """Whether the coming optimizer step is followed by an adaptation."""
+        if self.cfg.unit == "step":
+            return (self.step_count + 1) % self.cfg.every == 0
+        return self._pending
+
+    def mask_grads(self) -> None:
+        if self.adaptation_due:
+            self._stashed_grads = {
+                n: p.grad.detach().clone() for n, p in self.masked.params.items() if p.grad is not None
+            }
+        super().mask_grads()
+
+    def step(self) -> None:
+        super().step()
+        if self._stashed_grads is not None:
+            self.adapt(self._stashed_grads)
+            self._stashed_grads = None
+            self._pending = False
+
+    def end_epoch(self, epoch: int) -> None:
+        super().end_epoch(epoch)
+        if self.cfg.unit == "epoch" and self.epochs_done % self.cfg.every == 0:
+            self._pending = True
+
+    @torch.no_grad()
+    def adapt(self, grads: dict[str, torch.Tensor]) -> None:
+        """Run the prune/grow rule on every layer that has a gradient in ``grads`` (dense, unmasked)."""
+        for name, grad in grads.items():
+            weight, mask = self.masked.params[name], self.masked.masks[name]
+            pruned, grown = adapt_layer(weight.data, mask, grad, self.cfg, self.generator)
+            self._record_change(name, pruned, grown)
+        self._sync_across_ranks()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "pending": self._pending}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._pending = bool(state["pending"])

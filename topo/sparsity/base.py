@@ -1,0 +1,197 @@
+"""The one small interface every sparsity method shares, and what they all do the same way.
+
+A method object wraps a model (and, usually, its optimizer) and is driven from any training loop::
+
+    sparsifier = topo.sparsity.Adaptive(model, optimizer, density=0.3, k=0.25)
+    ...
+    loss.backward(); optimizer.step(); sparsifier.step()     # every training step
+    sparsifier.end_epoch(epoch)                              # after every epoch (0-based index)
+
+Given the optimizer, the method zeroes inactive gradients in an optimizer step pre-hook (after AMP unscaling and
+DDP's all-reduce), so nothing else is needed in the loop. Without one, call :meth:`Sparsifier.mask_grads`
+between ``backward()`` and ``optimizer.step()``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from topo.errors import ConfigError
+from topo.sparsity.masks import LayerCount, MaskedParams, ParamFilter
+
+
+def check_density(density: float) -> float:
+    """Return ``density`` as a float, or raise :class:`ConfigError` when it is outside (0, 1]."""
+    if not isinstance(density, (int, float)) or isinstance(density, bool) or not 0.0 < float(density) <= 1.0:
+        raise ConfigError(f"density must be in (0, 1], got {density!r}")
+    return float(density)
+
+
+def active_count(total: int, density: float) -> int:
+    """How many of ``total`` weights are active at ``density``: round(density·total), at least one."""
+    return max(1, min(total, round(density * total)))
+
+
+def random_mask(shape: torch.Size, density: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    """A uniformly random boolean mask of ``shape`` with exactly :func:`active_count` True entries."""
+    total = math.prod(shape)
+    keep = torch.randperm(total, generator=generator, device=device)[: active_count(total, density)]
+    mask = torch.zeros(total, dtype=torch.bool, device=device)
+    mask[keep] = True
+    return mask.view(shape)
+
+
+class Sparsifier:
+    """Base of every method: masks, the per-step hooks, change counters, state and DDP mask sync.
+
+    Parameters
+    ----------
+    model:
+        The network (any device; a DDP wrapper is fine).
+    optimizer:
+        The optimizer that steps ``model``'s parameters. When given, inactive gradients are zeroed in its step
+        pre-hook and the optimizer state of pruned or grown weights is reset.
+    density:
+        α, the fraction of each sparsified weight tensor that is active, in (0, 1].
+    params:
+        Which weights to sparsify (see :func:`topo.sparsity.masks.select_parameters`).
+    seed:
+        Seed of the method's own random generator (initial masks, sampling, new weights).
+    """
+
+    method: ClassVar[str] = "base"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        density: float = 1.0,
+        params: Iterable[str] | ParamFilter | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.density = check_density(density)
+        self.model = model
+        self.optimizer = optimizer
+        self.seed = int(seed)
+        self.masked = MaskedParams(model, params)
+        device = next(iter(self.masked.params.values())).device
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(self.seed)
+        self.step_count = 0
+        self.epochs_done = 0
+        self._changes = {n: torch.zeros(2, dtype=torch.int64, device=device) for n in self.masked.names}
+        self._hook = optimizer.register_step_pre_hook(self._before_optimizer_step) if optimizer else None
+
+    # -- the interface --------------------------------------------------------------------------------------
+    @property
+    def masks(self) -> dict[str, torch.Tensor]:
+        """Layer name → boolean mask, on the weight's device (live tensors: do not modify in place)."""
+        return self.masked.masks
+
+    @property
+    def weights(self) -> dict[str, nn.Parameter]:
+        """Layer name → the sparsified weight."""
+        return self.masked.params
+
+    def mask_grads(self) -> None:
+        """Zero inactive gradients; call between ``backward()`` and ``optimizer.step()`` if no optimizer was given."""
+        self.masked.mask_grads()
+
+    def step(self) -> None:
+        """Call after every ``optimizer.step()``: re-zeroes inactive weights."""
+        self.step_count += 1
+        self.masked.apply()
+
+    def end_epoch(self, epoch: int) -> None:
+        """Call after every epoch; ``epoch`` is the 0-based index of the epoch just finished."""
+        self.epochs_done = epoch + 1
+
+    def config(self) -> dict[str, Any]:
+        """The method's name and hyperparameters, JSON-serialisable (for ``run.json``)."""
+        return {"method": self.method, "density": self.density, "seed": self.seed}
+
+    def counts(self) -> dict[str, LayerCount]:
+        """Active and total weights per sparsified layer."""
+        return self.masked.counts()
+
+    def total(self) -> LayerCount:
+        """Active and total weights over all sparsified layers."""
+        return self.masked.total()
+
+    def pop_changes(self) -> dict[str, tuple[int, int]]:
+        """Weights (pruned, grown) per layer since the last call; resets the counters. One device sync."""
+        names = list(self._changes)
+        values = torch.stack([self._changes[n] for n in names]).tolist() if names else []
+        for counter in self._changes.values():
+            counter.zero_()
+        return {n: (int(p), int(g)) for n, (p, g) in zip(names, values, strict=True)}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume bit-identically: masks, counters, the random generator's state."""
+        return {
+            "config": self.config(),
+            "masks": self.masked.state_dict(),
+            "step_count": self.step_count,
+            "epochs_done": self.epochs_done,
+            "generator": self.generator.get_state(),
+            "changes": {n: c.clone() for n, c in self._changes.items()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; the model's inactive weights are zeroed to match the masks."""
+        if state["config"]["method"] != self.method:
+            raise ConfigError(f"state is of method {state['config']['method']!r}, this is {self.method!r}")
+        self.masked.load_state_dict(state["masks"])
+        self.step_count = int(state["step_count"])
+        self.epochs_done = int(state["epochs_done"])
+        self.generator.set_state(state["generator"])
+        for name, counter in state["changes"].items():
+            self._changes[name].copy_(counter)
+
+    def remove(self) -> None:
+        """Detach the optimizer hook; masks are left in place."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    # -- for subclasses ---------------------------------------------------------------------------------------
+    def _before_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self.mask_grads()
+
+    def _initialise_masks(self, make_mask) -> None:
+        """Set every layer's mask to ``make_mask(name, weight)`` and broadcast it under DDP."""
+        with torch.no_grad():
+            for name, weight in self.masked.params.items():
+                self.masked.set_mask(name, make_mask(name, weight))
+        self._sync_across_ranks()
+
+    @torch.no_grad()
+    def _record_change(self, name: str, pruned: torch.Tensor, grown: torch.Tensor) -> None:
+        """Count pruned/grown weights of ``name`` and reset their optimizer state (momentum, Adam moments)."""
+        self._changes[name][0] += pruned.sum()
+        self._changes[name][1] += grown.sum()
+        if self.optimizer is None:
+            return
+        changed = pruned | grown
+        state = self.optimizer.state.get(self.masked.params[name], {})
+        for value in state.values():
+            if torch.is_tensor(value) and value.shape == changed.shape:
+                value.masked_fill_(changed, 0)
+
+    @torch.no_grad()
+    def _sync_across_ranks(self) -> None:
+        """Under torch.distributed, make rank 0's masks and sparsified weights every rank's."""
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        for name, weight in self.masked.params.items():
+            as_bytes = self.masked.masks[name].to(torch.uint8)
+            dist.broadcast(as_bytes, src=0)
+            self.masked.masks[name].copy_(as_bytes.bool())
+            dist.broadcast(weight.data, src=0)

@@ -1,0 +1,197 @@
+"""The paper's controls (Section 4, Table 2): dense, random fixed sparse, random channel-wise sparse, pruning.
+
+"Wide dense" is not a sparsity method but a model size: train :class:`Dense` on the widths of
+:func:`topo.sparsity.budget.wide_dense_widths`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from topo.errors import ConfigError
+from topo.sparsity.base import Sparsifier, active_count, random_mask
+from topo.sparsity.masks import ParamFilter
+
+
+class Dense(Sparsifier):
+    """The dense baseline: every weight active, nothing masked (masks are all True and never applied)."""
+
+    method = "dense"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        density: float = 1.0,
+        params: Iterable[str] | ParamFilter | None = None,
+        seed: int = 0,
+    ) -> None:
+        if density != 1.0:
+            raise ConfigError(f"the dense baseline has density 1.0, got {density!r}")
+        super().__init__(model, None, density=1.0, params=params, seed=seed)
+        self.optimizer = optimizer
+
+    def mask_grads(self) -> None:
+        """Nothing to mask."""
+
+    def step(self) -> None:
+        self.step_count += 1
+
+
+class RandomFixed(Sparsifier):
+    """Random fixed sparse control: a uniformly random mask with round(α·n) active weights that never changes."""
+
+    method = "random-fixed"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        density: float,
+        params: Iterable[str] | ParamFilter | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(model, optimizer, density=density, params=params, seed=seed)
+        self._initialise_masks(lambda name, w: random_mask(w.shape, self.density, self.generator, w.device))
+
+
+class FixedMask(Sparsifier):
+    """A given mask held fixed: the transplant experiment of Section 5.1 (a learned topology, trained anew).
+
+    ``masks`` maps layer names to boolean tensors of the weights' shapes; the density reported is the overall
+    fraction of active weights in them.
+    """
+
+    method = "fixed-mask"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        masks: dict[str, torch.Tensor],
+        seed: int = 0,
+    ) -> None:
+        active = sum(int(m.sum()) for m in masks.values())
+        total = sum(m.numel() for m in masks.values())
+        super().__init__(model, optimizer, density=active / total, params=list(masks), seed=seed)
+        self._initialise_masks(lambda name, w: masks[name].to(torch.bool))
+
+
+class RandomChannelwise(Sparsifier):
+    """Random sparse channel-wise control (Table 2): whole kernels on or off.
+
+    For a weight of shape (out, in, *kernel) a random set of exactly round(α·out·in) (out, in) channel pairs is
+    active, each with its full kernel. For 2-D weights (Linear, recurrent) this is an elementwise random mask.
+    """
+
+    method = "random-channelwise"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        density: float,
+        params: Iterable[str] | ParamFilter | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(model, optimizer, density=density, params=params, seed=seed)
+        self._initialise_masks(self._channel_mask)
+
+    def _channel_mask(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+        if weight.dim() < 2:
+            raise ConfigError(f"channel-wise sparsity needs a weight with >= 2 dims; {name!r} has {weight.dim()}")
+        pairs = random_mask(weight.shape[:2], self.density, self.generator, weight.device)
+        return pairs.view(*weight.shape[:2], *([1] * (weight.dim() - 2))).expand_as(weight).clone()
+
+
+class MagnitudePruning(Sparsifier):
+    """Magnitude pruning with fine-tuning after Han et al. (2015b), the paper's "Pruned" column.
+
+    Train dense; after each epoch in ``prune_after`` (0-based), keep only the largest-magnitude weights, then go on
+    training (fine-tuning) with the mask fixed. With one entry this is one-shot pruning to α; with several, the
+    density falls geometrically, α^(i/m) after the i-th of m prunings (iterative pruning), reaching α at the last.
+
+    ``scope="layer"`` keeps exactly round(α_i·n) weights in every layer (the same budget as the other methods);
+    ``scope="global"`` ranks all sparsified weights together and keeps the same total.
+    """
+
+    method = "pruning"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        density: float,
+        prune_after: Sequence[int] = (0,),
+        scope: str = "layer",
+        params: Iterable[str] | ParamFilter | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(model, optimizer, density=density, params=params, seed=seed)
+        if not prune_after or any((not isinstance(e, int)) or e < 0 for e in prune_after):
+            raise ConfigError(f"prune_after must be a non-empty list of epoch indices >= 0, got {prune_after!r}")
+        if scope not in ("layer", "global"):
+            raise ConfigError(f"scope must be 'layer' or 'global', got {scope!r}")
+        self.prune_after = sorted(set(prune_after))
+        self.scope = scope
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "prune_after": self.prune_after, "scope": self.scope}
+
+    def current_target(self, epochs_done: int) -> float:
+        """The density the schedule asks for once ``epochs_done`` epochs are finished."""
+        done = sum(1 for e in self.prune_after if e < epochs_done)
+        return 1.0 if done == 0 else self.density ** (done / len(self.prune_after))
+
+    def end_epoch(self, epoch: int) -> None:
+        super().end_epoch(epoch)
+        if epoch in self.prune_after:
+            self.prune_to(self.current_target(self.epochs_done))
+
+    @torch.no_grad()
+    def prune_to(self, density: float) -> None:
+        """Keep exactly the largest-|w| weights at ``density`` (per layer or globally), zero the rest."""
+        names = self.masked.names
+        weights = [self.masked.params[n].detach() for n in names]
+        if self.scope == "layer":
+            keeps = [active_count(w.numel(), density) for w in weights]
+            new_masks = [_top_magnitude(w.abs(), k) for w, k in zip(weights, keeps, strict=True)]
+        else:
+            flat = torch.cat([w.abs().flatten().to(weights[0].device) for w in weights])
+            kept = _top_magnitude(flat, active_count(flat.numel(), density))
+            sizes = [w.numel() for w in weights]
+            new_masks = [m.view(w.shape).to(w.device) for m, w in zip(kept.split(sizes), weights, strict=True)]
+        for name, new in zip(names, new_masks, strict=True):
+            old = self.masked.masks[name]
+            pruned = old & ~new
+            self._record_change(name, pruned, torch.zeros_like(pruned))
+            self.masked.set_mask(name, new)
+        self._sync_across_ranks()
+
+
+def _top_magnitude(magnitude: torch.Tensor, keep: int) -> torch.Tensor:
+    """Boolean mask of exactly ``keep`` largest entries of ``magnitude``."""
+    mask = torch.zeros(magnitude.numel(), dtype=torch.bool, device=magnitude.device)
+    mask[torch.topk(magnitude.flatten(), keep, sorted=False).indices] = True
+    return mask.view(magnitude.shape)
+
+
+def check_prune_schedule(prune_after: Sequence[int], epochs: int) -> None:
+    """Raise :class:`ConfigError` if a pruning epoch is not inside a run of ``epochs`` epochs."""
+    late = [e for e in prune_after if e >= epochs - 1]
+    if late:
+        raise ConfigError(
+            f"pruning after epoch(s) {late} leaves no epoch to fine-tune in a run of {epochs} epochs"
+        )
+
+
+__all__ = ["Dense", "FixedMask", "MagnitudePruning", "RandomChannelwise", "RandomFixed", "check_prune_schedule"]
