@@ -3,8 +3,8 @@
 Implements "Adaptive Weight Sparsity for Training Deep Neural Networks" (ICLR 2018 submission).
 """
 
-from topo.errors import CheckpointError, ConfigError, MaskError, TopoError
+from topo.errors import CheckpointError, ConfigError, EmptyGraphWarning, MaskError, TopoError
 
 __version__ = "0.1.0"
 
-__all__ = ["CheckpointError", "ConfigError", "MaskError", "TopoError", "__version__"]
+__all__ = ["CheckpointError", "ConfigError", "EmptyGraphWarning", "MaskError", "TopoError", "__version__"]

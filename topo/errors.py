@@ -21,3 +21,7 @@ class MaskError(TopoError, ValueError):
 
 class CheckpointError(TopoError):
     """A checkpoint, snapshot or run directory is missing, unreadable, corrupt or not of a known format."""
+
+
+class EmptyGraphWarning(UserWarning):
+    """A graph metric is undefined (no nodes, no edges or no reachable pair) and is reported as NaN."""

@@ -1,0 +1,107 @@
+"""Masks → graphs: symmetrisation, LSTM gate split, layered and channel graphs, tables, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from topo.errors import MaskError
+from topo.graph import (
+    bipartite_graph,
+    channel_graph,
+    layer_graphs,
+    layered_graph,
+    metrics_table,
+    recurrent_gate_graphs,
+    square_graph,
+    summarize,
+)
+
+
+def test_square_graph_is_symmetric_without_self_loops():
+    mask = np.array([[1, 1, 0], [0, 1, 0], [1, 0, 0]], dtype=bool)
+    g = square_graph(mask, "w")
+    assert g.adjacency.tolist() == [[False, True, True], [True, False, False], [True, False, False]]
+    assert g.n_edges == 2
+    nxg = g.to_networkx()
+    assert sorted(nxg.edges) == [(0, 1), (0, 2)]
+    assert g.to_igraph().ecount() == 2
+
+
+def test_lstm_weight_hh_splits_into_gates_in_pytorch_order():
+    hidden = 5
+    lstm = nn.LSTM(3, hidden)
+    mask = torch.zeros(4 * hidden, hidden, dtype=torch.bool)
+    for gate in range(4):  # gate k gets edges 0-(k+1)
+        mask[gate * hidden + 0, gate + 1] = True
+    assert lstm.weight_hh_l0.shape == mask.shape
+    graphs = recurrent_gate_graphs(mask, "lstm.weight_hh_l0")
+    assert list(graphs) == [f"lstm.weight_hh_l0[{g}]" for g in "ifgo"]
+    for k, graph in enumerate(graphs.values()):
+        assert graph.n_nodes == hidden and graph.n_edges == 1
+        assert bool(graph.adjacency[0, k + 1])
+
+
+def test_gru_weight_hh_has_three_gates():
+    assert list(recurrent_gate_graphs(np.ones((12, 4), bool), "gru")) == ["gru[r]", "gru[z]", "gru[n]"]
+
+
+def test_layered_graph_of_an_mlp():
+    m1 = np.array([[1, 0], [0, 1], [1, 1]], dtype=bool)  # 2 inputs → 3 hidden
+    m2 = np.array([[1, 0, 1]], dtype=bool)  # 3 hidden → 1 output
+    g = layered_graph([m1, m2])
+    assert g.n_nodes == 6 and g.n_edges == 6
+    assert g.adjacency[2, 0] and g.adjacency[5, 2] and g.adjacency[5, 4] and not g.adjacency[5, 3]
+    assert (g.adjacency == g.adjacency.T).all()
+    with pytest.raises(MaskError, match="takes 2 inputs"):
+        layered_graph([m1, np.ones((1, 2), bool)])
+
+
+def test_channel_graph_edges_where_any_kernel_tap_is_active():
+    mask = torch.zeros(2, 3, 3, 3, dtype=torch.bool)
+    mask[0, 1, 2, 2] = True
+    mask[1, 2] = True
+    g = channel_graph(mask, "conv")
+    assert g.n_nodes == 5 and g.n_edges == 2
+    assert bool(g.adjacency[3, 1]) and bool(g.adjacency[4, 2])
+
+
+def test_layer_graphs_dispatch_by_kind():
+    model = nn.ModuleDict({"lstm": nn.LSTM(4, 6), "conv": nn.Conv2d(2, 3, 3), "fc": nn.Linear(6, 2)})
+    masks = {n: p.detach() != 0 for n, p in model.named_parameters()}
+    graphs = layer_graphs(masks)
+    assert set(graphs) == {"lstm.weight_hh_l0[i]", "lstm.weight_hh_l0[f]", "lstm.weight_hh_l0[g]",
+                           "lstm.weight_hh_l0[o]", "lstm.weight_ih_l0", "conv.weight", "fc.weight"}
+    assert graphs["fc.weight"].n_nodes == 8
+
+
+@pytest.mark.parametrize(
+    "mask,match",
+    [(np.ones((3, 4), bool), "square"), (np.array([[0.5, 1], [0, 1]]), "not boolean"),
+     (np.array([[np.nan, 1], [0, 1]]), "NaN"), (torch.tensor([[2.0, 0], [0, 1]]), "not boolean")],
+)
+def test_bad_masks_name_the_layer(mask, match):
+    with pytest.raises(MaskError, match=match) as info:
+        square_graph(mask, "rnn.weight_hh_l0")
+    assert "rnn.weight_hh_l0" in str(info.value)
+
+
+def test_numeric_zero_one_masks_are_accepted():
+    assert square_graph(np.eye(3) + np.eye(3, k=1)).n_edges == 2
+    assert bipartite_graph(torch.ones(2, 3)).n_edges == 6
+
+
+def test_metrics_table_is_tidy_and_matches_summarize():
+    rng = np.random.default_rng(0)
+    snapshots = [(epoch, {"rnn.weight_hh_l0": rng.random((24, 8)) < 0.3, "fc.weight": rng.random((3, 8)) < 0.5})
+                 for epoch in range(3)]
+    table = metrics_table(snapshots, run="r1", progress=False)
+    assert list(table.columns) == ["run", "epoch", "layer", "graph", "metric", "value"]
+    assert set(table["graph"]) == {"r", "z", "n", "layer"}  # (3h, h) hidden-to-hidden: GRU gates
+    row = table[(table.epoch == 1) & (table.graph == "r") & (table.metric == "degree_gini")]
+    expected = summarize(recurrent_gate_graphs(snapshots[1][1]["rnn.weight_hh_l0"], "x")["x[r]"])
+    assert row["value"].item() == pytest.approx(expected["degree_gini"])
+    assert isinstance(table, pd.DataFrame) and len(table) == 3 * 4 * 8

@@ -1,0 +1,179 @@
+"""The Figure-5 metrics against networkx and hand-worked values, on both backends."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import networkx as nx
+import numpy as np
+import pytest
+import torch
+
+from topo.errors import EmptyGraphWarning
+from topo.graph import (
+    Graph,
+    algebraic_connectivity,
+    degree_gini,
+    global_clustering,
+    mean_shortest_path,
+    small_world,
+    square_graph,
+    summarize,
+)
+from topo.graph.backends import TorchBackend
+
+
+def from_nx(graph: nx.Graph, name: str = "") -> Graph:
+    n = graph.number_of_nodes()
+    adjacency = np.zeros((n, n), bool)
+    index = {v: i for i, v in enumerate(graph.nodes)}
+    for u, v in graph.edges:
+        if u != v:
+            adjacency[index[u], index[v]] = adjacency[index[v], index[u]] = True
+    return Graph(adjacency, name)
+
+
+def reference_path(graph: nx.Graph) -> tuple[float, float]:
+    """networkx's average shortest path per component, weighted by ordered pairs; and the reachable fraction."""
+    n = graph.number_of_nodes()
+    total, pairs = 0.0, 0
+    for nodes in nx.connected_components(graph):
+        s = len(nodes)
+        if s > 1:
+            total += nx.average_shortest_path_length(graph.subgraph(nodes)) * s * (s - 1)
+            pairs += s * (s - 1)
+    return (total / pairs if pairs else math.nan), pairs / (n * (n - 1))
+
+
+def reference_gini(graph: nx.Graph) -> float:
+    d = np.array([deg for _, deg in graph.degree()], dtype=float)
+    return np.abs(d[:, None] - d[None, :]).sum() / (2 * len(d) * d.sum())
+
+
+def graphs() -> list[tuple[str, nx.Graph]]:
+    cases = [
+        ("complete", nx.complete_graph(12)),
+        ("star", nx.star_graph(15)),
+        ("path", nx.path_graph(20)),
+        ("ring-lattice", nx.watts_strogatz_graph(30, 4, 0.0, seed=0)),
+        ("small-world", nx.watts_strogatz_graph(60, 6, 0.2, seed=1)),
+        ("two-components", nx.disjoint_union(nx.complete_graph(5), nx.cycle_graph(7))),
+        ("with-isolated", nx.disjoint_union(nx.path_graph(6), nx.empty_graph(3))),
+        ("edgeless", nx.empty_graph(8)),
+        ("barbell", nx.barbell_graph(6, 3)),
+        ("triangle", nx.complete_graph(3)),
+    ]
+    rng = np.random.default_rng(0)
+    for i in range(45):
+        n = int(rng.integers(5, 90))
+        p = float(rng.choice([0.02, 0.05, 0.1, 0.3, 0.7]))
+        cases.append((f"gnp-{i}", nx.gnp_random_graph(n, p, seed=int(rng.integers(1e9)))))
+    return cases
+
+
+CASES = graphs()
+BACKENDS = ["cpu", "torch"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name,graph", CASES, ids=[c[0] for c in CASES])
+def test_metrics_equal_networkx(name, graph, backend):
+    ours = from_nx(graph, name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EmptyGraphWarning)
+        lam = algebraic_connectivity(ours, backend)
+        gini = degree_gini(ours)
+        clustering = global_clustering(ours, backend)
+        path = mean_shortest_path(ours, backend)
+    expected_lambda = nx.algebraic_connectivity(graph, method="lanczos", tol=1e-12, seed=0)
+    assert lam == pytest.approx(expected_lambda, rel=1e-6, abs=1e-9)
+    assert clustering == pytest.approx(nx.transitivity(graph), rel=1e-6, abs=1e-12)
+    mean, fraction = reference_path(graph)
+    assert fraction == pytest.approx(path.reachable_fraction, rel=1e-12)
+    if math.isnan(mean):
+        assert math.isnan(path.mean)
+    else:
+        assert path.mean == pytest.approx(mean, rel=1e-6)
+    if graph.number_of_edges():
+        assert gini == pytest.approx(reference_gini(graph), rel=1e-6, abs=1e-12)
+    else:
+        assert math.isnan(gini)
+
+
+def test_hand_worked_path_graph_of_four_nodes():
+    g = from_nx(nx.path_graph(4))
+    # Laplacian eigenvalues of P4 are 2 - 2cos(kπ/4): λ2 = 2 - √2.
+    assert algebraic_connectivity(g) == pytest.approx(2 - math.sqrt(2), rel=1e-12)
+    # degrees 1,2,2,1: Σ|di-dj| = 8 over ordered pairs, / (2·4·6) = 1/6.
+    assert degree_gini(g) == pytest.approx(1 / 6, rel=1e-12)
+    # distances 1,2,3,1,2,1 over 6 pairs: 10/6.
+    assert mean_shortest_path(g).mean == pytest.approx(10 / 6)
+    assert global_clustering(g) == 0.0
+
+
+def test_hand_worked_triangle_with_pendant():
+    g = square_graph(np.array([[0, 1, 1, 0], [0, 0, 1, 0], [0, 0, 0, 1], [0, 0, 0, 0]], dtype=bool))
+    # one triangle; triples Σ d(d-1)/2 = 1 + 1 + 3 + 0 = 5 → 3/5.
+    assert global_clustering(g) == pytest.approx(3 / 5)
+    assert summarize(g)["n_edges"] == 4
+
+
+def test_star_gini_and_complete_gini():
+    assert degree_gini(from_nx(nx.complete_graph(7))) == pytest.approx(0.0, abs=1e-12)
+    # star with n nodes: hub degree n-1, leaves 1 → G = (n-2)/(2(n-1))·... check against the definition.
+    star = nx.star_graph(9)
+    assert degree_gini(from_nx(star)) == pytest.approx(reference_gini(star))
+
+
+def test_empty_graph_gives_nan_with_warning_never_a_crash():
+    empty = Graph(np.zeros((0, 0), bool), "empty")
+    with pytest.warns(EmptyGraphWarning, match="empty"):
+        result = summarize(empty)
+    assert math.isnan(result["algebraic_connectivity"]) and math.isnan(result["degree_gini"])
+    assert math.isnan(result["mean_shortest_path"])
+    edgeless = Graph(np.zeros((5, 5), bool), "edgeless")
+    with pytest.warns(EmptyGraphWarning):
+        result = summarize(edgeless)
+    assert result["algebraic_connectivity"] == 0.0
+    assert result["reachable_fraction"] == 0.0 and math.isnan(result["mean_shortest_path"])
+
+
+def test_disconnected_graph_has_zero_connectivity_exactly():
+    g = from_nx(nx.disjoint_union(nx.complete_graph(30), nx.complete_graph(30)))
+    assert algebraic_connectivity(g) == 0.0
+    assert algebraic_connectivity(g, "torch") == 0.0
+
+
+@pytest.mark.parametrize("n,p", [(700, 0.05), (900, 0.01)])
+def test_large_graph_paths_agree_with_dense_solution(n, p):
+    graph = nx.gnp_random_graph(n, p, seed=3)
+    g = from_nx(graph)
+    adjacency = g.adjacency.astype(float)
+    laplacian = np.diag(adjacency.sum(1)) - adjacency
+    expected = np.linalg.eigvalsh(laplacian)[1] if nx.is_connected(graph) else 0.0
+    assert algebraic_connectivity(g, "cpu") == pytest.approx(expected, rel=1e-6, abs=1e-9)
+    lobpcg = TorchBackend(dense_limit=100)
+    if nx.is_connected(graph):
+        assert lobpcg.lambda2(torch.from_numpy(g.adjacency)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_torch_and_cpu_backends_agree_on_summaries():
+    rng = np.random.default_rng(7)
+    for _ in range(5):
+        n = int(rng.integers(50, 300))
+        mask = rng.random((n, n)) < rng.choice([0.01, 0.05, 0.2])
+        cpu = summarize(square_graph(mask), "cpu")
+        gpu_style = summarize(square_graph(torch.from_numpy(mask)), "torch")
+        for key, value in cpu.items():
+            assert gpu_style[key] == pytest.approx(value, rel=1e-6, abs=1e-9, nan_ok=True), key
+
+
+def test_small_world_of_watts_strogatz_graph():
+    lattice_like = from_nx(nx.watts_strogatz_graph(200, 8, 0.05, seed=0))
+    random_graph = from_nx(nx.gnm_random_graph(200, 800, seed=0))
+    sw = small_world(lattice_like, n_random=5, seed=0)
+    rnd = small_world(random_graph, n_random=5, seed=0)
+    assert sw["sigma"] > 2.0 > rnd["sigma"]
+    assert rnd["omega"] > 0.7 and abs(sw["omega"]) < 0.5  # ω: −1 lattice, 0 small world, +1 random
+    assert small_world(lattice_like, n_random=3, seed=4) == small_world(lattice_like, n_random=3, seed=4)

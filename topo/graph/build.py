@@ -1,0 +1,219 @@
+"""Masks → graphs (Section 5.2 of the paper).
+
+A :class:`Graph` is an undirected simple graph held as a dense symmetric boolean adjacency matrix with an empty
+diagonal, as a numpy array (CPU backends) or a torch tensor (the torch backend, on the mask's device).
+
+* A square recurrent block (hidden → hidden) is a graph on its n units: an edge joins i and j when either
+  direction is active; self-loops are dropped (:func:`square_graph`).
+* PyTorch stacks the gate blocks of ``LSTM.weight_hh_l*`` as (input i, forget f, cell g, output o) and of
+  ``GRU.weight_hh_l*`` as (reset r, update z, new n); the paper treats each LSTM gate block as its own graph
+  (:func:`recurrent_gate_graphs`).
+* A feed-forward weight (out × in) is a bipartite graph of in + out neurons (:func:`bipartite_graph`); a stack of
+  them is a layered graph whose nodes are all neurons (:func:`layered_graph`).
+* A convolution (out, in, *kernel) is the bipartite channel graph, with an edge where any kernel weight of the
+  channel pair is active (:func:`channel_graph`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from topo.errors import MaskError
+
+LSTM_GATES = ("i", "f", "g", "o")
+GRU_GATES = ("r", "z", "n")
+
+Array = np.ndarray | torch.Tensor
+
+
+@dataclass(frozen=True)
+class Graph:
+    """An undirected simple graph: symmetric boolean adjacency, no self-loops.
+
+    Attributes
+    ----------
+    adjacency: (n, n) bool numpy array or torch tensor.
+    name: where it comes from, e.g. ``"lstm.weight_hh_l0[f]"``.
+    """
+
+    adjacency: Array
+    name: str = ""
+
+    @property
+    def n_nodes(self) -> int:
+        return int(self.adjacency.shape[0])
+
+    @property
+    def n_edges(self) -> int:
+        total = self.adjacency.sum()
+        return int(total.item() if torch.is_tensor(total) else total) // 2
+
+    @property
+    def is_torch(self) -> bool:
+        return torch.is_tensor(self.adjacency)
+
+    def numpy(self) -> Graph:
+        """The same graph with a numpy adjacency."""
+        if not self.is_torch:
+            return self
+        return Graph(self.adjacency.detach().cpu().numpy(), self.name)
+
+    def torch(self, device: str | torch.device | None = None) -> Graph:
+        """The same graph with a torch adjacency on ``device`` (default: where it is, or the CPU)."""
+        adjacency = self.adjacency if self.is_torch else torch.from_numpy(np.ascontiguousarray(self.adjacency))
+        return Graph(adjacency.to(device) if device is not None else adjacency, self.name)
+
+    def edges(self) -> np.ndarray:
+        """(m, 2) array of edges (i < j)."""
+        upper = np.triu(self.numpy().adjacency, 1)
+        return np.argwhere(upper)
+
+    def to_networkx(self) -> Any:
+        """A ``networkx.Graph`` with nodes 0..n-1."""
+        import networkx as nx
+
+        graph = nx.Graph()
+        graph.add_nodes_from(range(self.n_nodes))
+        graph.add_edges_from(self.edges().tolist())
+        return graph
+
+    def to_igraph(self) -> Any:
+        """An undirected ``igraph.Graph`` with vertices 0..n-1."""
+        import igraph
+
+        return igraph.Graph(n=self.n_nodes, edges=self.edges().tolist(), directed=False)
+
+
+def as_mask(mask: Any, name: str = "mask") -> Array:
+    """Validate a mask: a bool array/tensor, or a numeric one holding only 0 and 1; returns it as bool.
+
+    Raises :class:`MaskError` naming ``name`` for NaN or values other than 0/1.
+    """
+    if torch.is_tensor(mask):
+        if mask.dtype == torch.bool:
+            return mask
+        if mask.is_floating_point() and torch.isnan(mask).any():
+            raise MaskError(f"mask {name!r} contains NaN")
+        if not ((mask == 0) | (mask == 1)).all():
+            raise MaskError(f"mask {name!r} is not boolean: it holds values other than 0 and 1")
+        return mask != 0
+    array = np.asarray(mask)
+    if array.dtype == bool:
+        return array
+    if not np.issubdtype(array.dtype, np.number):
+        raise MaskError(f"mask {name!r} has non-numeric dtype {array.dtype}")
+    if np.issubdtype(array.dtype, np.floating) and np.isnan(array).any():
+        raise MaskError(f"mask {name!r} contains NaN")
+    if not np.isin(array, (0, 1)).all():
+        raise MaskError(f"mask {name!r} is not boolean: it holds values other than 0 and 1")
+    return array != 0
+
+
+def _symmetrise(block: Array) -> Array:
+    if torch.is_tensor(block):
+        sym = block | block.T
+        return sym & ~torch.eye(sym.shape[0], dtype=torch.bool, device=sym.device)
+    sym = block | block.T
+    np.fill_diagonal(sym, False)
+    return sym
+
+
+def square_graph(mask: Any, name: str = "") -> Graph:
+    """The graph of a square (recurrent) mask: edge i–j if mask[i, j] or mask[j, i]; self-loops dropped."""
+    block = as_mask(mask, name)
+    if block.ndim != 2 or block.shape[0] != block.shape[1]:
+        raise MaskError(f"mask {name!r} must be square for a recurrent graph, got shape {tuple(block.shape)}")
+    return Graph(_symmetrise(block), name)
+
+
+def recurrent_gate_graphs(mask: Any, name: str = "", gates: Sequence[str] | None = None) -> dict[str, Graph]:
+    """Split a stacked hidden-to-hidden mask into its gate blocks, one graph each.
+
+    ``gates`` defaults to :data:`LSTM_GATES` for a (4h, h) mask, :data:`GRU_GATES` for (3h, h), and a single
+    block for (h, h). Graphs are named ``f"{name}[{gate}]"``.
+    """
+    block = as_mask(mask, name)
+    if block.ndim != 2:
+        raise MaskError(f"mask {name!r} must be 2-D, got shape {tuple(block.shape)}")
+    rows, hidden = block.shape
+    if gates is None:
+        gates = {4 * hidden: LSTM_GATES, 3 * hidden: GRU_GATES, hidden: ("",)}.get(rows)
+        if gates is None:
+            raise MaskError(f"mask {name!r} of shape {tuple(block.shape)} is not a stack of square gate blocks")
+    if rows != len(gates) * hidden:
+        raise MaskError(f"mask {name!r} of shape {tuple(block.shape)} does not hold {len(gates)} square blocks")
+    graphs = {}
+    for index, gate in enumerate(gates):
+        label = f"{name}[{gate}]" if gate else name
+        graphs[label] = square_graph(block[index * hidden : (index + 1) * hidden], label)
+    return graphs
+
+
+def bipartite_graph(mask: Any, name: str = "") -> Graph:
+    """A feed-forward (out × in) mask as a bipartite graph: nodes 0..in-1 are inputs, in..in+out-1 outputs."""
+    block = as_mask(mask, name)
+    if block.ndim != 2:
+        raise MaskError(f"mask {name!r} must be 2-D, got shape {tuple(block.shape)}")
+    return layered_graph([block], name)
+
+
+def channel_graph(mask: Any, name: str = "") -> Graph:
+    """A convolution mask (out, in, *kernel) as the bipartite graph of its channels (edge if any tap is active)."""
+    block = as_mask(mask, name)
+    if block.ndim < 3:
+        raise MaskError(f"mask {name!r} must be a convolution weight (out, in, *kernel), got {tuple(block.shape)}")
+    reduced = block.flatten(2).any(-1) if torch.is_tensor(block) else block.reshape(*block.shape[:2], -1).any(-1)
+    return layered_graph([reduced], name)
+
+
+def layered_graph(masks: Sequence[Any], name: str = "network") -> Graph:
+    """The graph of a stack of feed-forward masks (each out × in, in = previous out): nodes are all neurons.
+
+    Nodes are numbered layer by layer (inputs first); an active weight joins a neuron to one in the next layer.
+    """
+    blocks = [as_mask(m, f"{name}[{i}]") for i, m in enumerate(masks)]
+    if not blocks:
+        raise MaskError(f"{name!r}: no masks to build a layered graph from")
+    for i, (prev, cur) in enumerate(zip(blocks, blocks[1:], strict=False)):
+        if cur.shape[1] != prev.shape[0]:
+            raise MaskError(f"{name!r}: layer {i + 1} takes {cur.shape[1]} inputs but layer {i} has {prev.shape[0]}")
+    sizes = [blocks[0].shape[1]] + [b.shape[0] for b in blocks]
+    offsets = np.cumsum([0, *sizes])
+    n = int(offsets[-1])
+    use_torch = torch.is_tensor(blocks[0])
+    adjacency = torch.zeros(n, n, dtype=torch.bool, device=blocks[0].device) if use_torch else np.zeros((n, n), bool)
+    for i, block in enumerate(blocks):
+        rows = slice(int(offsets[i + 1]), int(offsets[i + 2]))
+        cols = slice(int(offsets[i]), int(offsets[i + 1]))
+        adjacency[rows, cols] = block
+        adjacency[cols, rows] = block.T
+    return Graph(adjacency, name)
+
+
+_RECURRENT = re.compile(r"weight_hh")
+
+
+def layer_graphs(masks: Mapping[str, Any]) -> dict[str, Graph]:
+    """The graphs of every layer of a model's masks, by graph name.
+
+    Recurrent hidden-to-hidden weights (names with ``weight_hh``) are split into gate graphs; convolutions give
+    channel graphs; other 2-D weights give bipartite layer graphs. 1-D masks (biases) are skipped.
+    """
+    graphs: dict[str, Graph] = {}
+    for name, mask in masks.items():
+        block = as_mask(mask, name)
+        if block.ndim < 2:
+            continue
+        if _RECURRENT.search(name) and block.ndim == 2:
+            graphs.update(recurrent_gate_graphs(block, name))
+        elif block.ndim > 2:
+            graphs[name] = channel_graph(block, name)
+        else:
+            graphs[name] = bipartite_graph(block, name)
+    return graphs
