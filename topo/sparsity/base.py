@@ -125,13 +125,17 @@ class Sparsifier:
         """Active and total weights over all sparsified layers."""
         return self.masked.total()
 
-    def pop_changes(self) -> dict[str, tuple[int, int]]:
-        """Weights (pruned, grown) per layer since the last call; resets the counters. One device sync."""
-        names = list(self._changes)
-        values = torch.stack([self._changes[n] for n in names]).tolist() if names else []
+    def take_change_counters(self) -> torch.Tensor:
+        """(layers × 2) tensor of weights (pruned, grown) since the last call, on the device; resets them."""
+        counters = torch.stack(list(self._changes.values()))
         for counter in self._changes.values():
             counter.zero_()
-        return {n: (int(p), int(g)) for n, (p, g) in zip(names, values, strict=True)}
+        return counters
+
+    def pop_changes(self) -> dict[str, tuple[int, int]]:
+        """Weights (pruned, grown) per layer since the last call, as integers; resets the counters."""
+        values = self.take_change_counters().tolist()
+        return {n: (int(p), int(g)) for n, (p, g) in zip(self._changes, values, strict=True)}
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume bit-identically: masks, counters, the random generator's state."""

@@ -1,0 +1,45 @@
+"""A small recorded training run used by the crash test: python crash_train.py RUN_DIR EPOCHS DELAY [--resume]."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from topo.record import Recorder
+from topo.sparsity import Adaptive
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def main() -> None:
+    run_dir, epochs, delay = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    resume = "--resume" in sys.argv
+    with np.load(REPO / "data" / "digits.npz") as f:
+        x = torch.from_numpy(f["images"].reshape(-1, 64).astype(np.float32) / 16)
+        y = torch.from_numpy(f["labels"].astype(np.int64))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    sparsifier = Adaptive(model, opt, density=0.3, k=0.5, every=1, seed=1)
+    recorder = Recorder(run_dir, sparsifier, resume=resume, delta=True)
+    start = recorder.resume() if resume else 0
+    for epoch in range(start, epochs):
+        for batch in torch.randperm(len(y)).split(128):
+            loss = nn.functional.cross_entropy(model(x[batch]), y[batch])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sparsifier.step()
+        sparsifier.end_epoch(epoch)
+        recorder.snapshot(epoch, {"train_loss": loss.item()})
+        time.sleep(delay)
+    recorder.close()
+
+
+if __name__ == "__main__":
+    main()

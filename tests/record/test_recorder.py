@@ -1,0 +1,161 @@
+"""Recorder and run directory: round trips, size, stats, delta coding, crash and resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from topo.errors import CheckpointError
+from topo.record import Recorder, RunReader, load_masks
+from topo.sparsity import Adaptive, RandomFixed
+
+HERE = Path(__file__).parent
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def odd_model() -> nn.Module:
+    return nn.ModuleDict({
+        "fc": nn.Linear(13, 7),  # 91 weights: not a multiple of 8
+        "conv": nn.Conv2d(3, 5, (3, 2)),
+        "lstm": nn.LSTM(5, 3),
+        "tiny": nn.Linear(1, 1),
+    })
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_masks_round_trip_bit_identically(tmp_path, device):
+    model = odd_model().to(device)
+    sp = RandomFixed(model, density=0.37, seed=5)
+    with Recorder(tmp_path / "run", sp, checkpoint=False, keep_weights=True) as recorder:
+        recorder.snapshot(0)
+    reader = RunReader(tmp_path / "run")
+    assert reader.layers["conv.weight"] == (5, 3, 3, 2)
+    for name, mask in reader.masks(0).items():
+        assert mask.dtype == bool
+        assert np.array_equal(mask, sp.masks[name].cpu().numpy()), name
+    for name, weight in reader.weights(0).items():
+        np.testing.assert_array_equal(weight, sp.weights[name].detach().cpu().half().numpy())
+    torch_masks = reader.masks(0, as_torch=True)
+    assert torch.equal(torch_masks["lstm.weight_hh_l0"], sp.masks["lstm.weight_hh_l0"].cpu())
+
+
+def test_snapshot_costs_at_most_one_bit_per_weight_plus_a_constant(tmp_path):
+    model = nn.Sequential(nn.Linear(1000, 1000, bias=False))
+    sp = RandomFixed(model, density=0.5)
+    with Recorder(tmp_path / "run", sp, checkpoint=False) as recorder:
+        path = recorder.snapshot(0)
+    weights = 1_000_000
+    assert path.stat().st_size <= weights / 8 + 2048
+
+
+def test_stats_count_low_strength_weights_and_changes(tmp_path):
+    model = nn.Linear(4, 2, bias=False)
+    sp = RandomFixed(model, density=1.0)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, 1.0, 1.0, 1.0], [0.05, 0.2, 0.4, 1.0]]))
+    # mean |w| = (4 + 1.65) / 8 = 0.70625; below 0.1·mean: 0.05; below 0.25·mean: 0.05; below 0.5·mean: 0.05, 0.2
+    with Recorder(tmp_path / "run", sp, checkpoint=False) as recorder:
+        recorder.snapshot(0, {"val_acc": 0.9})
+    row = RunReader(tmp_path / "run").stats.iloc[0]
+    assert row["mean_abs"] == pytest.approx(5.65 / 8)
+    assert (row["low_0.1"], row["low_0.25"], row["low_0.5"]) == (1, 1, 2)
+    assert row["density"] == 1.0 and row["val_acc"] == 0.9
+
+
+def test_pruned_and_grown_since_last_snapshot(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 4))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    sp = Adaptive(model, opt, density=0.3, every=1, unit="step")
+    recorder = Recorder(tmp_path / "run", sp, checkpoint=False)
+    model(torch.randn(8, 20)).sum().backward()
+    opt.step()
+    sp.step()
+    recorder.snapshot(0)
+    recorder.snapshot(1)
+    stats = RunReader(tmp_path / "run").stats
+    first = stats[stats.epoch == 0]
+    assert (first.pruned > 0).all() and (first.pruned == first.grown).all()
+    assert (stats[stats.epoch == 1].pruned == 0).all()
+
+
+def test_delta_coding_is_smaller_and_decodes_exactly(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Linear(200, 200, bias=False)
+    sp = RandomFixed(model, density=0.5)
+    recorder = Recorder(tmp_path / "run", sp, checkpoint=False, delta=True)
+    first = recorder.snapshot(0).stat().st_size
+    flipped = sp.masks["weight"].clone()
+    flipped.view(-1)[:10] ^= True
+    sp.masked.set_mask("weight", flipped)
+    second = recorder.snapshot(1).stat().st_size
+    assert second < first / 4
+    reader = RunReader(tmp_path / "run")
+    assert np.array_equal(reader.masks(1)["weight"], flipped.numpy())
+    assert not np.array_equal(reader.masks(0)["weight"], reader.masks(1)["weight"])
+
+
+def test_existing_run_is_not_overwritten(tmp_path):
+    sp = RandomFixed(nn.Linear(3, 3), density=0.5)
+    Recorder(tmp_path / "run", sp).snapshot(0)
+    before = (tmp_path / "run" / "run.json").read_bytes()
+    with pytest.raises(CheckpointError, match="already holds a run"):
+        Recorder(tmp_path / "run", sp)
+    assert (tmp_path / "run" / "run.json").read_bytes() == before
+
+
+def test_every_skips_epochs(tmp_path):
+    sp = RandomFixed(nn.Linear(3, 3), density=0.5)
+    recorder = Recorder(tmp_path / "run", sp, every=2, checkpoint=False)
+    for epoch in range(5):
+        recorder.snapshot(epoch)
+    recorder.snapshot(4, force=True)
+    assert RunReader(tmp_path / "run").epochs == [1, 3, 4]
+
+
+def _run(run_dir: Path, epochs: int, delay: float, resume: bool = False) -> subprocess.Popen:
+    args = [sys.executable, str(HERE / "crash_train.py"), str(run_dir), str(epochs), str(delay)]
+    return subprocess.Popen(args + (["--resume"] if resume else []), env={**os.environ, "PYTHONHASHSEED": "0"})
+
+
+@pytest.mark.slow
+def test_sigkill_during_training_then_resume_gives_identical_masks(tmp_path):
+    epochs = 6
+    reference = tmp_path / "reference"
+    assert _run(reference, epochs, 0.0).wait(timeout=300) == 0
+
+    crashed = tmp_path / "crashed"
+    proc = _run(crashed, epochs, 0.6)
+    deadline = time.time() + 120
+    while not (crashed / "snapshots" / "epoch-0002.npz").exists():
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    reader = RunReader(crashed)
+    recorded = reader.epochs
+    assert 2 <= len(recorded) < epochs
+    assert not [p for p in crashed.rglob("*") if p.name.startswith(".")], "partial temp files are visible"
+    for epoch in recorded:
+        reader.masks(epoch)  # every completed snapshot is readable
+
+    assert _run(crashed, epochs, 0.0, resume=True).wait(timeout=300) == 0
+    done, ref = RunReader(crashed), RunReader(reference)
+    assert done.epochs == ref.epochs == list(range(epochs))
+    for epoch in ref.epochs:
+        for name, mask in ref.masks(epoch).items():
+            assert np.array_equal(done.masks(epoch)[name], mask), (epoch, name)
+    assert done.stats["epoch"].tolist() == ref.stats["epoch"].tolist()
+    np.testing.assert_allclose(done.stats["train_loss"], ref.stats["train_loss"], rtol=0, atol=0)
+    assert len(load_masks(crashed)) == epochs

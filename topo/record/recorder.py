@@ -1,0 +1,266 @@
+"""The training recorder: one snapshot of every mask (and weight statistics) per epoch, and resumable runs.
+
+>>> with Recorder("runs/mlp-adaptive", sparsifier) as recorder:          # doctest: +SKIP
+...     for epoch in range(start, epochs):
+...         train_one_epoch(); sparsifier.end_epoch(epoch)
+...         recorder.snapshot(epoch, {"val_loss": val_loss, "val_acc": val_acc})
+
+Each snapshot moves everything it needs from the device in one transfer: masks are bit-packed on the device,
+per-layer statistics are computed there, and both (with float16 weights when kept) are concatenated into one
+byte buffer before the copy. Statistics per layer (Figure 4 of the paper counts "low-strength weights"):
+active count, total, density, mean |w| over active weights, how many active weights have |w| below 0.1, 0.25 and
+0.5 of that mean, and the weights pruned and grown since the previous snapshot.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import sys
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+import topo
+from topo.errors import CheckpointError
+from topo.record.store import (
+    FORMAT,
+    LOW_STRENGTH_FRACTIONS,
+    STAT_COLUMNS,
+    RunReader,
+    snapshot_path,
+    write_atomic,
+    write_json,
+    write_snapshot,
+)
+from topo.sparsity.base import Sparsifier
+
+CHECKPOINT_FORMAT = "topo-checkpoint/1"
+_BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
+
+
+def _pack_on_device(mask: torch.Tensor) -> torch.Tensor:
+    """``np.packbits`` of a flattened bool tensor, computed where the tensor lives."""
+    flat = mask.reshape(-1).to(torch.uint8)
+    flat = torch.nn.functional.pad(flat, (0, (-flat.numel()) % 8))
+    return (flat.view(-1, 8) * _BITS.to(flat.device)).sum(1, dtype=torch.uint8)
+
+
+def _layer_stats(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    magnitude = weight.detach().abs().float() * mask
+    active = mask.sum().float()
+    mean = magnitude.sum() / active.clamp(min=1)
+    low = [((magnitude < f * mean) & mask).sum().float() for f in LOW_STRENGTH_FRACTIONS]
+    total = torch.tensor(float(mask.numel()), device=mask.device)
+    return torch.stack([active, total, active / total, mean, *low])
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global random state a training loop may use, in a form ``torch.load(weights_only=True)`` accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Recorder:
+    """Snapshots a sparsifier's masks into a run directory each epoch, and checkpoints the run for resuming.
+
+    Parameters
+    ----------
+    run_dir:
+        The run directory; created if missing.
+    sparsifier:
+        The method object whose masks (and model, optimizer) are recorded.
+    every:
+        Record every ``every``-th epoch (the last epoch of a loop should be passed to :meth:`snapshot` anyway).
+    keep_weights:
+        Also store every sparsified weight in float16.
+    delta:
+        Store a layer as the positions that flipped since the previous snapshot when that is smaller.
+    checkpoint:
+        Write ``checkpoint.pt`` (model, optimizer, sparsifier, RNG states, epoch) after each snapshot.
+    config:
+        Extra JSON-serialisable configuration for ``run.json`` (model, data, training settings).
+    resume:
+        Continue an existing run: keep its files; call :meth:`resume` to restore the training state.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike,
+        sparsifier: Sparsifier,
+        *,
+        every: int = 1,
+        keep_weights: bool = False,
+        delta: bool = False,
+        checkpoint: bool = True,
+        config: Mapping[str, Any] | None = None,
+        resume: bool = False,
+    ) -> None:
+        self.path = Path(run_dir)
+        self.sparsifier = sparsifier
+        self.every = int(every)
+        self.keep_weights = keep_weights
+        self.delta = delta
+        self.write_checkpoint = checkpoint
+        self._previous: tuple[int, list[np.ndarray]] | None = None
+        self._rows: list[dict[str, Any]] = []
+        self._closed = False
+        if resume and (self.path / "run.json").exists():
+            RunReader(self.path)  # validates run.json
+            self._rows = RunReader(self.path).stats.to_dict("records")
+        else:
+            if (self.path / "run.json").exists():
+                raise CheckpointError(f"{self.path}: already holds a run; pass resume=True or choose another name")
+            layers = [[name, list(w.shape)] for name, w in sparsifier.weights.items()]
+            write_json(self.path / "run.json", {
+                "format": FORMAT,
+                "name": self.path.name,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "method": sparsifier.config(),
+                "config": dict(config or {}),
+                "layers": layers,
+                "seed": sparsifier.seed,
+                "versions": {"topo": topo.__version__, "torch": torch.__version__, "numpy": np.__version__,
+                             "python": platform.python_version()},
+                "argv": sys.argv,
+            })
+
+    # -- recording ------------------------------------------------------------------------------------------
+    def _gather(self) -> tuple[list[np.ndarray], np.ndarray, list[np.ndarray] | None]:
+        """Masks, stats and (optionally) float16 weights of every layer, in one device-to-host transfer."""
+        names = list(self.sparsifier.weights)
+        masks = [self.sparsifier.masks[n] for n in names]
+        weights = [self.sparsifier.weights[n].detach() for n in names]
+        stats = torch.stack([_layer_stats(w, m) for w, m in zip(weights, masks, strict=True)])
+        changes = self.sparsifier.take_change_counters().to(stats.device, torch.float64)
+        stats = torch.cat([stats.double(), changes], dim=1)
+        packed = [_pack_on_device(m) for m in masks]
+        parts = [stats.reshape(-1).view(torch.uint8), *packed]
+        if self.keep_weights:
+            parts += [w.to(torch.float16).reshape(-1).view(torch.uint8) for w in weights]
+        host = torch.cat([p.to(stats.device) for p in parts]).cpu().numpy()
+
+        offset = stats.numel() * 8
+        stats_np = host[:offset].view(np.float64).reshape(len(names), len(STAT_COLUMNS))
+        mask_arrays = []
+        for m, p in zip(masks, packed, strict=True):
+            mask_arrays.append(np.unpackbits(host[offset : offset + p.numel()], count=m.numel()).astype(bool)
+                               .reshape(tuple(m.shape)))
+            offset += p.numel()
+        weight_arrays = None
+        if self.keep_weights:
+            weight_arrays = []
+            for w in weights:
+                size = w.numel() * 2
+                weight_arrays.append(host[offset : offset + size].view(np.float16).reshape(tuple(w.shape)))
+                offset += size
+        return mask_arrays, stats_np, weight_arrays
+
+    def snapshot(self, epoch: int, metrics: Mapping[str, float] | None = None, *, force: bool = False) -> Path | None:
+        """Record epoch ``epoch`` (0-based): snapshot, stats rows, checkpoint. Returns the snapshot path.
+
+        ``metrics`` (e.g. ``train_loss``, ``val_acc``) are added to every stats row of the epoch. Epochs that
+        ``every`` skips are not recorded unless ``force``; the change counters then accumulate to the next one.
+        """
+        if self._closed:
+            raise CheckpointError(f"{self.path}: recorder is closed")
+        if not force and (epoch + 1) % self.every:
+            return None
+        masks, stats, weights = self._gather()
+        previous = self._previous if self.delta else None
+        path = write_snapshot(
+            snapshot_path(self.path, epoch), masks, stats, weights,
+            previous=previous[1] if previous else None, previous_epoch=previous[0] if previous else None,
+        )
+        self._previous = (epoch, masks)
+        extra = {k: float(v) for k, v in (metrics or {}).items()}
+        self._rows = [r for r in self._rows if r["epoch"] != epoch]
+        for name, row in zip(self.sparsifier.weights, stats, strict=True):
+            self._rows.append({"epoch": epoch, "layer": name, **dict(zip(STAT_COLUMNS, row.tolist(), strict=True)),
+                               **extra})
+        frame = pd.DataFrame(self._rows)
+        write_atomic(self.path / "stats.csv", lambda f: f.write(frame.to_csv(index=False).encode()))
+        if self.write_checkpoint:
+            self.save_checkpoint(epoch)
+        return path
+
+    def callback(self) -> Callable[..., Path | None]:
+        """``fn(epoch, **metrics)`` for a plain training loop: records the epoch."""
+        return lambda epoch, **metrics: self.snapshot(epoch, metrics)
+
+    # -- checkpoints and resume -----------------------------------------------------------------------------
+    def save_checkpoint(self, epoch: int) -> Path:
+        """Write ``checkpoint.pt`` atomically for the state after epoch ``epoch``."""
+        sp = self.sparsifier
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "epoch": epoch,
+            "model": sp.model.state_dict(),
+            "optimizer": sp.optimizer.state_dict() if sp.optimizer is not None else None,
+            "sparsifier": sp.state_dict(),
+            "masks": {n: m.detach().cpu() for n, m in sp.masks.items()},
+            "rng": rng_state(),
+        }
+        return write_atomic(self.path / "checkpoint.pt", lambda f: torch.save(state, f))
+
+    def resume(self) -> int:
+        """Restore model, optimizer, sparsifier and RNG states from ``checkpoint.pt``; returns the next epoch.
+
+        Snapshots and stats rows of epochs after the checkpoint (written just before a crash) are dropped, so
+        the resumed run rewrites them. With no checkpoint, returns 0.
+        """
+        path = self.path / "checkpoint.pt"
+        if not path.exists():
+            return 0
+        from topo.record.checkpoint import safe_load
+
+        state = safe_load(path)
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{path}: not a topo checkpoint")
+        sp = self.sparsifier
+        sp.model.load_state_dict(state["model"])
+        if sp.optimizer is not None and state["optimizer"] is not None:
+            sp.optimizer.load_state_dict(state["optimizer"])
+        sp.load_state_dict(state["sparsifier"])
+        set_rng_state(state["rng"])
+        epoch = int(state["epoch"])
+        for later in RunReader(self.path).epochs:
+            if later > epoch:
+                snapshot_path(self.path, later).unlink()
+        self._rows = [r for r in self._rows if r["epoch"] <= epoch]
+        if epoch in RunReader(self.path).epochs:
+            self._previous = (epoch, [RunReader(self.path).masks(epoch)[n] for n in sp.weights])
+        return epoch + 1
+
+    def close(self) -> None:
+        self._closed = True
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
