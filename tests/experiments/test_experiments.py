@@ -1,0 +1,156 @@
+"""Table 1 models, data readers on small real-format files, the training loop, transplant, Table 2."""
+
+from __future__ import annotations
+
+import gzip
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from topo.errors import ConfigError
+from topo.experiments.data import load_cifar10, load_dataset, load_mnist, load_text, read_idx
+from topo.experiments.models import MODELS, get_model_spec
+from topo.experiments.table import reproduce_table2, summarize_table, to_markdown
+from topo.experiments.train import TrainConfig, _factory, resolve_widths, train
+from topo.experiments.transplant import transplant
+from topo.record import RunReader
+from topo.sparsity import nonzero_count
+
+
+class FakeData:
+    n_in, n_out = 784, 10
+
+
+@pytest.mark.parametrize("name", ["mlp", "vae", "cnn", "resnet110", "lstm"])
+@pytest.mark.parametrize("log_alpha", [0.5, 1.0])
+def test_models_build_at_paper_sizes_and_budget_matched_widths(name, log_alpha):
+    spec = get_model_spec(name)
+    data = FakeData()
+    if name == "cnn" or name == "resnet110":
+        data.n_in = 3
+    if name == "lstm":
+        data.n_in = data.n_out = 83
+    base_config = TrainConfig(model=name, method="dense")
+    base_widths = resolve_widths(base_config, spec, data)
+    with torch.device("meta"):
+        dense = nonzero_count(_factory(spec, data)(base_widths), 1.0)
+    config = TrainConfig(model=name, method="adaptive", log_alpha=log_alpha)
+    widths = resolve_widths(config, spec, data)
+    with torch.device("meta"):
+        sparse = nonzero_count(_factory(spec, data)(widths), config.density)
+    assert abs(sparse - dense) / dense <= 0.01
+    assert widths[0] > base_widths[0]
+
+
+def test_resnet110_has_110_layers():
+    model = MODELS["resnet110"].build([16, 32, 64])
+    convs = sum(1 for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert convs + 1 == 110
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_idx_reader_on_real_format_files(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (7, 28, 28), dtype=np.uint8)
+    labels = np.arange(7, dtype=np.uint8)
+    def idx(array):
+        header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+        return header + array.tobytes()
+    for prefix in ("train", "t10k"):
+        (tmp_path / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx(images)))
+        (tmp_path / f"{prefix}-labels-idx1-ubyte").write_bytes(idx(labels))
+    data = load_mnist(tmp_path)
+    assert data.train_x.shape == (7, 784) and data.train_y.tolist() == list(range(7))
+    assert torch.allclose(data.train_x[3], torch.from_numpy(images[3].reshape(-1) / 255.0).float())
+    (tmp_path / "bad").write_bytes(idx(images)[:100])
+    with pytest.raises(ConfigError, match="truncated"):
+        read_idx(tmp_path / "bad")
+
+
+def test_cifar_binary_reader(tmp_path):
+    rng = np.random.default_rng(1)
+    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        records = np.concatenate([rng.integers(0, 10, (4, 1)), rng.integers(0, 256, (4, 3072))], 1)
+        records.astype(np.uint8).tofile(tmp_path / name)
+    data = load_cifar10(tmp_path)
+    assert data.train_x.shape == (20, 3, 32, 32) and data.val_x.shape == (4, 3, 32, 32)
+    assert abs(float(data.train_x.mean())) < 1e-5
+
+
+def test_text_reader(tmp_path):
+    (tmp_path / "text.txt").write_text("abcab" * 100)
+    data = load_text(tmp_path, seq_len=10)
+    assert data.vocabulary == "abc" and data.train_x.shape[1] == 10
+    assert torch.equal(data.train_y[0, :-1], data.train_x[0, 1:])
+
+
+def test_missing_data_names_files_and_where_to_put_them(tmp_path):
+    with pytest.raises(ConfigError, match="train-images-idx3-ubyte.*--data-dir"):
+        load_dataset("mnist", tmp_path / "none")
+    with pytest.raises(ConfigError, match="data_batch_1.bin"):
+        load_dataset("cifar10", tmp_path)
+    with pytest.raises(ConfigError, match="valid: digits"):
+        load_dataset("imagenet")
+
+
+@pytest.mark.parametrize("method", ["dense", "wide-dense", "random-fixed", "adaptive", "pruning"])
+def test_one_epoch_of_mlp_under_each_method(tmp_path, method):
+    config = TrainConfig(model="mlp", dataset="digits", method=method, epochs=2, batch_size=64, max_batches=5)
+    result = train(config, tmp_path / "run", progress=False)
+    assert list(result.history.epoch) == [0, 1]
+    assert not math.isnan(result.final["val_acc"])
+
+
+@pytest.mark.parametrize("model,method", [("cnn", "random-channelwise"), ("vae", "adaptive"),
+                                          ("resnet110", "adaptive"), ("lstm", "adaptive")])
+def test_one_epoch_of_each_model(tmp_path, model, method):
+    if model in ("cnn", "resnet110"):
+        rng = np.random.default_rng(0)
+        for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+            records = np.concatenate([rng.integers(0, 10, (8, 1)), rng.integers(0, 256, (8, 3072))], 1)
+            records.astype(np.uint8).tofile(tmp_path / name)
+        dataset, widths = "cifar10", None if model == "cnn" else [4, 8, 8]
+    elif model == "lstm":
+        (tmp_path / "text.txt").write_text("the quick brown fox jumps over the lazy dog. " * 60)
+        dataset, widths = "text", [16]
+    else:
+        dataset, widths = "digits", [32, 4, 32]
+    config = TrainConfig(model=model, dataset=dataset, method=method, epochs=1, batch_size=16, max_batches=2,
+                         data_dir=str(tmp_path), widths=widths)
+    result = train(config, tmp_path / "run", progress=False)
+    assert len(result.history) == 1 and np.isfinite(result.final["val_loss"])
+
+
+def test_transplant_keeps_mask_and_reinitialises_weights(tmp_path):
+    config = TrainConfig(model="mlp", dataset="digits", method="adaptive", epochs=3, batch_size=64, max_batches=4,
+                         adapt_every=1)
+    parent = train(config, tmp_path / "parent", progress=False)
+    child = transplant(parent.run_dir, tmp_path / "child", progress=False)
+    parent_run, child_run = RunReader(parent.run_dir), RunReader(child.run_dir)
+    final_mask = parent_run.masks(2)
+    for epoch in child_run.epochs:
+        for name, mask in child_run.masks(epoch).items():
+            assert np.array_equal(mask, final_mask[name])
+    assert child_run.meta["config"]["parent"].endswith("parent@2")
+    parent_start = torch.load(parent.run_dir / "checkpoint.pt", weights_only=True)["model"]
+    child_start = torch.load(child.run_dir / "checkpoint.pt", weights_only=True)["model"]
+    assert not torch.equal(parent_start["1.weight"], child_start["1.weight"])
+
+
+def test_table2_from_tiny_runs(tmp_path):
+    base = TrainConfig(model="mlp", dataset="digits", epochs=2, batch_size=64, max_batches=3)
+    runs = reproduce_table2(base, [0.5], [0.25, 0.5], seeds=2, out_dir=tmp_path, progress=False)
+    assert set(runs.method) == {"dense", "random-fixed", "pruning", "wide-dense", "adaptive"}
+    assert len(runs) == 2 * 6
+    summary = summarize_table(runs)
+    assert (summary["count"] == 2).all()
+    markdown = to_markdown(summary, "% error")
+    assert "| adaptive | 0.5 | 0.25 |" in markdown
+
+
+def test_bad_config_is_rejected():
+    with pytest.raises(ConfigError, match="valid: mlp"):
+        TrainConfig(model="gpt").validate()
+    with pytest.raises(ConfigError, match="log-alpha"):
+        TrainConfig(log_alpha=-1).validate()

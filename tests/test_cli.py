@@ -1,0 +1,132 @@
+"""End-to-end: the `topo` command driven as a user would, in a subprocess."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from topo.graph import layer_graphs, summarize
+from topo.record import Recorder
+from topo.sparsity import Adaptive
+
+from .conftest import mlp
+
+
+def topo(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "topo.cli", "--quiet", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def recorded_run(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"lstm": nn.LSTM(6, 16), "fc": nn.Linear(16, 4)})
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    sp = Adaptive(model, opt, density=0.3, every=1, unit="step")
+    run = tmp_path_factory.mktemp("runs") / "lstm-run"
+    with Recorder(run, sp) as recorder:
+        for epoch in range(3):
+            out, _ = model["lstm"](torch.randn(5, 3, 6))
+            model["fc"](out).pow(2).mean().backward()
+            opt.step()
+            sp.step()
+            opt.zero_grad()
+            recorder.snapshot(epoch, {"val_loss": 1.0 / (epoch + 1)})
+    return run
+
+
+def test_help_everywhere():
+    for command in ([], ["analyze"], ["plot"], ["train"], ["transplant"], ["reproduce"], ["demo"]):
+        result = topo(*command, "--help")
+        assert result.returncode == 0 and "usage: topo" in result.stdout
+
+
+def test_analyze_topo_checkpoint_matches_topo_graph(recorded_run):
+    result = topo("analyze", str(recorded_run / "checkpoint.pt"), "--json")
+    assert result.returncode == 0, result.stderr
+    rows = pd.DataFrame(json.loads(result.stdout))
+    masks = torch.load(recorded_run / "checkpoint.pt", weights_only=True)["masks"]
+    graphs = layer_graphs(masks)
+    assert len(rows) == len(graphs)
+    forget = rows[(rows.layer == "lstm.weight_hh_l0") & (rows.graph == "f")].iloc[0]
+    expected = summarize(graphs["lstm.weight_hh_l0[f]"])
+    for key in ("algebraic_connectivity", "degree_gini", "global_clustering", "mean_shortest_path"):
+        assert forget[key] == pytest.approx(expected[key], rel=1e-9)
+    assert forget["shape"] == "64×16"
+
+
+def test_analyze_plain_state_dict_with_zeroed_weights(tmp_path):
+    model = mlp((12,))
+    with torch.no_grad():
+        model[0].weight[model[0].weight.abs() < 0.05] = 0
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    result = topo("analyze", str(tmp_path / "model.pt"), "--csv", "-")
+    assert result.returncode == 0, result.stderr
+    table = pd.read_csv(io.StringIO(result.stdout))
+    first = table[table.layer == "0.weight"].iloc[0]
+    assert first["mask_density"] == pytest.approx((model[0].weight != 0).float().mean().item())
+    assert first["n_nodes"] == 64 + 12
+
+
+def test_analyze_torch_prune_model_with_layer_filter_and_small_world(tmp_path):
+    model = mlp((20,))
+    prune.l1_unstructured(model[0], "weight", amount=0.7)
+    torch.save(model.state_dict(), tmp_path / "pruned.pt")
+    result = topo("analyze", str(tmp_path / "pruned.pt"), "--layers", "0.*", "--small-world", "2")
+    assert result.returncode == 0, result.stderr
+    assert "0.weight" in result.stdout and "2.weight" not in result.stdout and "sigma" in result.stdout
+
+
+def test_analyze_run_directory_writes_csv_and_figure(recorded_run, tmp_path):
+    result = topo("analyze", str(recorded_run), "--csv", str(tmp_path / "m.csv"), "--plot", str(tmp_path / "f5.png"))
+    assert result.returncode == 0, result.stderr
+    table = pd.read_csv(tmp_path / "m.csv")
+    assert sorted(table.epoch.unique()) == [0, 1, 2]
+    assert {"i", "f", "g", "o"} <= set(table.graph)
+    assert (tmp_path / "f5.png").stat().st_size > 10_000
+
+
+def test_plot_figures_from_run(recorded_run, tmp_path):
+    for figure in ("3", "4", "5"):
+        out = tmp_path / f"fig{figure}.png"
+        result = topo("plot", str(recorded_run), "--figure", figure, "-o", str(out))
+        assert result.returncode == 0, result.stderr
+        assert out.exists()
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["analyze", "missing.pt"], "missing.pt: no such file"),
+        (["analyze", "."], "run.json"),
+        (["analyze", "corrupt.pt"], "corrupt.pt"),
+        (["analyze", "bias.pt"], "no weight with two or more dimensions"),
+        (["analyze", "model.pt", "--layers", "nothing*"], "no layer matches 'nothing*'"),
+        (["train", "--model", "transformer"], "unknown model 'transformer'; valid: mlp"),
+        (["train", "--method", "magic"], "unknown method 'magic'; valid: dense"),
+        (["train", "--log-alpha", "0"], "--log-alpha must be > 0"),
+        (["train", "--dataset", "mnist", "--data-dir", "nowhere"], "train-images-idx3-ubyte"),
+    ],
+)
+def test_bad_input_exits_1_with_one_clear_line(tmp_path, args, message):
+    (tmp_path / "corrupt.pt").write_bytes(b"PK\x03\x04 this is not a zip")
+    torch.save({"bias": torch.zeros(3)}, tmp_path / "bias.pt")
+    torch.save(mlp((4,)).state_dict(), tmp_path / "model.pt")
+    result = topo(*args, cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("topo: error:") and message in lines[0], result.stderr
+
+
+def test_usage_error_exits_2():
+    assert topo("analyze").returncode == 2
+    assert topo("frobnicate").returncode == 2

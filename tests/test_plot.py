@@ -1,0 +1,56 @@
+"""The figures: saved PNGs exist, are not blank, and have the expected axes and lines."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.image import imread
+
+from topo import plot
+from topo.errors import ConfigError
+
+
+def metrics_frame(runs: int = 1) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    rows = [(f"r{r}", e, "lstm.weight_hh_l0", g, m, rng.random())
+            for r in range(runs) for e in range(5) for g in "ifgo" for m in plot.FIGURE5_METRICS]
+    return pd.DataFrame(rows, columns=["run", "epoch", "layer", "graph", "metric", "value"])
+
+
+def not_blank(path) -> bool:
+    image = imread(path)
+    return image.std() > 0.01
+
+
+def test_figure5_four_axes_one_line_per_gate(tmp_path):
+    fig = plot.figure5(metrics_frame())
+    assert len(fig.axes) == 4
+    assert all(len(ax.get_lines()) >= 4 for ax in fig.axes)
+    fig.savefig(tmp_path / "f5.png")
+    assert not_blank(tmp_path / "f5.png")
+
+
+def test_figure5_over_seeds_draws_bands():
+    fig = plot.figure5(metrics_frame(runs=3))
+    assert len(fig.axes[0].collections) >= 4  # one ±sd band per gate
+
+
+def test_figure4_and_figure3_and_figure2(tmp_path):
+    stats = pd.DataFrame({"run": ["a"] * 3 + ["b"] * 3, "epoch": [0, 1, 2] * 2, "layer": "fc",
+                          "low_0.1": [10, 8, 5, 10, 10, 11]})
+    fig4 = plot.figure4(stats)
+    assert len(fig4.axes[0].get_lines()) >= 2
+    histories = stats.rename(columns={"low_0.1": "val_loss"})
+    fig3 = plot.figure3(histories)
+    assert len(fig3.axes[0].get_lines()) >= 2
+    runs = pd.DataFrame({"method": ["dense", "adaptive", "adaptive"], "log_alpha": [0, 0.5, 0.5],
+                         "score": [3.0, 2.5, 2.4]})
+    fig2 = plot.figure2(runs)
+    fig2.savefig(tmp_path / "f2.png")
+    assert not_blank(tmp_path / "f2.png") and len(fig2.axes[0].patches) >= 2
+
+
+def test_missing_columns_raise():
+    with pytest.raises(ConfigError, match="missing"):
+        plot.figure5(pd.DataFrame({"epoch": [0]}))

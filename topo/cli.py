@@ -1,0 +1,283 @@
+"""The ``topo`` command: analyze, plot, train, transplant, reproduce, demo.
+
+Exit codes: 0 success, 1 failure (one line on stderr; ``--debug`` shows the traceback), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import logging
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from topo.errors import ConfigError, TopoError
+
+ANALYZE_COLUMNS = ["layer", "graph", "shape", "mask_density", "n_nodes", "n_edges", "algebraic_connectivity",
+                   "degree_gini", "global_clustering", "mean_shortest_path", "reachable_fraction"]
+
+
+def _select(masks: dict, pattern: str | None, source: Path) -> dict:
+    if pattern is None:
+        return masks
+    chosen = {n: m for n, m in masks.items() if fnmatch.fnmatchcase(n, pattern)}
+    if not chosen:
+        raise ConfigError(f"{source}: no layer matches {pattern!r}; layers: {', '.join(masks)}")
+    return chosen
+
+
+def analyze_masks(masks: dict, small_world: int = 0, device: str = "cpu") -> pd.DataFrame:
+    """One row per graph of every layer: shape, mask density and the metrics of :func:`topo.graph.summarize`."""
+    import torch
+
+    from topo.graph import layer_graphs, summarize
+
+    rows = []
+    for layer, mask in masks.items():
+        mask = torch.as_tensor(mask).to(device)
+        for graph_name, graph in layer_graphs({layer: mask}).items():
+            suffix = graph_name[len(layer):]
+            row = {"layer": layer, "graph": suffix[1:-1] if suffix else "layer",
+                   "shape": "×".join(map(str, mask.shape)), "mask_density": float(mask.float().mean())}
+            row.update(summarize(graph, "torch" if device != "cpu" else "cpu", small_world_graphs=small_world))
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from topo.graph import metrics_table
+    from topo.record import RunReader, load_masks
+
+    path = Path(args.path)
+    if path.is_dir():
+        reader = RunReader(path)
+        if not reader.epochs:
+            raise TopoError(f"{path}: run directory has no snapshots yet")
+        selected = _select(dict(reader.layers), args.layers, path)
+        timeline = ((e, {n: m for n, m in masks.items() if n in selected}) for e, masks in reader.iter_masks())
+        table = metrics_table(list(timeline), run=reader.name, small_world_graphs=args.small_world,
+                              progress=not args.quiet)
+        out = Path(args.csv) if args.csv else path / "graph_metrics.csv"
+        table.to_csv(out, index=False)
+        if args.plot:
+            from topo.plot import figure5
+
+            figure5(table).savefig(args.plot, dpi=120)
+        if args.json:
+            print(table.to_json(orient="records"))
+        else:
+            last = table[table.epoch == table.epoch.max()]
+            wide = last.pivot_table(index=["layer", "graph"], columns="metric", values="value").reset_index()
+            print(f"{path}: {len(reader.epochs)} epochs, metrics written to {out}"
+                  + (f", Figure 5 to {args.plot}" if args.plot else ""))
+            print(f"last epoch ({int(table.epoch.max())}):")
+            print(wide.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        return 0
+    layers = load_masks(path)
+    masks = _select({name: mask for name, (mask, _) in layers.items()}, args.layers, path)
+    table = analyze_masks(masks, args.small_world, args.device)
+    columns = ANALYZE_COLUMNS + [c for c in ("sigma", "omega") if c in table.columns]
+    table = table[columns]
+    if args.json:
+        print(table.to_json(orient="records"))
+    elif args.csv:
+        table.to_csv(args.csv if args.csv != "-" else sys.stdout, index=False)
+    else:
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    return 0
+
+
+def _stats_of(runs: Sequence[str]) -> pd.DataFrame:
+    from topo.record import RunReader
+
+    frames = []
+    for run in runs:
+        reader = RunReader(run)
+        frames.append(reader.stats.assign(run=reader.name))
+    return pd.concat(frames, ignore_index=True)
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from topo import plot
+    from topo.graph import metrics_table
+    from topo.record import RunReader
+
+    if args.figure == 5:
+        tables = [metrics_table(RunReader(r), run=RunReader(r).name, progress=not args.quiet) for r in args.runs]
+        fig = plot.figure5(pd.concat(tables, ignore_index=True))
+    elif args.figure == 4:
+        fig = plot.figure4(_stats_of(args.runs), layer=args.layer)
+    else:
+        stats = _stats_of(args.runs)
+        histories = stats.groupby(["run", "epoch"]).first().reset_index()
+        fig = plot.figure3(histories, metric=args.metric)
+    fig.savefig(args.output, dpi=120)
+    print(f"Figure {args.figure} written to {args.output}")
+    return 0
+
+
+def _train_config(args: argparse.Namespace):
+    from topo.experiments.train import TrainConfig
+
+    return TrainConfig(model=args.model, method=getattr(args, "method", "adaptive"), dataset=args.dataset,
+                       log_alpha=getattr(args, "log_alpha", 0.5), k=getattr(args, "k", 0.5), epochs=args.epochs,
+                       batch_size=args.batch_size, lr=args.lr, seed=getattr(args, "seed", 0), device=args.device,
+                       bf16=args.bf16, patience=args.patience, data_dir=args.data_dir, max_batches=args.max_batches)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from topo.experiments.train import train
+
+    config = _train_config(args)
+    config.validate()
+    run_dir = Path(args.out) / (args.name or config.run_name())
+    result = train(config, run_dir, resume=args.resume, progress=not args.quiet)
+    final = ", ".join(f"{k} {v:.4f}" for k, v in result.final.items() if k != "epoch")
+    print(f"{run_dir}: widths {result.widths}; last epoch: {final}")
+    return 0
+
+
+def cmd_transplant(args: argparse.Namespace) -> int:
+    from topo.experiments.transplant import transplant
+
+    result = transplant(args.run, args.out, epoch=args.epoch, seed=args.seed, epochs=args.epochs,
+                        data_dir=args.data_dir, progress=not args.quiet)
+    final = ", ".join(f"{k} {v:.4f}" for k, v in result.final.items() if k != "epoch")
+    print(f"{result.run_dir}: transplanted topology of {args.run}; last epoch: {final}")
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from topo.experiments.models import get_model_spec
+    from topo.experiments.table import reproduce_table2, summarize_table, to_markdown
+
+    base = _train_config(args)
+    base.validate()
+    out = Path(args.out)
+    runs = reproduce_table2(base, args.log_alpha, args.k, args.seeds, out / "runs", progress=not args.quiet)
+    summary = summarize_table(runs)
+    metric = "% error" if get_model_spec(args.model).task == "classify" else "loss"
+    markdown = to_markdown(summary, metric)
+    out.mkdir(parents=True, exist_ok=True)
+    runs.to_csv(out / "table2_runs.csv", index=False)
+    summary.to_csv(out / "table2.csv", index=False)
+    (out / "table2.md").write_text(markdown)
+    print(markdown)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from topo.experiments.demo import run_demo
+
+    summary = run_demo(args.out, epochs=args.epochs, progress=not args.quiet)
+    print(summary)
+    return 0
+
+
+def _training_options(parser: argparse.ArgumentParser, model_default: str = "mlp") -> None:
+    from topo.experiments.models import MODELS
+
+    parser.add_argument("--model", default=model_default, help=f"Table 1 model: {', '.join(MODELS)}")
+    parser.add_argument("--dataset", help="digits, mnist, fashion-mnist, cifar10, text (default: the model's)")
+    parser.add_argument("--data-dir", help="folder with the dataset's files (default: $TOPO_DATA)")
+    parser.add_argument("--epochs", type=int, help="default: Table 1's")
+    parser.add_argument("--batch-size", type=int, help="default: Table 1's (128; VAE 256)")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 …")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    parser.add_argument("--patience", type=int, help="early stopping after this many epochs without improvement")
+    parser.add_argument("--max-batches", type=int, help="cap on batches per epoch (quick trials)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="topo", description="Adaptive weight sparsity: train, record, analyse.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("analyze", help="graph metrics of a checkpoint or run directory",
+                       description="Graph metrics (Figure 5) of every layer of a PyTorch checkpoint or topo run.")
+    p.add_argument("path", help="checkpoint (.pt/.pth: topo, state_dict, torch prune) or run directory")
+    p.add_argument("--json", action="store_true", help="JSON records on stdout")
+    p.add_argument("--csv", help="CSV file ('-' for stdout); for a run directory, where the tidy table goes")
+    p.add_argument("--layers", help="glob over layer names, e.g. 'lstm.weight_hh*'")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda for the torch backend on the GPU")
+    p.add_argument("--small-world", type=int, default=0, metavar="N",
+                   help="also σ and ω against N degree-preserving random graphs")
+    p.add_argument("--plot", help="for a run directory: draw Figure 5 into this file")
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("plot", help="draw Figure 3, 4 or 5 from run directories",
+                       description="Draw a figure of the paper from one or more run directories.")
+    p.add_argument("runs", nargs="+", help="run directories")
+    p.add_argument("--figure", type=int, choices=[3, 4, 5], default=5)
+    p.add_argument("-o", "--output", required=True, help="image file (.png, .pdf, .svg)")
+    p.add_argument("--layer", help="Figure 4: layer to show (default: the first)")
+    p.add_argument("--metric", default="val_loss", help="Figure 3: stats column to plot (val_loss, val_acc, …)")
+    p.set_defaults(func=cmd_plot)
+
+    from topo.experiments.train import TRAIN_METHODS
+
+    p = sub.add_parser("train", help="train one model with one method, recorded",
+                       description="Train a Table 1 model with a sparsity method and record the run.")
+    _training_options(p)
+    p.add_argument("--method", default="adaptive", help=f"one of: {', '.join(TRAIN_METHODS)}")
+    p.add_argument("--log-alpha", type=float, default=0.5, help="−log10 α (0.5 → α ≈ 0.32)")
+    p.add_argument("--k", type=float, default=0.5, help="adaptive pruning threshold k")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs", help="parent folder of the run directory")
+    p.add_argument("--name", help="run directory name (default from the configuration)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("transplant", help="retrain a run's learned mask from scratch (Figure 3)",
+                       description="Section 5.1: train RUN's mask fixed from a fresh initialisation.")
+    p.add_argument("run", help="run directory recorded by topo train")
+    p.add_argument("--epoch", type=int, help="snapshot to take the mask from (default: last)")
+    p.add_argument("--out", help="new run directory (default: RUN-transplant-eEPOCH)")
+    p.add_argument("--epochs", type=int, help="default: the parent's")
+    p.add_argument("--seed", type=int, help="initialisation seed (default: parent's + 1)")
+    p.add_argument("--data-dir")
+    p.set_defaults(func=cmd_transplant)
+
+    p = sub.add_parser("reproduce", help="reproduce a table of the paper",
+                       description="Reproduce Table 2 for one model over seeds (mean ± std).")
+    p.add_argument("table", choices=["table2"])
+    _training_options(p)
+    p.add_argument("--log-alpha", type=float, nargs="+", default=[0.5, 1.0])
+    p.add_argument("--k", type=float, nargs="+", default=[0.25, 0.5])
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--out", default="results/table2")
+    p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("demo", help="a few-minute end-to-end run on the bundled digits",
+                       description="Train adaptive, random fixed and dense MLPs on the bundled digits, record "
+                                   "them, transplant the adaptive topology, compute graph metrics, save figures.")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--epochs", type=int, default=20)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if not args.quiet else logging.WARNING, format="%(message)s")
+    try:
+        return args.func(args)
+    except (TopoError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"topo: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("topo: interrupted", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

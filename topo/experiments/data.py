@@ -1,0 +1,196 @@
+"""Datasets of Table 1, read from local files (never unpickled), with the bundled digits as the offline default.
+
+=================  ==========================================================================================
+name               files expected in the data directory (``--data-dir`` or ``$TOPO_DATA``)
+=================  ==========================================================================================
+``digits``         none: the 8×8 handwritten digits bundled in the repository (``data/digits.npz``)
+``mnist``          ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
+                   ``t10k-labels-idx1-ubyte`` (optionally ``.gz``), in ``DIR``, ``DIR/mnist`` or
+                   ``DIR/MNIST/raw``; downloaded by torchvision when it is installed and the machine is online
+``fashion-mnist``  the same idx files for Fashion-MNIST, in ``DIR/fashion-mnist`` (Debian's package
+                   ``dataset-fashion-mnist`` installs them under ``/usr/share/dataset-fashion-mnist``)
+``cifar10``        the binary version: ``data_batch_1.bin`` … ``data_batch_5.bin``, ``test_batch.bin`` in ``DIR``
+                   or ``DIR/cifar-10-batches-bin``
+``text``           a plain-text corpus for the char-LSTM: ``DIR/text.txt`` or a file path given as the data dir
+=================  ==========================================================================================
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from topo.errors import ConfigError
+
+REPO_DATA = Path(__file__).resolve().parents[2] / "data"
+FASHION_SYSTEM_DIR = Path("/usr/share/dataset-fashion-mnist")
+
+
+@dataclass
+class Dataset:
+    """Tensors of one dataset: inputs and targets for training and validation, and their sizes."""
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    n_in: int
+    n_out: int
+    vocabulary: str = ""
+
+
+def data_dir(path: str | os.PathLike | None = None) -> Path | None:
+    """The data directory: ``path``, else ``$TOPO_DATA``, else None."""
+    chosen = path or os.environ.get("TOPO_DATA")
+    return Path(chosen) if chosen else None
+
+
+def load_digits(validation: int = 297, seed: int = 0) -> Dataset:
+    """The bundled 1,797 8×8 digits, pixels scaled to [0, 1]; a fixed random split of ``validation`` examples."""
+    with np.load(REPO_DATA / "digits.npz") as f:
+        x = torch.from_numpy(f["images"].reshape(-1, 64).astype(np.float32) / 16.0)
+        y = torch.from_numpy(f["labels"].astype(np.int64))
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    val, train = order[:validation], order[validation:]
+    return Dataset("digits", x[train], y[train], x[val], y[val], n_in=64, n_out=10)
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (the MNIST format), optionally gzip-compressed."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        raw = handle.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ConfigError(f"{path}: not an unsigned-byte IDX file")
+    dims = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims)
+    if data.size != int(np.prod(shape)):
+        raise ConfigError(f"{path}: truncated IDX file ({data.size} values for shape {shape})")
+    return data.reshape(shape)
+
+
+def _find(directory: Path, stem: str) -> Path | None:
+    for candidate in (directory / stem, directory / f"{stem}.gz"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def load_idx_dataset(name: str, directories: list[Path]) -> Dataset:
+    """MNIST-format data from the first directory holding all four idx files."""
+    for directory in directories:
+        files = [_find(directory, stem) for stem in MNIST_FILES]
+        if all(files):
+            train_x, train_y, val_x, val_y = (read_idx(f) for f in files)
+            to_x = lambda a: torch.from_numpy(a.reshape(len(a), -1).astype(np.float32) / 255.0)  # noqa: E731
+            return Dataset(name, to_x(train_x), torch.from_numpy(train_y.astype(np.int64)), to_x(val_x),
+                           torch.from_numpy(val_y.astype(np.int64)), n_in=784, n_out=10)
+    searched = ", ".join(str(d) for d in directories) or "(no data directory given)"
+    raise ConfigError(
+        f"{name}: files {', '.join(MNIST_FILES)} (or .gz) not found in {searched}; put them there, or pass "
+        "--data-dir / set TOPO_DATA"
+    )
+
+
+def load_mnist(directory: Path | None, fashion: bool = False) -> Dataset:
+    name = "fashion-mnist" if fashion else "mnist"
+    candidates: list[Path] = []
+    if directory is not None:
+        candidates += [directory, directory / name, directory / name.upper() / "raw",
+                       directory / ("FashionMNIST" if fashion else "MNIST") / "raw"]
+    if fashion:
+        candidates.append(FASHION_SYSTEM_DIR)
+    try:
+        return load_idx_dataset(name, candidates)
+    except ConfigError:
+        if directory is None or fashion:
+            raise
+        try:
+            import torchvision
+        except ImportError:
+            raise ConfigError(f"{name}: files {', '.join(MNIST_FILES)} (or .gz) not found in {directory} and "
+                              "torchvision (for downloading) is not installed; put them there or pass --data-dir"
+                              ) from None
+        torchvision.datasets.MNIST(str(directory), download=True)
+        return load_idx_dataset(name, candidates)
+
+
+CIFAR_TRAIN = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
+
+
+def read_cifar_binary(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 binary batch: records of 1 label byte + 3072 pixel bytes (3×32×32, channel-major)."""
+    raw = np.fromfile(path, dtype=np.uint8)
+    if raw.size % 3073:
+        raise ConfigError(f"{path}: size {raw.size} is not a whole number of 3073-byte CIFAR-10 records")
+    records = raw.reshape(-1, 3073)
+    return records[:, 1:].reshape(-1, 3, 32, 32), records[:, 0].astype(np.int64)
+
+
+def _standardise(images: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(((images / 255.0 - mean) / std).astype(np.float32))
+
+
+def load_cifar10(directory: Path | None) -> Dataset:
+    candidates = [directory, directory / "cifar-10-batches-bin"] if directory is not None else []
+    for folder in candidates:
+        if all((folder / f).exists() for f in (*CIFAR_TRAIN, "test_batch.bin")):
+            parts = [read_cifar_binary(folder / f) for f in CIFAR_TRAIN]
+            train_x = np.concatenate([p[0] for p in parts])
+            train_y = np.concatenate([p[1] for p in parts])
+            val_x, val_y = read_cifar_binary(folder / "test_batch.bin")
+            mean = train_x.reshape(-1, 3, 1024).mean((0, 2)).reshape(1, 3, 1, 1) / 255
+            std = train_x.reshape(-1, 3, 1024).std((0, 2)).reshape(1, 3, 1, 1) / 255
+            return Dataset("cifar10", _standardise(train_x, mean, std), torch.from_numpy(train_y),
+                           _standardise(val_x, mean, std), torch.from_numpy(val_y), n_in=3, n_out=10)
+    searched = ", ".join(str(d) for d in candidates) or "(no data directory given)"
+    raise ConfigError(f"cifar10: binary files {', '.join(CIFAR_TRAIN)}, test_batch.bin not found in {searched}; "
+                      "download the 'CIFAR-10 binary version' and pass --data-dir")
+
+
+def load_text(path: Path | None, validation_fraction: float = 0.1, seq_len: int = 100) -> Dataset:
+    """A character corpus cut into sequences of ``seq_len`` + 1 characters (inputs and next-character targets)."""
+    if path is None:
+        raise ConfigError("text: pass --data-dir with a .txt corpus (or a folder holding text.txt)")
+    file = path / "text.txt" if path.is_dir() else path
+    if not file.exists():
+        raise ConfigError(f"text: {file} not found; put a plain-text corpus there")
+    text = file.read_text(encoding="utf-8", errors="replace")
+    vocabulary = "".join(sorted(set(text)))
+    index = {c: i for i, c in enumerate(vocabulary)}
+    ids = torch.tensor([index[c] for c in text], dtype=torch.int64)
+    usable = (len(ids) - 1) // seq_len * seq_len
+    if usable < 2 * seq_len:
+        raise ConfigError(f"text: {file} is too short ({len(ids)} characters) for sequences of {seq_len}")
+    inputs = ids[:usable].view(-1, seq_len)
+    targets = ids[1 : usable + 1].view(-1, seq_len)
+    n_val = max(1, int(len(inputs) * validation_fraction))
+    return Dataset("text", inputs[:-n_val], targets[:-n_val], inputs[-n_val:], targets[-n_val:],
+                   n_in=len(vocabulary), n_out=len(vocabulary), vocabulary=vocabulary)
+
+
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "text")
+
+
+def load_dataset(name: str, directory: str | os.PathLike | None = None) -> Dataset:
+    """Load dataset ``name`` (see the module table) from ``directory`` or ``$TOPO_DATA``."""
+    root = data_dir(directory)
+    if name == "digits":
+        return load_digits()
+    if name in ("mnist", "fashion-mnist"):
+        return load_mnist(root, fashion=name == "fashion-mnist")
+    if name == "cifar10":
+        return load_cifar10(root)
+    if name == "text":
+        return load_text(root)
+    raise ConfigError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")

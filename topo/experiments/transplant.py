@@ -1,0 +1,49 @@
+"""The transplant experiment of Section 5.1 (Figure 3): a learned topology, trained again from scratch.
+
+"We take the sparsity pattern resulting from a training session with adaptive sparsity and use this as a fixed
+sparse structure for a new network trained from scratch." The new run has the parent's model, widths, data and
+training settings, freshly initialised weights (seed + 1 by default, so that the initial values differ from the
+parent's), and the parent's mask at ``epoch`` held fixed (:class:`topo.sparsity.FixedMask`). Its ``run.json``
+names the parent run and epoch.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from topo.errors import CheckpointError
+from topo.experiments.train import TrainConfig, TrainResult, train
+from topo.record import RunReader
+
+
+def transplant(
+    run_dir: str | os.PathLike,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    epoch: int | None = None,
+    seed: int | None = None,
+    epochs: int | None = None,
+    data_dir: str | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train the mask of ``run_dir`` at ``epoch`` (default: the last recorded) fixed, from a fresh initialisation.
+
+    Returns the new run's result; it is recorded in ``out_dir`` (default: ``<run>-transplant-e<epoch>`` beside
+    the parent).
+    """
+    reader = RunReader(run_dir)
+    if not reader.epochs:
+        raise CheckpointError(f"{reader.path}: no snapshot to transplant")
+    epoch = reader.epochs[-1] if epoch is None else epoch
+    masks = reader.masks(epoch, as_torch=True)
+    recorded = reader.meta["config"]
+    if "train" not in recorded:
+        raise CheckpointError(f"{reader.path / 'run.json'}: not recorded by topo.experiments.train (no 'train')")
+    config = TrainConfig(**recorded["train"])
+    config.seed = config.seed + 1 if seed is None else seed
+    config.epochs = epochs or recorded["epochs"]
+    config.data_dir = data_dir or config.data_dir
+    out_dir = Path(out_dir) if out_dir else reader.path.parent / f"{reader.path.name}-transplant-e{epoch}"
+    return train(config, out_dir, masks=masks, widths=recorded["widths"], parent=f"{reader.path}@{epoch}",
+                 progress=progress)

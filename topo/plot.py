@@ -1,0 +1,90 @@
+"""Figures 2–5 of the paper as seaborn plots. Every function takes a tidy DataFrame and returns the Figure.
+
+Uses matplotlib's Agg backend unless another was chosen before import, so it works without a display.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
+    matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from topo.errors import ConfigError  # noqa: E402
+
+FIGURE5_METRICS = {
+    "algebraic_connectivity": "algebraic connectivity",
+    "degree_gini": "Gini coefficient of degree",
+    "global_clustering": "global clustering coefficient",
+    "mean_shortest_path": "mean shortest path length",
+}
+
+
+def _require(frame: pd.DataFrame, columns: list[str], what: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ConfigError(f"{what} needs columns {columns}; missing {missing}")
+    if frame.empty:
+        raise ConfigError(f"{what}: the table is empty")
+
+
+def figure5(metrics: pd.DataFrame, hue: str = "graph") -> plt.Figure:
+    """The four graph metrics over epochs (Figure 5), one line per ``hue`` value (LSTM gate or layer).
+
+    ``metrics`` is :func:`topo.graph.metrics_table` output (run, epoch, layer, graph, metric, value). Several runs
+    (seeds) with the same ``hue`` values are drawn as their mean with a ±1 std band.
+    """
+    _require(metrics, ["epoch", "metric", "value", hue], "figure5")
+    data = metrics[metrics["metric"].isin(FIGURE5_METRICS)]
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
+    for ax, (metric, title) in zip(axes.flat, FIGURE5_METRICS.items(), strict=True):
+        sns.lineplot(data=data[data["metric"] == metric], x="epoch", y="value", hue=hue, errorbar="sd", ax=ax,
+                     legend=ax is axes.flat[0])
+        ax.set_title(title)
+        ax.set_ylabel("")
+    fig.suptitle("Graph metrics of the learned masks over training (cf. Figure 5)")
+    fig.tight_layout()
+    return fig
+
+
+def figure4(stats: pd.DataFrame, layer: str | None = None, fraction: float = 0.1, hue: str = "run") -> plt.Figure:
+    """Number of low-strength weights (|w| below ``fraction`` × layer mean) over epochs (Figure 4).
+
+    ``stats`` is ``stats.csv`` of one or more runs with a ``run`` column; ``layer`` defaults to the first.
+    """
+    column = f"low_{fraction:g}"
+    _require(stats, ["epoch", "layer", column, hue], "figure4")
+    layer = layer or stats["layer"].iloc[0]
+    data = stats[stats["layer"] == layer]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    sns.lineplot(data=data, x="epoch", y=column, hue=hue, errorbar="sd", ax=ax)
+    ax.set_ylabel(f"weights with |w| < {fraction:g} × mean")
+    ax.set_title(f"Low-strength weights in {layer} (cf. Figure 4)")
+    fig.tight_layout()
+    return fig
+
+
+def figure3(histories: pd.DataFrame, metric: str = "val_loss", hue: str = "run") -> plt.Figure:
+    """Validation curves of adaptive, transplanted-topology and random fixed runs (Figure 3)."""
+    _require(histories, ["epoch", metric, hue], "figure3")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    sns.lineplot(data=histories, x="epoch", y=metric, hue=hue, errorbar="sd", ax=ax)
+    ax.set_ylabel(metric.replace("_", " "))
+    ax.set_title("Adaptive vs transplanted topology vs random fixed (cf. Figure 3)")
+    fig.tight_layout()
+    return fig
+
+
+def figure2(runs: pd.DataFrame, metric_label: str = "validation error (%)") -> plt.Figure:
+    """Table 2 as bars: score per method for each −log α, mean ± std over seeds (cf. Figure 2)."""
+    _require(runs, ["method", "log_alpha", "score"], "figure2")
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    sns.barplot(data=runs, x="log_alpha", y="score", hue="method", errorbar="sd", ax=ax)
+    ax.set_xlabel("−log₁₀ α (0 = dense baseline)")
+    ax.set_ylabel(metric_label)
+    fig.tight_layout()
+    return fig
