@@ -130,3 +130,19 @@ def test_bad_input_exits_1_with_one_clear_line(tmp_path, args, message):
 def test_usage_error_exits_2():
     assert topo("analyze").returncode == 2
     assert topo("frobnicate").returncode == 2
+
+
+def test_reproduce_table2_and_train_and_transplant_commands(tmp_path):
+    result = topo("reproduce", "table2", "--dataset", "digits", "--epochs", "1", "--max-batches", "2",
+                  "--batch-size", "32", "--seeds", "1", "--log-alpha", "0.5", "--k", "0.5", "--out",
+                  str(tmp_path / "t2"))
+    assert result.returncode == 0, result.stderr
+    assert "| adaptive | 0.5 | 0.5 |" in (tmp_path / "t2" / "table2.md").read_text()
+    assert (tmp_path / "t2" / "table2.csv").exists()
+    result = topo("train", "--dataset", "digits", "--epochs", "2", "--max-batches", "3", "--out", str(tmp_path),
+                  "--name", "run")
+    assert result.returncode == 0, result.stderr
+    result = topo("transplant", str(tmp_path / "run"), "--epochs", "1")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "run-transplant-e1" / "snapshots" / "epoch-0000.npz").exists()
+    assert topo("reproduce", "table2", "--log-alpha", "0", "--out", str(tmp_path / "x")).returncode == 1

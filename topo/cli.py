@@ -120,11 +120,11 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_config(args: argparse.Namespace):
+def _train_config(args: argparse.Namespace, log_alpha: float, k: float):
     from topo.experiments.train import TrainConfig
 
     return TrainConfig(model=args.model, method=getattr(args, "method", "adaptive"), dataset=args.dataset,
-                       log_alpha=getattr(args, "log_alpha", 0.5), k=getattr(args, "k", 0.5), epochs=args.epochs,
+                       log_alpha=log_alpha, k=k, epochs=args.epochs,
                        batch_size=args.batch_size, lr=args.lr, seed=getattr(args, "seed", 0), device=args.device,
                        bf16=args.bf16, patience=args.patience, data_dir=args.data_dir, max_batches=args.max_batches)
 
@@ -132,7 +132,7 @@ def _train_config(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> int:
     from topo.experiments.train import train
 
-    config = _train_config(args)
+    config = _train_config(args, args.log_alpha, args.k)
     config.validate()
     run_dir = Path(args.out) / (args.name or config.run_name())
     result = train(config, run_dir, resume=args.resume, progress=not args.quiet)
@@ -155,7 +155,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from topo.experiments.models import get_model_spec
     from topo.experiments.table import reproduce_table2, summarize_table, to_markdown
 
-    base = _train_config(args)
+    base = _train_config(args, args.log_alpha[0], args.k[0])
     base.validate()
     out = Path(args.out)
     runs = reproduce_table2(base, args.log_alpha, args.k, args.seeds, out / "runs", progress=not args.quiet)

@@ -8,7 +8,7 @@ name               files expected in the data directory (``--data-dir`` or ``$TO
                    ``t10k-labels-idx1-ubyte`` (optionally ``.gz``), in ``DIR``, ``DIR/mnist`` or
                    ``DIR/MNIST/raw``; downloaded by torchvision when it is installed and the machine is online
 ``fashion-mnist``  the same idx files for Fashion-MNIST, in ``DIR/fashion-mnist`` (Debian's package
-                   ``dataset-fashion-mnist`` installs them under ``/usr/share/dataset-fashion-mnist``)
+                   ``dataset-fashion-mnist`` installs them under ``/usr/share/datasets/fashion-mnist``)
 ``cifar10``        the binary version: ``data_batch_1.bin`` … ``data_batch_5.bin``, ``test_batch.bin`` in ``DIR``
                    or ``DIR/cifar-10-batches-bin``
 ``text``           a plain-text corpus for the char-LSTM: ``DIR/text.txt`` or a file path given as the data dir
@@ -28,7 +28,7 @@ import torch
 from topo.errors import ConfigError
 
 REPO_DATA = Path(__file__).resolve().parents[2] / "data"
-FASHION_SYSTEM_DIR = Path("/usr/share/dataset-fashion-mnist")
+FASHION_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
 @dataclass
