@@ -129,8 +129,7 @@ class Recorder:
         self._rows: list[dict[str, Any]] = []
         self._closed = False
         if resume and (self.path / "run.json").exists():
-            RunReader(self.path)  # validates run.json
-            self._rows = RunReader(self.path).stats.to_dict("records")
+            self._rows = RunReader(self.path).stats.to_dict("records")  # also validates run.json
         else:
             if (self.path / "run.json").exists():
                 raise CheckpointError(f"{self.path}: already holds a run; pass resume=True or choose another name")

@@ -185,13 +185,4 @@ def _top_magnitude(magnitude: torch.Tensor, keep: int) -> torch.Tensor:
     return mask.view(magnitude.shape)
 
 
-def check_prune_schedule(prune_after: Sequence[int], epochs: int) -> None:
-    """Raise :class:`ConfigError` if a pruning epoch is not inside a run of ``epochs`` epochs."""
-    late = [e for e in prune_after if e >= epochs - 1]
-    if late:
-        raise ConfigError(
-            f"pruning after epoch(s) {late} leaves no epoch to fine-tune in a run of {epochs} epochs"
-        )
-
-
-__all__ = ["Dense", "FixedMask", "MagnitudePruning", "RandomChannelwise", "RandomFixed", "check_prune_schedule"]
+__all__ = ["Dense", "FixedMask", "MagnitudePruning", "RandomChannelwise", "RandomFixed"]
