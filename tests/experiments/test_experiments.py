@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import math
 
 import numpy as np
@@ -147,6 +148,38 @@ def test_table2_from_tiny_runs(tmp_path):
     assert (summary["count"] == 2).all()
     markdown = to_markdown(summary, "% error")
     assert "| adaptive | 0.5 | 0.25 |" in markdown
+
+
+def test_table2_reuses_finished_runs_and_resumes_interrupted_ones(tmp_path):
+    base = TrainConfig(model="mlp", dataset="digits", epochs=3, batch_size=64, max_batches=3)
+    first = reproduce_table2(base, [0.5], [0.25], seeds=1, out_dir=tmp_path, progress=False)
+    finished = tmp_path / "mlp-dense-s0"
+    stamps = {p.name: p.stat().st_mtime_ns for p in finished.rglob("*") if p.is_file()}
+    interrupted = tmp_path / "mlp-random-fixed-la0.5-s0"
+    (interrupted / "snapshots" / "epoch-0002.npz").unlink()
+    checkpoint = torch.load(interrupted / "checkpoint.pt", weights_only=True)
+    run_json = RunReader(interrupted).meta
+    del run_json["finished"]
+    (interrupted / "run.json").write_text(json.dumps(run_json))
+    checkpoint["epoch"] = 1
+    torch.save(checkpoint, interrupted / "checkpoint.pt")
+
+    again = reproduce_table2(base, [0.5], [0.25], seeds=1, out_dir=tmp_path, progress=False)
+    assert stamps == {p.name: p.stat().st_mtime_ns for p in finished.rglob("*") if p.is_file()}
+    assert first.score.tolist()[0] == again.score.tolist()[0]
+    assert RunReader(interrupted).epochs == [0, 1, 2]
+    assert RunReader(interrupted).meta["finished"]["epochs"] == 3
+
+
+def test_early_stopping_marks_the_run_finished(tmp_path):
+    # Steps of 1e-12 are below float32 resolution: the weights, hence the validation loss, never change.
+    config = TrainConfig(model="mlp", dataset="digits", method="dense", epochs=50, batch_size=64, max_batches=1,
+                         lr=1e-12, patience=1)
+    result = train(config, tmp_path / "run", progress=False)
+    info = RunReader(result.run_dir).meta["finished"]
+    assert info == {"at": info["at"], "epochs": 2, "reason": "early stopping"}
+    again = train(config, tmp_path / "run", resume=True, progress=False)
+    assert len(again.history) == info["epochs"]
 
 
 def test_bad_config_is_rejected():

@@ -48,14 +48,15 @@ def reproduce_table2(
 ) -> pd.DataFrame:
     """Run every configuration for ``seeds`` seeds under ``out_dir``; returns one row per run.
 
-    Columns: model, method, log_alpha, k, seed, score, run_dir. Existing finished runs are reused.
+    Columns: model, method, log_alpha, k, seed, score, run_dir. Finished runs already under ``out_dir`` are
+    reused and interrupted ones resumed, so an interrupted table continues where it stopped.
     """
     task = get_model_spec(base.model).task
     rows = []
     for seed in range(seeds):
         for config in table2_configs(replace(base, seed=seed), log_alphas, ks):
             run_dir = Path(out_dir) / config.run_name()
-            result = train(config, run_dir, progress=progress)
+            result = train(config, run_dir, resume=True, progress=progress)
             rows.append({"model": config.model, "method": config.method,
                          "log_alpha": 0.0 if config.method == "dense" else config.log_alpha,
                          "k": config.k if config.method == "adaptive" else float("nan"), "seed": seed,

@@ -195,7 +195,8 @@ def train(
     """Train ``config`` and record it into ``run_dir``; returns the history.
 
     ``masks`` and ``widths`` fix the topology and sizes (the transplant experiment); ``parent`` is stored in
-    ``run.json``. With ``resume``, an interrupted run continues from its last checkpoint.
+    ``run.json``. With ``resume``, an interrupted run continues from its last checkpoint and a finished run
+    (``run.json`` has ``finished``) is returned as recorded, without training.
     """
     config.validate()
     spec = get_model_spec(config.model)
@@ -217,9 +218,11 @@ def train(
                      "epochs": epochs, "batch_size": batch_size}
     recorder = Recorder(run_dir, sparsifier, config=record_config, resume=resume) if rank == 0 else None
     start = recorder.resume() if (recorder is not None and resume) else 0
+    if recorder is not None and recorder.finished:
+        start = epochs
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if config.bf16 else contextlib.nullcontext())
 
-    best, since_best = math.inf, 0
+    best, since_best, stopped_early = math.inf, 0, False
     bar = tqdm(range(start, epochs), desc=Path(run_dir).name, unit="epoch", disable=not progress or rank != 0)
     for epoch in bar:
         order = torch.randperm(len(data.train_x))[rank::world]
@@ -248,9 +251,11 @@ def train(
             best, since_best = (val_loss, 0) if val_loss < best else (best, since_best + 1)
             if since_best >= config.patience:
                 log.info("early stopping after epoch %d (no improvement for %d epochs)", epoch, config.patience)
+                stopped_early = True
                 break
-    if recorder is not None:
-        recorder.close()
+    if recorder is not None and not recorder.finished:
+        recorder.finish(epochs=int(RunReader(run_dir).epochs[-1]) + 1,
+                        reason="early stopping" if stopped_early else "epochs done")
     history = (RunReader(run_dir).stats.groupby("epoch").first().reset_index()
                .drop(columns=["layer", "active", "total", "density", "mean_abs", "low_0.1", "low_0.25", "low_0.5",
                               "pruned", "grown"]))

@@ -34,6 +34,7 @@ from topo.record.store import (
     LOW_STRENGTH_FRACTIONS,
     STAT_COLUMNS,
     RunReader,
+    read_json,
     snapshot_path,
     write_atomic,
     write_json,
@@ -246,13 +247,30 @@ class Recorder:
         sp.load_state_dict(state["sparsifier"])
         set_rng_state(state["rng"])
         epoch = int(state["epoch"])
-        for later in RunReader(self.path).epochs:
+        reader = RunReader(self.path)
+        for later in reader.epochs:
             if later > epoch:
                 snapshot_path(self.path, later).unlink()
         self._rows = [r for r in self._rows if r["epoch"] <= epoch]
-        if epoch in RunReader(self.path).epochs:
-            self._previous = (epoch, [RunReader(self.path).masks(epoch)[n] for n in sp.weights])
+        if epoch in reader.epochs:
+            masks = reader.masks(epoch)
+            self._previous = (epoch, [masks[n] for n in sp.weights])
         return epoch + 1
+
+    @property
+    def finished(self) -> dict[str, Any] | None:
+        """What :meth:`finish` stored in ``run.json`` (``None`` while the run is unfinished)."""
+        return read_json(self.path / "run.json").get("finished")
+
+    def finish(self, **info: Any) -> None:
+        """Mark the run finished in ``run.json`` (e.g. ``epochs=20, reason="early stopping"``) and close.
+
+        A finished run is not trained further when resumed; its snapshots stay as they are.
+        """
+        meta = read_json(self.path / "run.json")
+        meta["finished"] = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **info}
+        write_json(self.path / "run.json", meta)
+        self.close()
 
     def close(self) -> None:
         self._closed = True
