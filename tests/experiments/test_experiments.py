@@ -14,7 +14,7 @@ from topo.errors import ConfigError
 from topo.experiments.data import load_cifar10, load_dataset, load_mnist, load_text, read_idx
 from topo.experiments.models import MODELS, get_model_spec
 from topo.experiments.table import reproduce_table2, summarize_table, to_markdown
-from topo.experiments.train import TrainConfig, _factory, resolve_widths, train
+from topo.experiments.train import TrainConfig, _factory, evaluate, resolve_widths, train
 from topo.experiments.transplant import transplant
 from topo.record import RunReader
 from topo.sparsity import nonzero_count
@@ -187,3 +187,18 @@ def test_bad_config_is_rejected():
         TrainConfig(model="gpt").validate()
     with pytest.raises(ConfigError, match="log-alpha"):
         TrainConfig(log_alpha=-1).validate()
+    with pytest.raises(ConfigError, match="--val-max-batches must be >= 1, got 0"):
+        TrainConfig(val_max_batches=0).validate()
+    with pytest.raises(ConfigError, match="--lr must be > 0"):
+        TrainConfig(lr=0.0).validate()
+
+
+def test_validation_cap_evaluates_only_the_first_batches():
+    spec = get_model_spec("mlp")
+    data = load_dataset("digits")
+    model = _factory(spec, data)([16, 16, 16])
+    cpu = torch.device("cpu")
+    first, first_acc = evaluate(spec, model, data.val_x[:200], data.val_y[:200], cpu)
+    capped, capped_acc = evaluate(spec, model, data.val_x, data.val_y, cpu, batch_size=100, max_batches=2)
+    whole, _ = evaluate(spec, model, data.val_x, data.val_y, cpu, batch_size=100)
+    assert (capped, capped_acc) == (pytest.approx(first), pytest.approx(first_acc)) and whole != pytest.approx(first)

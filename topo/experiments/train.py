@@ -42,7 +42,8 @@ class TrainConfig:
     """Everything that defines a training run (serialised into ``run.json``).
 
     ``log_alpha`` is −log10 α as in Table 2 (0.5 → α ≈ 0.316). ``None`` fields take the Table 1 value of the
-    model. ``max_batches`` caps the batches per epoch (for tiny test runs).
+    model. ``max_batches`` caps the training batches per epoch and ``val_max_batches`` the validation batches
+    (of 1024 examples), for quick trials and for long corpora on slow machines.
     """
 
     model: str = "mlp"
@@ -62,6 +63,7 @@ class TrainConfig:
     patience: int | None = None
     data_dir: str | None = None
     max_batches: int | None = None
+    val_max_batches: int | None = None
     adaptive: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -74,6 +76,12 @@ class TrainConfig:
             raise ConfigError("random-channelwise is the convolutional control: use it with cnn or resnet110")
         if self.epochs is not None and self.epochs < 1:
             raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
+        for name in ("batch_size", "max_batches", "val_max_batches", "patience"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be > 0, got {self.lr}")
 
     @property
     def density(self) -> float:
@@ -159,11 +167,11 @@ def _loss_and_correct(spec: ModelSpec, model: nn.Module, x: torch.Tensor, y: tor
 
 @torch.no_grad()
 def evaluate(spec: ModelSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,
-             batch_size: int = 1024) -> tuple[float, float]:
-    """(mean loss, accuracy or NaN) over a dataset split."""
+             batch_size: int = 1024, max_batches: int | None = None) -> tuple[float, float]:
+    """(mean loss, accuracy or NaN) over a dataset split (its first ``max_batches`` batches when given)."""
     model.eval()
     total_loss, correct, count = 0.0, 0, 0
-    for start in range(0, len(x), batch_size):
+    for start in list(range(0, len(x), batch_size))[:max_batches]:
         xb, yb = x[start : start + batch_size].to(device), y[start : start + batch_size].to(device)
         loss, right = _loss_and_correct(spec, model, xb, yb)
         total_loss += float(loss) * len(xb)
@@ -240,7 +248,8 @@ def train(
             correct += right.detach() if right is not None else 0
             seen += len(batch)
         sparsifier.end_epoch(epoch)
-        val_loss, val_acc = evaluate(spec, model, data.val_x, data.val_y, device)
+        val_loss, val_acc = evaluate(spec, model, data.val_x, data.val_y, device,
+                                     max_batches=config.val_max_batches)
         metrics = {"train_loss": float(loss_sum) / seen, "val_loss": val_loss}
         if spec.task == "classify":
             metrics.update(train_acc=float(correct) / seen, val_acc=val_acc)
