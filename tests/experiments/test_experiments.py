@@ -11,7 +11,15 @@ import pytest
 import torch
 
 from topo.errors import ConfigError
-from topo.experiments.data import load_cifar10, load_dataset, load_mnist, load_text, read_idx
+from topo.experiments.data import (
+    load_cifar10,
+    load_dataset,
+    load_mnist,
+    load_mnist_5k,
+    load_text,
+    read_idx,
+    shaped_for,
+)
 from topo.experiments.models import MODELS, get_model_spec
 from topo.experiments.table import reproduce_table2, summarize_table, to_markdown
 from topo.experiments.train import TrainConfig, _factory, evaluate, resolve_widths, train
@@ -77,6 +85,38 @@ def test_cifar_binary_reader(tmp_path):
     data = load_cifar10(tmp_path)
     assert data.train_x.shape == (20, 3, 32, 32) and data.val_x.shape == (4, 3, 32, 32)
     assert abs(float(data.train_x.mean())) < 1e-5
+
+
+def test_mnist_5k_reader_on_a_real_format_file(tmp_path):
+    rng = np.random.default_rng(2)
+    labels = np.repeat(np.arange(10), 12)
+    pixels = rng.integers(0, 256, (len(labels), 784))
+    rows = "\n".join(",".join(map(str, [*p, label])) for p, label in zip(pixels, labels, strict=True))
+    (tmp_path / "mnist_5k.csv.gz").write_bytes(gzip.compress(rows.encode()))
+    data = load_mnist_5k(tmp_path, validation_per_class=2)
+    assert data.train_x.shape == (100, 784) and data.val_x.shape == (20, 784)
+    assert np.bincount(data.val_y.numpy()).tolist() == [2] * 10
+    seen = {tuple(x.tolist()) for x in torch.cat([data.train_x, data.val_x])}
+    assert seen == {tuple((p / 255.0).astype(np.float32).tolist()) for p in pixels}
+    (tmp_path / "mnist_5k.csv.gz").write_bytes(gzip.compress(b"1,2,3\n4,5,6"))
+    with pytest.raises(ConfigError, match="784 pixels and a label"):
+        load_mnist_5k(tmp_path)
+
+
+@pytest.mark.parametrize("inputs,shape,n_in", [("vector", (64,), 64), ("image", (1, 8, 8), 1)])
+def test_images_shaped_for_the_model(inputs, shape, n_in):
+    data = shaped_for(load_dataset("digits"), inputs)
+    assert data.train_x.shape[1:] == shape and data.n_in == n_in
+    with pytest.raises(ConfigError, match="needs a text corpus"):
+        shaped_for(data, "tokens")
+
+
+def test_cnn_trains_on_mnist_format_images(tmp_path):
+    config = TrainConfig(model="cnn", dataset="digits", method="random-channelwise", epochs=1, batch_size=32,
+                         max_batches=2)
+    result = train(config, tmp_path / "run", progress=False)
+    first = RunReader(result.run_dir).meta["layers"][0]
+    assert first[0] == "0.weight" and first[1][1:] == [1, 3, 3]
 
 
 def test_text_reader(tmp_path):

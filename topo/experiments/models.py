@@ -151,6 +151,11 @@ class ModelSpec:
     batch_size: int = 128
     weight_decay: float = 0.0
     task: str = "classify"
+    inputs: str = "vector"  # "vector" (flattened), "image" (channels × height × width) or "tokens"
+
+    @property
+    def convolutional(self) -> bool:
+        return self.inputs == "image"
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -159,9 +164,10 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("mlp", MLP, (64, 64, 64), "mnist", epochs=20, adapt_every=2),
         ModelSpec("vae", VAE, (256, 10, 256), "mnist", epochs=500, adapt_every=5, optimizer="rmsprop",
                   batch_size=256, task="vae"),
-        ModelSpec("lstm", CharLSTM, (512,), "text", epochs=100, adapt_every=1, task="language"),
-        ModelSpec("cnn", CNN, (32, 64, 64), "cifar10", epochs=200, adapt_every=5, weight_decay=1e-3),
-        ModelSpec("resnet110", ResNet, (16, 32, 64), "cifar10", epochs=200, adapt_every=5),
+        ModelSpec("lstm", CharLSTM, (512,), "text", epochs=100, adapt_every=1, task="language", inputs="tokens"),
+        ModelSpec("cnn", CNN, (32, 64, 64), "cifar10", epochs=200, adapt_every=5, weight_decay=1e-3,
+                  inputs="image"),
+        ModelSpec("resnet110", ResNet, (16, 32, 64), "cifar10", epochs=200, adapt_every=5, inputs="image"),
     )
 }
 

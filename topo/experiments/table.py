@@ -29,7 +29,7 @@ def table2_configs(base: TrainConfig, log_alphas: Sequence[float], ks: Sequence[
     """The runs of one Table 2 block (for one seed): baseline, then per α the controls and adaptive per k."""
     if any(not a > 0 for a in log_alphas):
         raise ConfigError(f"--log-alpha values must be > 0, got {list(log_alphas)}")
-    conv = get_model_spec(base.model).name in ("cnn", "resnet110")
+    conv = get_model_spec(base.model).convolutional
     configs = [replace(base, method="dense")]
     for log_alpha in log_alphas:
         methods = ["random-fixed", *(["random-channelwise"] if conv else []), "pruning", "wide-dense"]

@@ -26,7 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from topo.errors import ConfigError
-from topo.experiments.data import Dataset, load_dataset
+from topo.experiments.data import Dataset, load_dataset, shaped_for
 from topo.experiments.models import VAE, ModelSpec, get_model_spec
 from topo.record import Recorder, RunReader
 from topo.sparsity import FixedMask, make_sparsifier, match_budget
@@ -72,7 +72,7 @@ class TrainConfig:
             raise ConfigError(f"unknown method {self.method!r}; valid: {', '.join(TRAIN_METHODS)}")
         if not self.log_alpha > 0 and self.method not in ("dense",):
             raise ConfigError(f"--log-alpha must be > 0 (α = 10^-log_alpha < 1), got {self.log_alpha}")
-        if self.method == "random-channelwise" and spec.name not in ("cnn", "resnet110"):
+        if self.method == "random-channelwise" and not spec.convolutional:
             raise ConfigError("random-channelwise is the convolutional control: use it with cnn or resnet110")
         if self.epochs is not None and self.epochs < 1:
             raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
@@ -208,7 +208,7 @@ def train(
     """
     config.validate()
     spec = get_model_spec(config.model)
-    data = load_dataset(config.dataset or spec.dataset, config.data_dir)
+    data = shaped_for(load_dataset(config.dataset or spec.dataset, config.data_dir), spec.inputs)
     rank, world = _distributed()
     device = pick_device(config.device)
     if device.type == "cuda" and world > 1:
