@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from topo.graph import layer_graphs, summarize
-from topo.record import Recorder
+from topo.record import Recorder, RunReader
 from topo.sparsity import Adaptive
 
 from .conftest import mlp
@@ -139,9 +139,10 @@ def test_reproduce_table2_and_train_and_transplant_commands(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "| adaptive | 0.5 | 0.5 |" in (tmp_path / "t2" / "table2.md").read_text()
     assert (tmp_path / "t2" / "table2.csv").exists()
-    result = topo("train", "--dataset", "digits", "--epochs", "2", "--max-batches", "3", "--out", str(tmp_path),
-                  "--name", "run")
+    result = topo("train", "--dataset", "digits", "--epochs", "2", "--max-batches", "3", "--val-max-batches", "1",
+                  "--widths", "32", "32", "32", "--out", str(tmp_path), "--name", "run")
     assert result.returncode == 0, result.stderr
+    assert RunReader(tmp_path / "run").meta["config"]["train"]["widths"] == [32, 32, 32]
     result = topo("transplant", str(tmp_path / "run"), "--epochs", "1")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "run-transplant-e1" / "snapshots" / "epoch-0000.npz").exists()

@@ -127,7 +127,7 @@ def _train_config(args: argparse.Namespace, log_alpha: float, k: float):
                        log_alpha=log_alpha, k=k, epochs=args.epochs,
                        batch_size=args.batch_size, lr=args.lr, seed=getattr(args, "seed", 0), device=args.device,
                        bf16=args.bf16, patience=args.patience, data_dir=args.data_dir, max_batches=args.max_batches,
-                       val_max_batches=args.val_max_batches)
+                       val_max_batches=args.val_max_batches, widths=args.widths)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -186,6 +186,9 @@ def _training_options(parser: argparse.ArgumentParser, model_default: str = "mlp
     parser.add_argument("--dataset", help="digits, mnist, fashion-mnist, cifar10, text (default: the model's)")
     parser.add_argument("--data-dir", help="folder with the dataset's files (default: $TOPO_DATA)")
     parser.add_argument("--epochs", type=int, help="default: Table 1's")
+    parser.add_argument("--widths", type=int, nargs="+",
+                        help="dense baseline's layer widths (default: Table 1's); sparse methods widen them to "
+                             "match its number of non-zeros")
     parser.add_argument("--batch-size", type=int, help="default: Table 1's (128; VAE 256)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 …")
