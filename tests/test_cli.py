@@ -138,7 +138,10 @@ def test_reproduce_table2_and_train_and_transplant_commands(tmp_path):
                   str(tmp_path / "t2"))
     assert result.returncode == 0, result.stderr
     assert "| adaptive | 0.5 | 0.5 |" in (tmp_path / "t2" / "table2.md").read_text()
-    assert (tmp_path / "t2" / "table2.csv").exists()
+    for name in ("table2.csv", "table2_runs.csv", "table2_curves.csv"):
+        assert not pd.read_csv(tmp_path / "t2" / name).empty
+    for name in ("table2.png", "table2_curves.png"):
+        assert (tmp_path / "t2" / name).stat().st_size > 10_000
     result = topo("train", "--dataset", "digits", "--epochs", "2", "--max-batches", "3", "--val-max-batches", "1",
                   "--widths", "32", "32", "32", "--out", str(tmp_path), "--name", "run")
     assert result.returncode == 0, result.stderr

@@ -54,3 +54,22 @@ def test_figure4_and_figure3_and_figure2(tmp_path):
 def test_missing_columns_raise():
     with pytest.raises(ConfigError, match="missing"):
         plot.figure5(pd.DataFrame({"epoch": [0]}))
+
+
+def test_table2_curves_one_panel_per_alpha_with_the_dense_reference(tmp_path):
+    blocks = ((0.0, ["dense"]), (0.5, ["random-fixed", "adaptive k=0.5"]), (1.0, ["random-fixed"]))
+    rows = [(e, la, label, s, 10.0 - e + s) for la, labels in blocks
+            for label in labels for s in range(2) for e in range(4)]
+    histories = pd.DataFrame(rows, columns=["epoch", "log_alpha", "label", "seed", "val_error"])
+    fig = plot.table2_curves(histories)
+    assert len(fig.axes) == 2
+    assert len(fig.axes[0].get_lines()) >= 3 and len(fig.axes[1].get_lines()) >= 2  # dense drawn in both
+    path = plot.save(fig, tmp_path / "sub" / "curves.png")
+    assert not_blank(path) and [p.name for p in path.parent.iterdir()] == ["curves.png"]
+
+
+def test_save_leaves_no_partial_file_when_writing_fails(tmp_path):
+    fig = plot.figure5(metrics_frame())
+    with pytest.raises(ValueError):
+        plot.save(fig, tmp_path / "figure.unknown-format")
+    assert list(tmp_path.iterdir()) == []

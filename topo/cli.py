@@ -64,9 +64,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         out = Path(args.csv) if args.csv else path / "graph_metrics.csv"
         table.to_csv(out, index=False)
         if args.plot:
-            from topo.plot import figure5
+            from topo.plot import figure5, save
 
-            figure5(table).savefig(args.plot, dpi=120)
+            save(figure5(table), args.plot)
         if args.json:
             print(table.to_json(orient="records"))
         else:
@@ -115,7 +115,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
         stats = _stats_of(args.runs)
         histories = stats.groupby(["run", "epoch"]).first().reset_index()
         fig = plot.figure3(histories, metric=args.metric)
-    fig.savefig(args.output, dpi=120)
+    plot.save(fig, args.output)
     print(f"Figure {args.figure} written to {args.output}")
     return 0
 
@@ -154,7 +154,8 @@ def cmd_transplant(args: argparse.Namespace) -> int:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from topo.experiments.models import get_model_spec
-    from topo.experiments.table import reproduce_table2, summarize_table, to_markdown
+    from topo.experiments.table import histories, reproduce_table2, summarize_table, to_markdown
+    from topo.plot import figure2, save, table2_curves
 
     base = _train_config(args, args.log_alpha[0], args.k[0])
     base.validate()
@@ -167,6 +168,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     runs.to_csv(out / "table2_runs.csv", index=False)
     summary.to_csv(out / "table2.csv", index=False)
     (out / "table2.md").write_text(markdown)
+    curves = histories(runs)
+    curves.to_csv(out / "table2_curves.csv", index=False)
+    classify = get_model_spec(args.model).task == "classify"
+    save(figure2(runs, "validation error (%)" if classify else "validation loss"), out / "table2.png")
+    save(table2_curves(curves, "val_error" if classify else "val_loss"), out / "table2_curves.png")
     print(markdown)
     return 0
 

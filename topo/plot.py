@@ -5,6 +5,9 @@ Uses matplotlib's Agg backend unless another was chosen before import, so it wor
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import matplotlib
 
 if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
@@ -22,6 +25,20 @@ FIGURE5_METRICS = {
     "global_clustering": "global clustering coefficient",
     "mean_shortest_path": "mean shortest path length",
 }
+
+
+def save(fig: plt.Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Write ``fig`` to ``path`` atomically (format from the suffix) and close it; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
+    try:
+        fig.savefig(partial, dpi=dpi)
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+        plt.close(fig)
+    return path
 
 
 def _require(frame: pd.DataFrame, columns: list[str], what: str) -> None:
@@ -88,3 +105,21 @@ def figure2(runs: pd.DataFrame, metric_label: str = "validation error (%)") -> p
     ax.set_ylabel(metric_label)
     fig.tight_layout()
     return fig
+
+
+def table2_curves(histories: pd.DataFrame, metric: str = "val_error") -> plt.Figure:
+    """Validation curves behind a Table 2 block: one panel per −log α, one line per method (mean ± std over seeds).
+
+    ``histories`` is :func:`topo.experiments.table.histories` output (a ``label`` column names method and k);
+    the dense baseline (−log α = 0) is drawn in every panel as the reference.
+    """
+    _require(histories, ["epoch", "log_alpha", "label", metric], "table2_curves")
+    dense = histories[histories["log_alpha"] == 0]
+    alphas = sorted(a for a in histories["log_alpha"].unique() if a > 0) or [0.0]
+    panels = pd.concat([pd.concat([histories[histories["log_alpha"] == a], dense.assign(log_alpha=a)])
+                        for a in alphas]) if alphas != [0.0] else histories
+    grid = sns.relplot(data=panels, x="epoch", y=metric, hue="label", col="log_alpha", kind="line", errorbar="sd",
+                       height=4, aspect=1.1, facet_kws={"sharey": True})
+    grid.set_titles("−log₁₀ α = {col_name}")
+    grid.set_ylabels(metric.replace("_", " ") + (" (%)" if metric == "val_error" else ""))
+    return grid.figure

@@ -42,13 +42,13 @@ def run_demo(out: str | os.PathLike = "runs/demo", epochs: int = 20, progress: b
 
     histories = pd.concat([r.history.assign(run=name) for name, r in results.items()], ignore_index=True)
     histories["val_error"] = 100 * (1 - histories["val_acc"])
-    plot.figure3(histories, metric="val_error").savefig(out / "figure3.png", dpi=120)
+    plot.save(plot.figure3(histories, metric="val_error"), out / "figure3.png")
     stats = pd.concat([RunReader(r.run_dir).stats.assign(run=name) for name, r in results.items()],
                       ignore_index=True)
-    plot.figure4(stats, layer="3.weight").savefig(out / "figure4.png", dpi=120)
+    plot.save(plot.figure4(stats, layer="3.weight"), out / "figure4.png")
     metrics = metrics_table(RunReader(adaptive_dir), run="adaptive", progress=progress)
     metrics.to_csv(out / "graph_metrics.csv", index=False)
-    plot.figure5(metrics, hue="layer").savefig(out / "figure5.png", dpi=120)
+    plot.save(plot.figure5(metrics, hue="layer"), out / "figure5.png")
 
     final = histories.groupby("run").last()[["epoch", "val_loss", "val_error"]]
     final.to_csv(out / "summary.csv")

@@ -16,6 +16,7 @@ import pandas as pd
 from topo.errors import ConfigError
 from topo.experiments.models import get_model_spec
 from topo.experiments.train import TrainConfig, TrainResult, train
+from topo.record import RunReader
 
 
 def score(result: TrainResult, task: str) -> float:
@@ -62,6 +63,23 @@ def reproduce_table2(
                          "k": config.k if config.method == "adaptive" else float("nan"), "seed": seed,
                          "score": score(result, task), "run_dir": str(run_dir)})
     return pd.DataFrame(rows)
+
+
+def histories(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per-epoch validation history of every run in a :func:`reproduce_table2` frame (tidy: one row per epoch).
+
+    Adds ``label`` (method, with k for adaptive) and, for classifiers, ``val_error`` in %.
+    """
+    frames = []
+    for run in runs.itertuples():
+        stats = RunReader(run.run_dir).stats.groupby("epoch").first().reset_index()
+        label = f"{run.method} k={run.k:g}" if run.method == "adaptive" else run.method
+        frame = stats[[c for c in ("epoch", "train_loss", "val_loss", "val_acc") if c in stats]].assign(
+            method=run.method, log_alpha=run.log_alpha, k=run.k, seed=run.seed, label=label)
+        if "val_acc" in frame:
+            frame["val_error"] = 100.0 * (1.0 - frame["val_acc"])
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
 
 
 def summarize_table(runs: pd.DataFrame) -> pd.DataFrame:
