@@ -12,6 +12,7 @@ from topo.errors import MaskError
 from topo.graph import (
     bipartite_graph,
     channel_graph,
+    graph_label,
     layer_graphs,
     layered_graph,
     metrics_table,
@@ -105,3 +106,9 @@ def test_metrics_table_is_tidy_and_matches_summarize():
     expected = summarize(recurrent_gate_graphs(snapshots[1][1]["rnn.weight_hh_l0"], "x")["x[r]"])
     assert row["value"].item() == pytest.approx(expected["degree_gini"])
     assert isinstance(table, pd.DataFrame) and len(table) == 3 * 4 * 8
+
+
+def test_graph_label_names_the_gate_or_the_whole_layer():
+    graphs = layer_graphs({"lstm.weight_hh_l0": np.ones((8, 2), bool), "fc.weight": np.ones((3, 4), bool)})
+    labels = sorted(graph_label(name, name.split("[")[0]) for name in graphs)
+    assert labels == ["f", "g", "i", "layer", "o"]

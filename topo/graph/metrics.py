@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from topo.errors import EmptyGraphWarning
 from topo.graph.backends import CPUBackend, TorchBackend, pick_backend
-from topo.graph.build import Graph, layer_graphs, square_graph
+from topo.graph.build import Graph, graph_label, layer_graphs, square_graph
 
 
 def _as_graph(graph: Graph | Any) -> Graph:
@@ -185,11 +185,6 @@ def _snapshots(source: Any) -> list[tuple[int | None, Snapshot]]:
     return list(source)
 
 
-def _split_name(graph_name: str, layer: str) -> str:
-    suffix = graph_name[len(layer):]
-    return suffix[1:-1] if suffix.startswith("[") else "layer"
-
-
 def metrics_table(
     source: Snapshot | Iterable[tuple[int | None, Snapshot]] | Any,
     *,
@@ -219,6 +214,6 @@ def metrics_table(
         for layer, mask in masks.items():
             for graph_name, graph in layer_graphs({layer: mask}).items():
                 metrics = summarize(graph, backend, small_world_graphs=small_world_graphs, seed=seed)
-                gate = _split_name(graph_name, layer)
+                gate = graph_label(graph_name, layer)
                 rows.extend((run, epoch, layer, gate, metric, float(value)) for metric, value in metrics.items())
     return pd.DataFrame(rows, columns=["run", "epoch", "layer", "graph", "metric", "value"])
