@@ -143,9 +143,10 @@ def test_reproduce_table2_and_train_and_transplant_commands(tmp_path):
     for name in ("table2.png", "table2_curves.png"):
         assert (tmp_path / "t2" / name).stat().st_size > 10_000
     result = topo("train", "--dataset", "digits", "--epochs", "2", "--max-batches", "3", "--val-max-batches", "1",
-                  "--widths", "32", "32", "32", "--out", str(tmp_path), "--name", "run")
+                  "--widths", "32", "32", "32", "--adapt-every", "1", "--out", str(tmp_path), "--name", "run")
     assert result.returncode == 0, result.stderr
-    assert RunReader(tmp_path / "run").meta["config"]["train"]["widths"] == [32, 32, 32]
+    train_config = RunReader(tmp_path / "run").meta["config"]["train"]
+    assert train_config["widths"] == [32, 32, 32] and train_config["adapt_every"] == 1
     result = topo("transplant", str(tmp_path / "run"), "--epochs", "1")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "run-transplant-e1" / "snapshots" / "epoch-0000.npz").exists()

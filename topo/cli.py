@@ -126,7 +126,8 @@ def _train_config(args: argparse.Namespace, log_alpha: float, k: float):
                        log_alpha=log_alpha, k=k, epochs=args.epochs,
                        batch_size=args.batch_size, lr=args.lr, seed=getattr(args, "seed", 0), device=args.device,
                        bf16=args.bf16, patience=args.patience, data_dir=args.data_dir, max_batches=args.max_batches,
-                       val_max_batches=args.val_max_batches, widths=args.widths)
+                       val_max_batches=args.val_max_batches, widths=args.widths,
+                       adapt_every=args.adapt_every)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -198,6 +199,7 @@ def _training_options(parser: argparse.ArgumentParser, model_default: str = "mlp
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 …")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    parser.add_argument("--adapt-every", type=int, help="epochs between adaptations (default: Table 1's)")
     parser.add_argument("--patience", type=int, help="early stopping after this many epochs without improvement")
     parser.add_argument("--max-batches", type=int, help="cap on training batches per epoch (quick trials)")
     parser.add_argument("--val-max-batches", type=int, help="cap on validation batches (of 1024) per epoch")

@@ -76,7 +76,7 @@ class TrainConfig:
             raise ConfigError("random-channelwise is the convolutional control: use it with cnn or resnet110")
         if self.epochs is not None and self.epochs < 1:
             raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
-        for name in ("batch_size", "max_batches", "val_max_batches", "patience"):
+        for name in ("batch_size", "max_batches", "val_max_batches", "patience", "adapt_every"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
