@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
+from topo.cli import _stats_of
 from topo.graph import layer_graphs, summarize
 from topo.record import Recorder, RunReader
 from topo.sparsity import Adaptive
@@ -101,6 +103,20 @@ def test_plot_figures_from_run(recorded_run, tmp_path):
         result = topo("plot", str(recorded_run), "--figure", figure, "-o", str(out))
         assert result.returncode == 0, result.stderr
         assert out.exists()
+
+
+def test_plot_over_seeds_merges_runs_that_differ_only_in_seed(recorded_run, tmp_path):
+    names = ["mlp-adaptive-la1-k0.5-s0", "mlp-adaptive-la1-k0.5-s1", "mlp-adaptive-la1-k0.5-s1-transplant-e2"]
+    for name in names:
+        shutil.copytree(recorded_run, tmp_path / name)
+        meta = json.loads((tmp_path / name / "run.json").read_text())
+        (tmp_path / name / "run.json").write_text(json.dumps({**meta, "name": name}))
+    runs = [str(tmp_path / n) for n in names]
+    assert set(_stats_of(runs, over_seeds=True).run) == {"mlp-adaptive-la1-k0.5", "mlp-adaptive-la1-k0.5-transplant-e2"}
+    assert set(_stats_of(runs).run) == set(names)
+    result = topo("plot", *runs, "--figure", "3", "--over-seeds", "-o", str(tmp_path / "f3.png"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "f3.png").stat().st_size > 10_000
 
 
 @pytest.mark.parametrize(

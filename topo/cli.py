@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import logging
+import re
 import sys
 import traceback
 from collections.abc import Sequence
@@ -90,13 +91,17 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stats_of(runs: Sequence[str]) -> pd.DataFrame:
+SEED_IN_NAME = re.compile(r"-s\d+(?=-|$)")
+
+
+def _stats_of(runs: Sequence[str], over_seeds: bool = False) -> pd.DataFrame:
+    """``stats.csv`` of every run with a ``run`` column: its name, without the ``-sN`` seed part if ``over_seeds``."""
     from topo.record import RunReader
 
     frames = []
     for run in runs:
         reader = RunReader(run)
-        frames.append(reader.stats.assign(run=reader.name))
+        frames.append(reader.stats.assign(run=SEED_IN_NAME.sub("", reader.name) if over_seeds else reader.name))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -109,10 +114,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
         tables = [metrics_table(RunReader(r), run=RunReader(r).name, progress=not args.quiet) for r in args.runs]
         fig = plot.figure5(pd.concat(tables, ignore_index=True))
     elif args.figure == 4:
-        fig = plot.figure4(_stats_of(args.runs), layer=args.layer)
+        fig = plot.figure4(_stats_of(args.runs, args.over_seeds), layer=args.layer)
     else:
         stats = _stats_of(args.runs)
         histories = stats.groupby(["run", "epoch"]).first().reset_index()
+        if args.over_seeds:
+            histories["run"] = histories["run"].str.replace(SEED_IN_NAME, "", regex=True)
         fig = plot.figure3(histories, metric=args.metric)
     plot.save(fig, args.output)
     print(f"Figure {args.figure} written to {args.output}")
@@ -230,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="image file (.png, .pdf, .svg)")
     p.add_argument("--layer", help="Figure 4: layer to show (default: the first)")
     p.add_argument("--metric", default="val_loss", help="Figure 3: stats column to plot (val_loss, val_acc, …)")
+    p.add_argument("--over-seeds", action="store_true",
+                   help="Figures 3, 4: runs whose names differ only in -sN (the seed) as one line, mean ± std")
     p.set_defaults(func=cmd_plot)
 
     from topo.experiments.train import TRAIN_METHODS
