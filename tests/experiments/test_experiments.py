@@ -221,6 +221,16 @@ def test_early_stopping_marks_the_run_finished(tmp_path):
     again = train(config, tmp_path / "run", resume=True, progress=False)
     assert len(again.history) == info["epochs"]
 
+    interrupted = tmp_path / "run"  # as if killed after epoch 0: resuming must remember epoch 0's loss
+    meta = RunReader(interrupted).meta
+    del meta["finished"]
+    (interrupted / "run.json").write_text(json.dumps(meta))
+    (interrupted / "snapshots" / "epoch-0001.npz").unlink()
+    checkpoint = torch.load(interrupted / "checkpoint.pt", weights_only=True)
+    torch.save({**checkpoint, "epoch": 0}, interrupted / "checkpoint.pt")
+    resumed = train(config, interrupted, resume=True, progress=False)
+    assert len(resumed.history) == 2 and RunReader(interrupted).meta["finished"]["reason"] == "early stopping"
+
 
 def test_bad_config_is_rejected():
     with pytest.raises(ConfigError, match="valid: mlp"):

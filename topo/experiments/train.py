@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from topo.errors import ConfigError
 from topo.experiments.data import Dataset, load_dataset, shaped_for
 from topo.experiments.models import VAE, ModelSpec, get_model_spec
-from topo.record import Recorder, RunReader
+from topo.record import Recorder, RunReader, restore_checkpoint
 from topo.sparsity import FixedMask, make_sparsifier, match_budget
 from topo.sparsity.base import Sparsifier
 
@@ -225,12 +225,19 @@ def train(
     record_config = {"train": asdict(config), "widths": widths, "dataset": data.name, "parent": parent,
                      "epochs": epochs, "batch_size": batch_size}
     recorder = Recorder(run_dir, sparsifier, config=record_config, resume=resume) if rank == 0 else None
-    start = recorder.resume() if (recorder is not None and resume) else 0
-    if recorder is not None and recorder.finished:
+    start = 0
+    if resume:
+        start = recorder.resume() if recorder is not None else restore_checkpoint(run_dir, sparsifier)
+    finished = resume and (Path(run_dir) / "run.json").exists() and bool(RunReader(run_dir).meta.get("finished"))
+    if finished:
         start = epochs
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if config.bf16 else contextlib.nullcontext())
 
     best, since_best, stopped_early = math.inf, 0, False
+    if start and not finished:  # early stopping picks up where the interrupted run was
+        losses = RunReader(run_dir).stats.groupby("epoch")["val_loss"].first().loc[: start - 1].tolist()
+        best = min(losses)
+        since_best = len(losses) - 1 - losses.index(best)
     bar = tqdm(range(start, epochs), desc=Path(run_dir).name, unit="epoch", disable=not progress or rank != 0)
     for epoch in bar:
         order = torch.randperm(len(data.train_x))[rank::world]
@@ -262,7 +269,7 @@ def train(
                 log.info("early stopping after epoch %d (no improvement for %d epochs)", epoch, config.patience)
                 stopped_early = True
                 break
-    if recorder is not None and not recorder.finished:
+    if recorder is not None and not finished:
         recorder.finish(epochs=int(RunReader(run_dir).epochs[-1]) + 1,
                         reason="early stopping" if stopped_early else "epochs done")
     history = (RunReader(run_dir).stats.groupby("epoch").first().reset_index()

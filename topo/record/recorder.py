@@ -232,21 +232,9 @@ class Recorder:
         Snapshots and stats rows of epochs after the checkpoint (written just before a crash) are dropped, so
         the resumed run rewrites them. With no checkpoint, returns 0.
         """
-        path = self.path / "checkpoint.pt"
-        if not path.exists():
+        epoch = restore_checkpoint(self.path, self.sparsifier) - 1
+        if epoch < 0:
             return 0
-        from topo.record.checkpoint import safe_load
-
-        state = safe_load(path)
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"{path}: not a topo checkpoint")
-        sp = self.sparsifier
-        sp.model.load_state_dict(state["model"])
-        if sp.optimizer is not None and state["optimizer"] is not None:
-            sp.optimizer.load_state_dict(state["optimizer"])
-        sp.load_state_dict(state["sparsifier"])
-        set_rng_state(state["rng"])
-        epoch = int(state["epoch"])
         reader = RunReader(self.path)
         for later in reader.epochs:
             if later > epoch:
@@ -254,13 +242,8 @@ class Recorder:
         self._rows = [r for r in self._rows if r["epoch"] <= epoch]
         if epoch in reader.epochs:
             masks = reader.masks(epoch)
-            self._previous = (epoch, [masks[n] for n in sp.weights])
+            self._previous = (epoch, [masks[n] for n in self.sparsifier.weights])
         return epoch + 1
-
-    @property
-    def finished(self) -> dict[str, Any] | None:
-        """What :meth:`finish` stored in ``run.json`` (``None`` while the run is unfinished)."""
-        return read_json(self.path / "run.json").get("finished")
 
     def finish(self, **info: Any) -> None:
         """Mark the run finished in ``run.json`` (e.g. ``epochs=20, reason="early stopping"``) and close.
@@ -281,3 +264,24 @@ class Recorder:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+
+def restore_checkpoint(run_dir: str | os.PathLike, sparsifier: Sparsifier) -> int:
+    """Load ``run_dir/checkpoint.pt`` into the sparsifier's model and optimizer, the sparsifier and the RNGs.
+
+    Returns the next epoch (0 without a checkpoint). Reads only: the DDP ranks that record nothing resume with
+    it, while rank 0 resumes through :meth:`Recorder.resume`, which also tidies the run directory.
+    """
+    path = Path(run_dir) / "checkpoint.pt"
+    if not path.exists():
+        return 0
+    from topo.record.checkpoint import safe_load
+
+    state = safe_load(path)
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a topo checkpoint")
+    sparsifier.model.load_state_dict(state["model"])
+    if sparsifier.optimizer is not None and state["optimizer"] is not None:
+        sparsifier.optimizer.load_state_dict(state["optimizer"])
+    sparsifier.load_state_dict(state["sparsifier"])
+    set_rng_state(state["rng"])
+    return int(state["epoch"]) + 1
