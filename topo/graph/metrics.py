@@ -137,7 +137,8 @@ def small_world(graph: Graph | Any, n_random: int = 10, seed: int = 0) -> dict[s
         random_c, random_l = [], []
         for _ in range(n_random):
             copy = base.copy()
-            copy.rewire(n=10 * max(1, copy.ecount()), mode="simple")
+            # Positional: the keyword is "mode" in igraph 0.11 and "allowed_edge_types" in 1.0.
+            copy.rewire(10 * max(1, copy.ecount()), "simple")
             random_c.append(copy.transitivity_undirected(mode="zero"))
             random_l.append(copy.average_path_length(directed=False, unconn=True))
     finally:
