@@ -107,8 +107,8 @@ def test_mnist_5k_reader_on_a_real_format_file(tmp_path):
 def test_images_shaped_for_the_model(inputs, shape, n_in):
     data = shaped_for(load_dataset("digits"), inputs)
     assert data.train_x.shape[1:] == shape and data.n_in == n_in
-    with pytest.raises(ConfigError, match="needs a text corpus"):
-        shaped_for(data, "tokens")
+    with pytest.raises(ConfigError, match="'digits' does not fit lstm, which needs a text corpus"):
+        shaped_for(data, "tokens", "lstm")
 
 
 def test_cnn_trains_on_mnist_format_images(tmp_path):

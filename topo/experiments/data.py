@@ -235,7 +235,7 @@ def load_dataset(name: str, directory: str | os.PathLike | None = None) -> Datas
     raise ConfigError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
 
 
-def shaped_for(data: Dataset, inputs: str) -> Dataset:
+def shaped_for(data: Dataset, inputs: str, model: str = "this model") -> Dataset:
     """``data`` as a model of the given input kind takes it (:attr:`ModelSpec.inputs`).
 
     ``"vector"``: images flattened, ``n_in`` pixels; ``"image"``: channels × height × width, ``n_in`` channels
@@ -243,7 +243,7 @@ def shaped_for(data: Dataset, inputs: str) -> Dataset:
     """
     if (inputs == "tokens") != (data.image_shape is None):
         needs = "a text corpus (dataset text)" if inputs == "tokens" else "images"
-        raise ConfigError(f"dataset {data.name!r} does not fit this model, which needs {needs}")
+        raise ConfigError(f"dataset {data.name!r} does not fit {model}, which needs {needs}")
     if inputs == "tokens":
         return data
     shape = data.image_shape

@@ -208,7 +208,7 @@ def train(
     """
     config.validate()
     spec = get_model_spec(config.model)
-    data = shaped_for(load_dataset(config.dataset or spec.dataset, config.data_dir), spec.inputs)
+    data = shaped_for(load_dataset(config.dataset or spec.dataset, config.data_dir), spec.inputs, spec.name)
     rank, world = _distributed()
     device = pick_device(config.device)
     if device.type == "cuda" and world > 1:
