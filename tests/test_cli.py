@@ -131,6 +131,10 @@ def test_plot_over_seeds_merges_runs_that_differ_only_in_seed(recorded_run, tmp_
         (["train", "--method", "magic"], "unknown method 'magic'; valid: dense"),
         (["train", "--log-alpha", "0"], "--log-alpha must be > 0"),
         (["train", "--dataset", "mnist", "--data-dir", "nowhere"], "train-images-idx3-ubyte"),
+        (["train", "--model", "lstm", "--dataset", "digits"], "'digits' does not fit lstm"),
+        (["train", "--dataset", "text", "--data-dir", "none.txt"], "none.txt not found"),
+        (["train", "--dataset", "digits", "--lr", "0"], "--lr must be > 0"),
+        (["reproduce", "table2", "--dataset", "digits", "--val-max-batches", "0"], "--val-max-batches must be >= 1"),
     ],
 )
 def test_bad_input_exits_1_with_one_clear_line(tmp_path, args, message):
