@@ -153,7 +153,7 @@ def test_usage_error_exits_2():
 
 
 def test_reproduce_table2_and_train_and_transplant_commands(tmp_path):
-    result = topo("reproduce", "table2", "--dataset", "digits", "--epochs", "1", "--max-batches", "2",
+    result = topo("reproduce", "table2", "--model", "mlp-digits", "--epochs", "1", "--max-batches", "2",
                   "--batch-size", "32", "--seeds", "1", "--log-alpha", "0.5", "--k", "0.5", "--out",
                   str(tmp_path / "t2"))
     assert result.returncode == 0, result.stderr

@@ -169,7 +169,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     out = Path(args.out)
     runs = reproduce_table2(base, args.log_alpha, args.k, args.seeds, out / "runs", progress=not args.quiet)
     summary = summarize_table(runs)
-    metric = "% error" if get_model_spec(args.model).task == "classify" else "loss"
+    metric = "% error" if get_model_spec(base.model).task == "classify" else "loss"
     markdown = to_markdown(summary, metric)
     out.mkdir(parents=True, exist_ok=True)
     runs.to_csv(out / "table2_runs.csv", index=False)
@@ -177,7 +177,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     (out / "table2.md").write_text(markdown)
     curves = histories(runs)
     curves.to_csv(out / "table2_curves.csv", index=False)
-    classify = get_model_spec(args.model).task == "classify"
+    classify = get_model_spec(base.model).task == "classify"
     save(figure2(runs, "validation error (%)" if classify else "validation loss"), out / "table2.png")
     save(table2_curves(curves, "val_error" if classify else "val_loss"), out / "table2_curves.png")
     print(markdown)
@@ -195,7 +195,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _training_options(parser: argparse.ArgumentParser, model_default: str = "mlp") -> None:
     from topo.experiments.models import MODELS
 
-    parser.add_argument("--model", default=model_default, help=f"Table 1 model: {', '.join(MODELS)}")
+    parser.add_argument("--model", default=model_default,
+                        help=f"Table 1 model: {', '.join(MODELS)}; or model-dataset, e.g. mlp-mnist, cnn-cifar10")
     parser.add_argument("--dataset", help="digits, mnist, fashion-mnist, cifar10, text (default: the model's)")
     parser.add_argument("--data-dir", help="folder with the dataset's files (default: $TOPO_DATA)")
     parser.add_argument("--epochs", type=int, help="default: Table 1's")

@@ -232,6 +232,20 @@ def test_early_stopping_marks_the_run_finished(tmp_path):
     assert len(resumed.history) == 2 and RunReader(interrupted).meta["finished"]["reason"] == "early stopping"
 
 
+@pytest.mark.parametrize("name,model,dataset", [("mlp-mnist", "mlp", "mnist"), ("cnn-cifar10", "cnn", "cifar10"),
+                                                ("mlp-fashion-mnist", "mlp", "fashion-mnist"), ("lstm", "lstm", None)])
+def test_model_dataset_names_of_table1(name, model, dataset):
+    config = TrainConfig(model=name)
+    assert (config.model, config.dataset) == (model, dataset)
+
+
+def test_model_dataset_name_conflicting_with_dataset_is_rejected():
+    with pytest.raises(ConfigError, match="names dataset 'mnist' but --dataset is 'digits'"):
+        TrainConfig(model="mlp-mnist", dataset="digits")
+    with pytest.raises(ConfigError, match="unknown model 'gpt-mnist'"):
+        TrainConfig(model="gpt-mnist").validate()
+
+
 def test_bad_config_is_rejected():
     with pytest.raises(ConfigError, match="valid: mlp"):
         TrainConfig(model="gpt").validate()

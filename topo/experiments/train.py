@@ -26,8 +26,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from topo.errors import ConfigError
-from topo.experiments.data import Dataset, load_dataset, shaped_for
-from topo.experiments.models import VAE, ModelSpec, get_model_spec
+from topo.experiments.data import DATASETS, Dataset, load_dataset, shaped_for
+from topo.experiments.models import MODELS, VAE, ModelSpec, get_model_spec
 from topo.record import Recorder, RunReader, restore_checkpoint
 from topo.sparsity import FixedMask, make_sparsifier, match_budget
 from topo.sparsity.base import Sparsifier
@@ -65,6 +65,14 @@ class TrainConfig:
     max_batches: int | None = None
     val_max_batches: int | None = None
     adaptive: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Accept Table 1's "model-dataset" names (``mlp-mnist``, ``cnn-cifar10``, ``mlp-fashion-mnist``)."""
+        name, _, dataset = self.model.partition("-")
+        if self.model not in MODELS and name in MODELS and dataset in DATASETS:
+            if self.dataset not in (None, dataset):
+                raise ConfigError(f"--model {self.model} names dataset {dataset!r} but --dataset is {self.dataset!r}")
+            self.model, self.dataset = name, dataset
 
     def validate(self) -> None:
         spec = get_model_spec(self.model)
