@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -36,7 +38,7 @@ def test_figure5_over_seeds_draws_bands():
     assert len(fig.axes[0].collections) >= 4  # one ±sd band per gate
 
 
-def test_figure4_and_figure3_and_figure2(tmp_path):
+def test_figure4_and_figure3_and_figure2(tmp_path, caplog):
     stats = pd.DataFrame({"run": ["a"] * 3 + ["b"] * 3, "epoch": [0, 1, 2] * 2, "layer": "fc",
                           "low_0.1": [10, 8, 5, 10, 10, 11]})
     fig4 = plot.figure4(stats)
@@ -46,9 +48,15 @@ def test_figure4_and_figure3_and_figure2(tmp_path):
     assert len(fig3.axes[0].get_lines()) >= 2
     runs = pd.DataFrame({"method": ["dense", "adaptive", "adaptive"], "log_alpha": [0, 0.5, 0.5],
                          "score": [3.0, 2.5, 2.4]})
-    fig2 = plot.figure2(runs)
-    fig2.savefig(tmp_path / "f2.png")
+    with caplog.at_level(logging.INFO, logger="matplotlib"):
+        fig2 = plot.figure2(runs)
+        fig2.savefig(tmp_path / "f2.png")
+    assert "categorical units" not in caplog.text
     assert not_blank(tmp_path / "f2.png") and len(fig2.axes[0].patches) >= 2
+    assert [t.get_text() for t in fig2.axes[0].get_xticklabels()] == ["1 (dense)", "$10^{-0.5}$"]
+    by_k = runs.assign(label=["dense", "adaptive k=0.25", "adaptive k=0.5"])
+    legend = plot.figure2(by_k).axes[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["dense", "adaptive k=0.25", "adaptive k=0.5"]
 
 
 def test_missing_columns_raise():

@@ -97,11 +97,20 @@ def figure3(histories: pd.DataFrame, metric: str = "val_loss", hue: str = "run")
 
 
 def figure2(runs: pd.DataFrame, metric_label: str = "validation error (%)") -> plt.Figure:
-    """Table 2 as bars: score per method for each −log α, mean ± std over seeds (cf. Figure 2)."""
+    """Table 2 as bars: score per method for each −log α, mean ± std over seeds (cf. Figure 2).
+
+    Bars are coloured by the ``label`` column where there is one (adaptive runs of different k apart), else by
+    ``method``.
+    """
     _require(runs, ["method", "log_alpha", "score"], "figure2")
+    hue = "label" if "label" in runs else "method"
+    order = sorted(runs["log_alpha"].unique())
+    names = {a: "1 (dense)" if a == 0 else f"$10^{{-{a:g}}}$" for a in order}
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    sns.barplot(data=runs, x="log_alpha", y="score", hue="method", errorbar="sd", ax=ax)
-    ax.set_xlabel("−log₁₀ α (0 = dense baseline)")
+    sns.barplot(data=runs.assign(density=runs["log_alpha"].map(names)), x="density", y="score", hue=hue,
+                order=[names[a] for a in order], errorbar="sd", ax=ax)
+    ax.set_xlabel("density α of the sparse layers (dense baseline: 1)")
+    sns.move_legend(ax, "upper left", bbox_to_anchor=(1, 1), title="method", frameon=False)
     ax.set_ylabel(metric_label)
     fig.tight_layout()
     return fig

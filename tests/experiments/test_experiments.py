@@ -30,6 +30,7 @@ from topo.sparsity import nonzero_count
 
 class FakeData:
     n_in, n_out = 784, 10
+    image_shape = (3, 32, 32)
 
 
 @pytest.mark.parametrize("name", ["mlp", "vae", "cnn", "resnet110", "lstm"])
@@ -51,6 +52,20 @@ def test_models_build_at_paper_sizes_and_budget_matched_widths(name, log_alpha):
         sparse = nonzero_count(_factory(spec, data)(widths), config.density)
     assert abs(sparse - dense) / dense <= 0.01
     assert widths[0] > base_widths[0]
+
+
+@pytest.mark.parametrize("image_size,features", [((32, 32), 64 * 8 * 8), ((28, 28), 64 * 7 * 7), ((8, 8), 64 * 2 * 2)])
+def test_cnn_flattens_the_last_feature_map_into_the_classifier(image_size, features):
+    model = MODELS["cnn"].build([32, 64, 64], n_in=1, image_size=image_size)
+    assert [m.out_channels for m in model if isinstance(m, torch.nn.Conv2d)] == [32, 64, 64]
+    assert all(m.kernel_size == (3, 3) for m in model if isinstance(m, torch.nn.Conv2d))
+    assert model[-1].in_features == features
+    assert model(torch.randn(2, 1, *image_size)).shape == (2, 10)
+
+
+def test_cnn_rejects_images_too_small_for_its_pooling():
+    with pytest.raises(ConfigError, match="too small"):
+        MODELS["cnn"].build([32, 64, 64], n_in=1, image_size=(3, 3))
 
 
 def test_resnet110_has_110_layers():
@@ -188,6 +203,7 @@ def test_table2_from_tiny_runs(tmp_path):
     assert (summary["count"] == 2).all()
     markdown = to_markdown(summary, "% error")
     assert "| adaptive | 0.5 | 0.25 |" in markdown
+    assert set(runs.label) == {"dense", "random-fixed", "pruning", "wide-dense", "adaptive k=0.25", "adaptive k=0.5"}
 
 
 def test_table2_reuses_finished_runs_and_resumes_interrupted_ones(tmp_path):

@@ -61,8 +61,14 @@ def reproduce_table2(
             rows.append({"model": config.model, "method": config.method,
                          "log_alpha": 0.0 if config.method == "dense" else config.log_alpha,
                          "k": config.k if config.method == "adaptive" else float("nan"), "seed": seed,
-                         "score": score(result, task), "run_dir": str(run_dir)})
+                         "label": method_label(config.method, config.k), "score": score(result, task),
+                         "run_dir": str(run_dir)})
     return pd.DataFrame(rows)
+
+
+def method_label(method: str, k: float) -> str:
+    """How tables and figures name a method: adaptive runs carry their k (``adaptive k=0.25``)."""
+    return f"{method} k={k:g}" if method == "adaptive" else method
 
 
 def histories(runs: pd.DataFrame) -> pd.DataFrame:
@@ -73,7 +79,7 @@ def histories(runs: pd.DataFrame) -> pd.DataFrame:
     frames = []
     for run in runs.itertuples():
         stats = RunReader(run.run_dir).stats.groupby("epoch").first().reset_index()
-        label = f"{run.method} k={run.k:g}" if run.method == "adaptive" else run.method
+        label = method_label(run.method, run.k)
         frame = stats[[c for c in ("epoch", "train_loss", "val_loss", "val_acc") if c in stats]].assign(
             method=run.method, log_alpha=run.log_alpha, k=run.k, seed=run.seed, label=label)
         if "val_acc" in frame:
