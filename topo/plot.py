@@ -130,5 +130,6 @@ def table2_curves(histories: pd.DataFrame, metric: str = "val_error") -> plt.Fig
     grid = sns.relplot(data=panels, x="epoch", y=metric, hue="label", col="log_alpha", kind="line", errorbar="sd",
                        height=4, aspect=1.1, facet_kws={"sharey": True})
     grid.set_titles("−log₁₀ α = {col_name}")
+    grid.legend.set_title("method")
     grid.set_ylabels(metric.replace("_", " ") + (" (%)" if metric == "val_error" else ""))
     return grid.figure
