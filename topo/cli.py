@@ -169,15 +169,14 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     out = Path(args.out)
     runs = reproduce_table2(base, args.log_alpha, args.k, args.seeds, out / "runs", progress=not args.quiet)
     summary = summarize_table(runs)
-    metric = "% error" if get_model_spec(base.model).task == "classify" else "loss"
-    markdown = to_markdown(summary, metric)
+    classify = get_model_spec(base.model).task == "classify"
+    markdown = to_markdown(summary, "% error" if classify else "loss")
     out.mkdir(parents=True, exist_ok=True)
     runs.to_csv(out / "table2_runs.csv", index=False)
     summary.to_csv(out / "table2.csv", index=False)
     (out / "table2.md").write_text(markdown)
     curves = histories(runs)
     curves.to_csv(out / "table2_curves.csv", index=False)
-    classify = get_model_spec(base.model).task == "classify"
     save(figure2(runs, "validation error (%)" if classify else "validation loss"), out / "table2.png")
     save(table2_curves(curves, "val_error" if classify else "val_loss"), out / "table2_curves.png")
     print(markdown)

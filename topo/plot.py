@@ -104,11 +104,10 @@ def figure2(runs: pd.DataFrame, metric_label: str = "validation error (%)") -> p
     """
     _require(runs, ["method", "log_alpha", "score"], "figure2")
     hue = "label" if "label" in runs else "method"
-    order = sorted(runs["log_alpha"].unique())
-    names = {a: "1 (dense)" if a == 0 else f"$10^{{-{a:g}}}$" for a in order}
+    names = {a: "1 (dense)" if a == 0 else f"$10^{{-{a:g}}}$" for a in sorted(runs["log_alpha"].unique())}
     fig, ax = plt.subplots(figsize=(8, 4.5))
     sns.barplot(data=runs.assign(density=runs["log_alpha"].map(names)), x="density", y="score", hue=hue,
-                order=[names[a] for a in order], errorbar="sd", ax=ax)
+                order=list(names.values()), errorbar="sd", ax=ax)
     ax.set_xlabel("density α of the sparse layers (dense baseline: 1)")
     sns.move_legend(ax, "upper left", bbox_to_anchor=(1, 1), title="method", frameon=False)
     ax.set_ylabel(metric_label)

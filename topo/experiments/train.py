@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from topo.errors import ConfigError
 from topo.experiments.data import DATASETS, Dataset, load_dataset, shaped_for
-from topo.experiments.models import CNN, MODELS, VAE, ModelSpec, get_model_spec
+from topo.experiments.models import MODELS, VAE, ModelSpec, get_model_spec
 from topo.record import Recorder, RunReader, restore_checkpoint
 from topo.sparsity import FixedMask, make_sparsifier, match_budget
 from topo.sparsity.base import Sparsifier
@@ -127,7 +127,8 @@ def _factory(spec: ModelSpec, data: Dataset):
         latent = 10
         return lambda widths: VAE([widths[0], latent, widths[-1]], n_in=data.n_in, n_out=data.n_in)
     if spec.name == "cnn":
-        return lambda widths: CNN(list(widths), n_in=data.n_in, n_out=data.n_out, image_size=data.image_shape[1:])
+        return lambda widths: spec.build(list(widths), n_in=data.n_in, n_out=data.n_out,
+                                         image_size=data.image_shape[1:])
     return lambda widths: spec.build(list(widths), n_in=data.n_in, n_out=data.n_out)
 
 
