@@ -1,6 +1,6 @@
 """(Epoch time with the recorder) / (epoch time without) for a CIFAR ResNet, measured in one run.
 
-Usage: python bench/recorder_overhead.py [--depth 110] [--batch 128] [--steps 391]
+Usage: python bench/recorder_overhead.py [--depth 110] [--batch 128] [--steps 391] [--json out.json]
 
 One "epoch" is ``--steps`` training steps (391 = CIFAR-10's 50,000 images at batch 128) of an adaptive sparse
 ResNet on random CIFAR-sized inputs. The recorded variant ends each epoch with Recorder.snapshot (masks, stats,
@@ -10,6 +10,7 @@ checkpoint.pt). Epochs alternate between the two variants; the medians are compa
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import statistics
 import sys
@@ -31,6 +32,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128 if cuda else 32)
     parser.add_argument("--steps", type=int, default=391 if cuda else 10)
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--json", help="also write the measured figures to this JSON file")
     args = parser.parse_args()
     device = torch.device("cuda" if cuda else "cpu")
     torch.manual_seed(0)
@@ -75,6 +77,12 @@ def main() -> None:
     print(f"epoch without recorder {without:8.3f} s")
     print(f"epoch with recorder    {with_rec:8.3f} s   (one snapshot + checkpoint alone: {snapshot_time:.3f} s)")
     print(f"ratio with/without: {with_rec / without:.4f}")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"argv": sys.argv, "device": torch.cuda.get_device_name() if cuda else platform.machine(),
+                       "depth": args.depth, "batch": args.batch, "steps": args.steps, "epoch_s": without,
+                       "epoch_recorded_s": with_rec, "snapshot_s": snapshot_time, "ratio": with_rec / without},
+                      handle, indent=2)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,10 @@ from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 
+#: Parametrize over devices: the CPU always, CUDA where present (selected by ``pytest -m cuda``).
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device")])]
+
 
 @pytest.fixture(scope="session")
 def digits() -> tuple[torch.Tensor, torch.Tensor]:

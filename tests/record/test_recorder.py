@@ -18,8 +18,9 @@ from topo.errors import CheckpointError
 from topo.record import Recorder, RunReader, load_masks
 from topo.sparsity import Adaptive, RandomFixed
 
+from ..conftest import DEVICES
+
 HERE = Path(__file__).parent
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def odd_model() -> nn.Module:

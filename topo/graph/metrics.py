@@ -11,17 +11,19 @@ from __future__ import annotations
 import math
 import random
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import igraph
 import numpy as np
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
 from topo.errors import EmptyGraphWarning
-from topo.graph.backends import CPUBackend, TorchBackend, pick_backend
+from topo.graph.backends import CPUBackend, PathCounts, TorchBackend, pick_backend
+from topo.graph.batched import batch_size, count_batch
 from topo.graph.build import Graph, graph_label, layer_graphs, square_graph
 
 
@@ -38,8 +40,50 @@ def _kernels(graph: Graph, backend: str) -> tuple[CPUBackend | TorchBackend, Any
 
 def _undefined(graph: Graph, metric: str, why: str) -> float:
     warnings.warn(f"{metric} of graph {graph.name or '<unnamed>'} is undefined ({why}): NaN", EmptyGraphWarning,
-                  stacklevel=3)
+                  stacklevel=4)
     return math.nan
+
+
+# -- the conventions, shared by the per-graph functions and the batched tables --------------------------------
+def _connectivity(graph: Graph, n_components: int, solve: Callable[[], float]) -> float:
+    if graph.n_nodes < 2:
+        return _undefined(graph, "algebraic connectivity", f"{graph.n_nodes} node(s)")
+    return 0.0 if n_components > 1 else float(solve())
+
+
+def _gini(graph: Graph, degrees: np.ndarray) -> float:
+    degrees = np.sort(np.asarray(degrees)).astype(np.float64)
+    n, total = len(degrees), degrees.sum()
+    if n == 0 or total == 0:
+        return _undefined(graph, "degree Gini", "no edges")
+    ranks = np.arange(1, n + 1, dtype=np.float64)
+    return float(2.0 * (ranks * degrees).sum() / (n * total) - (n + 1) / n)
+
+
+def _clustering(graph: Graph, transitivity: Callable[[], float]) -> float:
+    if graph.n_nodes == 0:
+        return _undefined(graph, "global clustering", "no nodes")
+    value = transitivity()
+    return 0.0 if math.isnan(value) else float(value)
+
+
+@dataclass(frozen=True)
+class PathLength:
+    """Mean shortest-path length over reachable pairs, and the fraction of ordered pairs that are reachable."""
+
+    mean: float
+    reachable_fraction: float
+
+
+def _path(graph: Graph, counts: Callable[[], PathCounts]) -> PathLength:
+    n = graph.n_nodes
+    if n < 2:
+        return PathLength(_undefined(graph, "mean shortest path", f"{n} node(s)"), math.nan)
+    totals = counts()
+    fraction = totals.reachable_pairs / (n * (n - 1))
+    if totals.reachable_pairs == 0:
+        return PathLength(_undefined(graph, "mean shortest path", "no reachable pair"), fraction)
+    return PathLength(totals.distance_sum / totals.reachable_pairs, fraction)
 
 
 def algebraic_connectivity(graph: Graph | Any, backend: str = "auto") -> float:
@@ -51,12 +95,9 @@ def algebraic_connectivity(graph: Graph | Any, backend: str = "auto") -> float:
     no λ2: NaN with a warning. Equals ``networkx.algebraic_connectivity(G, method="lanczos")``.
     """
     graph = _as_graph(graph)
-    if graph.n_nodes < 2:
-        return _undefined(graph, "algebraic connectivity", f"{graph.n_nodes} node(s)")
     kernels, adjacency = _kernels(graph, backend)
-    if kernels.n_components(adjacency) > 1:
-        return 0.0
-    return kernels.lambda2(adjacency)
+    components = kernels.n_components(adjacency) if graph.n_nodes >= 2 else 0
+    return _connectivity(graph, components, lambda: kernels.lambda2(adjacency))
 
 
 def degree_gini(graph: Graph | Any) -> float:
@@ -68,12 +109,7 @@ def degree_gini(graph: Graph | Any) -> float:
     """
     graph = _as_graph(graph)
     kernels, adjacency = _kernels(graph, "auto")
-    degrees = np.sort(kernels.degrees(adjacency)).astype(np.float64)
-    n, total = len(degrees), degrees.sum()
-    if n == 0 or total == 0:
-        return _undefined(graph, "degree Gini", "no edges")
-    ranks = np.arange(1, n + 1, dtype=np.float64)
-    return float(2.0 * (ranks * degrees).sum() / (n * total) - (n + 1) / n)
+    return _gini(graph, kernels.degrees(adjacency))
 
 
 def global_clustering(graph: Graph | Any, backend: str = "auto") -> float:
@@ -83,19 +119,8 @@ def global_clustering(graph: Graph | Any, backend: str = "auto") -> float:
     gives NaN with a warning.
     """
     graph = _as_graph(graph)
-    if graph.n_nodes == 0:
-        return _undefined(graph, "global clustering", "no nodes")
     kernels, adjacency = _kernels(graph, backend)
-    value = kernels.transitivity(adjacency)
-    return 0.0 if math.isnan(value) else value
-
-
-@dataclass(frozen=True)
-class PathLength:
-    """Mean shortest-path length over reachable pairs, and the fraction of ordered pairs that are reachable."""
-
-    mean: float
-    reachable_fraction: float
+    return _clustering(graph, lambda: kernels.transitivity(adjacency))
 
 
 def mean_shortest_path(graph: Graph | Any, backend: str = "auto") -> PathLength:
@@ -107,15 +132,8 @@ def mean_shortest_path(graph: Graph | Any, backend: str = "auto") -> PathLength:
     warning when no pair is reachable (no edges).
     """
     graph = _as_graph(graph)
-    n = graph.n_nodes
-    if n < 2:
-        return PathLength(_undefined(graph, "mean shortest path", f"{n} node(s)"), math.nan)
     kernels, adjacency = _kernels(graph, backend)
-    counts = kernels.path_counts(adjacency)
-    fraction = counts.reachable_pairs / (n * (n - 1))
-    if counts.reachable_pairs == 0:
-        return PathLength(_undefined(graph, "mean shortest path", "no reachable pair"), fraction)
-    return PathLength(counts.distance_sum / counts.reachable_pairs, fraction)
+    return _path(graph, lambda: kernels.path_counts(adjacency))
 
 
 def small_world(graph: Graph | Any, n_random: int = 10, seed: int = 0) -> dict[str, float]:
@@ -152,38 +170,133 @@ def small_world(graph: Graph | Any, n_random: int = 10, seed: int = 0) -> dict[s
     return {"sigma": sigma, "omega": omega}
 
 
+def _summary(graph: Graph, degrees: np.ndarray, n_components: int, lambda2: Callable[[], float],
+             transitivity: Callable[[], float], paths: Callable[[], PathCounts]) -> dict[str, float]:
+    """The summary dict of :func:`summarize` from a graph's raw quantities (each metric's conventions applied)."""
+    n = graph.n_nodes
+    path = _path(graph, paths)
+    edges = int(np.asarray(degrees).sum()) // 2
+    return {
+        "n_nodes": n,
+        "n_edges": edges,
+        "density": edges / (n * (n - 1) / 2) if n > 1 else math.nan,
+        "algebraic_connectivity": _connectivity(graph, n_components, lambda2),
+        "degree_gini": _gini(graph, degrees),
+        "global_clustering": _clustering(graph, transitivity),
+        "mean_shortest_path": path.mean,
+        "reachable_fraction": path.reachable_fraction,
+    }
+
+
 def summarize(graph: Graph | Any, backend: str = "auto", *, small_world_graphs: int = 0, seed: int = 0) -> dict:
     """Every metric of a graph as a dict: nodes, edges, density, the four Figure-5 metrics, reachability.
 
     With ``small_world_graphs > 0`` also σ and ω (:func:`small_world`) against that many random graphs.
     """
     graph = _as_graph(graph)
-    n = graph.n_nodes
-    path = mean_shortest_path(graph, backend)
-    result = {
-        "n_nodes": n,
-        "n_edges": graph.n_edges,
-        "density": graph.n_edges / (n * (n - 1) / 2) if n > 1 else math.nan,
-        "algebraic_connectivity": algebraic_connectivity(graph, backend),
-        "degree_gini": degree_gini(graph),
-        "global_clustering": global_clustering(graph, backend),
-        "mean_shortest_path": path.mean,
-        "reachable_fraction": path.reachable_fraction,
-    }
+    kernels, adjacency = _kernels(graph, backend)
+    components = kernels.n_components(adjacency) if graph.n_nodes >= 2 else 0
+    result = _summary(graph, kernels.degrees(adjacency), components, lambda: kernels.lambda2(adjacency),
+                      lambda: kernels.transitivity(adjacency), lambda: kernels.path_counts(adjacency))
     if small_world_graphs:
         result.update(small_world(graph, small_world_graphs, seed))
     return result
 
 
 Snapshot = Mapping[str, Any]
+Row = tuple[int | None, str, str, dict[str, float]]
 
 
-def _snapshots(source: Any) -> list[tuple[int | None, Snapshot]]:
+def _snapshots(source: Any) -> tuple[Iterable[tuple[int | None, Snapshot]], int | None]:
+    """The (epoch, masks) pairs of ``source``, lazily, and how many there are when known."""
     if hasattr(source, "iter_masks"):
-        return list(source.iter_masks())
+        return source.iter_masks(), len(source.epochs) if hasattr(source, "epochs") else None
     if isinstance(source, Mapping):
-        return [(None, source)]
-    return list(source)
+        return [(None, source)], 1
+    return source, len(source) if hasattr(source, "__len__") else None
+
+
+def _rows_per_graph(
+    snapshots: Iterable[tuple[int | None, Snapshot]], backend: str, small_world_graphs: int, seed: int
+) -> Iterator[Row]:
+    for epoch, masks in snapshots:
+        for layer, mask in masks.items():
+            for graph_name, graph in layer_graphs({layer: mask}).items():
+                yield epoch, layer, graph_name, summarize(graph, backend, small_world_graphs=small_world_graphs,
+                                                          seed=seed)
+
+
+def _batch_summaries(graphs: list[Graph], small_world_graphs: int, seed: int) -> list[dict[str, float]]:
+    counts = count_batch(torch.stack([g.adjacency for g in graphs]))
+    summaries = []
+    for i, graph in enumerate(graphs):
+        summaries.append(_summary(
+            graph, counts.degrees[i], int(counts.n_components[i]),
+            lambda i=i: counts.lambda2[i],
+            lambda i=i: _ratio(counts.closed_walks[i], counts.degrees[i]),
+            lambda i=i: PathCounts(float(counts.distance_sum[i]), int(counts.reachable_pairs[i])),
+        ))
+        if small_world_graphs:
+            summaries[-1].update(small_world(graph, small_world_graphs, seed))
+    return summaries
+
+
+def _ratio(closed_walks: float, degrees: np.ndarray) -> float:
+    """trace(A³) / Σ d(d − 1): the transitivity, NaN without a connected triple."""
+    d = degrees.astype(np.float64)
+    triples = float((d * (d - 1)).sum())
+    return float(closed_walks) / triples if triples > 0 else math.nan
+
+
+def _rows_batched(
+    snapshots: Iterable[tuple[int | None, Snapshot]], device: torch.device, batch_bytes: int,
+    small_world_graphs: int, seed: int,
+) -> Iterator[Row]:
+    """Rows of every graph, computed in batches of equal-size graphs on ``device``.
+
+    Each snapshot's masks move to the device once; a batch is computed as soon as it is full, so memory stays
+    bounded by ``batch_bytes`` per graph size whatever the run's length. Rows come out in snapshot order.
+    """
+    pending: dict[int, list[int]] = {}
+    keys: list[tuple[int | None, str, str]] = []
+    graphs: dict[int, Graph] = {}
+    done: dict[int, dict[str, float]] = {}
+    emitted = 0
+
+    def flush(n: int) -> None:
+        indices = pending.pop(n, [])
+        if indices:
+            summaries = _batch_summaries([graphs.pop(i) for i in indices], small_world_graphs, seed)
+            done.update(zip(indices, summaries, strict=True))
+
+    def ready() -> Iterator[Row]:
+        nonlocal emitted
+        while emitted in done:
+            yield (*keys[emitted], done.pop(emitted))
+            emitted += 1
+
+    for epoch, masks in snapshots:
+        on_device = {layer: torch.as_tensor(mask).to(device) for layer, mask in masks.items()}
+        for layer, mask in on_device.items():
+            for graph_name, graph in layer_graphs({layer: mask}).items():
+                index = len(keys)
+                keys.append((epoch, layer, graph_name))
+                graphs[index] = graph
+                pending.setdefault(graph.n_nodes, []).append(index)
+                if len(pending[graph.n_nodes]) >= batch_size(graph.n_nodes, batch_bytes):
+                    flush(graph.n_nodes)
+        yield from ready()
+    for n in list(pending):
+        flush(n)
+    yield from ready()
+
+
+def default_batch_bytes(device: torch.device) -> int:
+    """Memory one batch may use: a quarter of the free CUDA memory (at most 8 GiB), or 512 MiB on the CPU."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(min(free // 4, 8 << 30))
+    return 512 << 20
 
 
 def metrics_table(
@@ -191,6 +304,8 @@ def metrics_table(
     *,
     run: str = "",
     backend: str = "auto",
+    device: str | torch.device | None = None,
+    batch_bytes: int | None = None,
     small_world_graphs: int = 0,
     seed: int = 0,
     progress: bool = True,
@@ -201,20 +316,32 @@ def metrics_table(
     ----------
     source:
         One snapshot (layer name → mask), an iterable of ``(epoch, snapshot)`` pairs, or any object with an
-        ``iter_masks()`` method yielding them (e.g. :class:`topo.record.RunReader`).
+        ``iter_masks()`` method yielding them (e.g. :class:`topo.record.RunReader`). Read lazily.
     run:
         Value of the ``run`` column.
+    backend:
+        Per-graph backend (``"auto"``, ``"cpu"``, ``"torch"``) when no ``device`` is given.
+    device:
+        Analyse the whole source in batches of equal-size graphs with the torch kernels on this device
+        (``"cuda"``, ``"cpu"``; see :mod:`topo.graph.batched`). Same numbers as the per-graph backends.
+    batch_bytes:
+        Memory one batch may use on ``device`` (default: :func:`default_batch_bytes`).
+    small_world_graphs:
+        With N > 0, also σ and ω against N random graphs (on the CPU, per graph).
 
     Returns
     -------
     DataFrame with columns run, epoch, layer, graph, metric, value; one row per metric.
     """
-    rows = []
-    snapshots = _snapshots(source)
-    for epoch, masks in tqdm(snapshots, desc="graph metrics", unit="snapshot", disable=not progress):
-        for layer, mask in masks.items():
-            for graph_name, graph in layer_graphs({layer: mask}).items():
-                metrics = summarize(graph, backend, small_world_graphs=small_world_graphs, seed=seed)
-                gate = graph_label(graph_name, layer)
-                rows.extend((run, epoch, layer, gate, metric, float(value)) for metric, value in metrics.items())
-    return pd.DataFrame(rows, columns=["run", "epoch", "layer", "graph", "metric", "value"])
+    snapshots, total = _snapshots(source)
+    snapshots = tqdm(snapshots, total=total, desc="graph metrics", unit="snapshot", disable=not progress)
+    if device is None:
+        rows = _rows_per_graph(snapshots, backend, small_world_graphs, seed)
+    else:
+        device = torch.device(device)
+        rows = _rows_batched(snapshots, device, batch_bytes or default_batch_bytes(device), small_world_graphs, seed)
+    table = []
+    for epoch, layer, graph_name, metrics in rows:
+        gate = graph_label(graph_name, layer)
+        table.extend((run, epoch, layer, gate, metric, float(value)) for metric, value in metrics.items())
+    return pd.DataFrame(table, columns=["run", "epoch", "layer", "graph", "metric", "value"])

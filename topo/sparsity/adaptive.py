@@ -36,6 +36,7 @@ every ``every`` steps (``unit="step"``) or, with ``unit="epoch"``, at the first 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -43,7 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from topo.errors import ConfigError
+from topo.errors import ConfigError, TopoError
 from topo.sparsity.base import Sparsifier, check_density, random_mask
 from topo.sparsity.masks import ParamFilter
 
@@ -170,11 +171,13 @@ def adapt_layer(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One adaptation of one weight tensor, in place on ``weight`` and ``mask``.
 
-    Returns the boolean tensors (pruned, grown) of the positions that changed. A weight can be pruned and then
-    regrown at the same adaptation (it is then counted in both and receives a fresh value).
+    Every statistic, threshold and new value is computed in float32 whatever the weight's dtype (a float16
+    mean over millions of weights overflows), and new values are rounded to the weight's dtype only when
+    written. Returns the boolean tensors (pruned, grown) of the positions that changed. A weight can be pruned
+    and then regrown at the same adaptation (it is then counted in both and receives a fresh value).
     """
     total = mask.numel()
-    weight_abs = weight.abs()
+    weight_abs = weight.abs().float()
     active_fraction = mask.sum().item() / total
 
     sampled = _sample(mask, cfg.beta1, generator)
@@ -182,26 +185,45 @@ def adapt_layer(
     pruned = sampled & _decide(prune_exponent(weight_abs, mean_abs, active_fraction, cfg), cfg.g, generator)
     mask &= ~pruned
 
+    grad = grad.float()
     grad_abs = grad.abs()
     candidates = _sample(~mask, cfg.beta0, generator)
     if math.isinf(cfg.s):
-        # Candidates by |∇J|; unsampled inactive weights only when too few were sampled; never active ones.
-        quota = int(pruned.sum().item())
-        scores = torch.where(candidates, grad_abs, torch.where(mask, -2.0, -1.0).to(grad_abs.dtype)).flatten()
-        grown = torch.zeros(total, dtype=torch.bool, device=mask.device)
-        grown[torch.topk(scores, quota, sorted=False).indices] = True
-        grown = grown.view(mask.shape)
+        grown = _grow_count(grad_abs, candidates, mask, int(pruned.sum().item()), generator)
     else:
         mean_grad = _masked_mean(grad_abs, candidates)
         after_prune = mask.sum().item() / total
         grown = candidates & _decide(grow_exponent(grad_abs, mean_grad, after_prune, cfg), cfg.g, generator)
 
     radius = 2.0 * cfg.k * mean_abs if cfg.r is None else torch.tensor(cfg.r, device=weight.device)
-    noise = (torch.rand(weight.shape, generator=generator, device=weight.device, dtype=weight.dtype) * 2 - 1)
-    new_values = cfg.cg * grad.to(weight.dtype) + noise * radius.to(weight.dtype)
+    noise = torch.rand(weight.shape, generator=generator, device=weight.device) * 2 - 1
+    new_values = (cfg.cg * grad + noise * radius).to(weight.dtype)
     weight.copy_(torch.where(grown, new_values, weight * ~pruned))
     mask |= grown
     return pruned, grown
+
+
+def _grow_count(
+    grad_abs: torch.Tensor, candidates: torch.Tensor, mask: torch.Tensor, quota: int, generator: torch.Generator
+) -> torch.Tensor:
+    """The s → ∞ growth: exactly ``quota`` inactive weights, the candidates with the largest |∇J| first.
+
+    When the β0-sample holds fewer than ``quota`` candidates, the rest are drawn uniformly at random (from
+    ``generator``) among the unsampled inactive weights; active weights are never chosen.
+    """
+    flat_candidates = candidates.flatten()
+    n_candidates = int(flat_candidates.sum().item())
+    grown = torch.zeros(mask.numel(), dtype=torch.bool, device=mask.device)
+    if n_candidates >= quota:
+        scores = torch.where(flat_candidates, grad_abs.flatten(), -1.0)
+        grown[torch.topk(scores, quota, sorted=False).indices] = True
+        return grown.view(mask.shape)
+    grown |= flat_candidates
+    others = (~mask).flatten() & ~flat_candidates
+    keys = torch.rand(mask.numel(), generator=generator, device=mask.device)
+    keys = torch.where(others, keys, -1.0)
+    grown[torch.topk(keys, quota - n_candidates, sorted=False).indices] = True
+    return grown.view(mask.shape)
 
 
 class Adaptive(Sparsifier):
@@ -245,18 +267,21 @@ class Adaptive(Sparsifier):
         return self._pending
 
     def mask_grads(self) -> None:
-        if self.adaptation_due:
+        """Zero inactive gradients; when an adaptation is due, first keep the dense gradient (once per step)."""
+        if self.adaptation_due and self._stashed_grads is None:
             self._stashed_grads = {
-                n: p.grad.detach().clone() for n, p in self.masked.params.items() if p.grad is not None
+                n: self.true_grad(p.grad) for n, p in self.masked.params.items() if p.grad is not None
             }
         super().mask_grads()
 
-    def step(self) -> None:
-        super().step()
+    def _after_step(self) -> None:
         if self._stashed_grads is not None:
-            self.adapt(self._stashed_grads)
-            self._stashed_grads = None
-            self._pending = False
+            grads, self._stashed_grads = self._stashed_grads, None
+            if self.adapt(grads):
+                self._pending = False
+
+    def _skipped_step(self) -> None:
+        self._stashed_grads = None
 
     def end_epoch(self, epoch: int) -> None:
         super().end_epoch(epoch)
@@ -264,13 +289,28 @@ class Adaptive(Sparsifier):
             self._pending = True
 
     @torch.no_grad()
-    def adapt(self, grads: dict[str, torch.Tensor]) -> None:
-        """Run the prune/grow rule on every layer that has a gradient in ``grads`` (dense, unmasked)."""
+    def adapt(self, grads: dict[str, torch.Tensor]) -> bool:
+        """Run the prune/grow rule on every layer that has a gradient in ``grads`` (dense, unmasked).
+
+        Returns False, changing nothing, when a gradient holds inf/NaN (with a warning naming the layer; with
+        ``unit="epoch"`` the adaptation stays pending for the next step). Raises :class:`~topo.errors.TopoError`
+        naming the layer when its weights are not finite (training has diverged: no rule can read them).
+        """
+        finite = torch.stack([torch.isfinite(g).all() for g in grads.values()]).tolist() if grads else []
+        for (name, _), ok in zip(grads.items(), finite, strict=True):
+            if not ok:
+                warnings.warn(f"adaptive: gradient of layer {name!r} holds inf/NaN; no adaptation at this step",
+                              RuntimeWarning, stacklevel=2)
+                return False
+        for name in grads:
+            if not bool(torch.isfinite(self.masked.params[name].detach()).all()):
+                raise TopoError(f"adaptive: layer {name!r} has inf/NaN weights; cannot adapt a diverged model")
         for name, grad in grads.items():
             weight, mask = self.masked.params[name], self.masked.masks[name]
             pruned, grown = adapt_layer(weight.data, mask, grad, self.cfg, self.generator)
             self._record_change(name, pruned, grown)
         self._sync_across_ranks()
+        return True
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "pending": self._pending}

@@ -7,9 +7,16 @@ A method object wraps a model (and, usually, its optimizer) and is driven from a
     loss.backward(); optimizer.step(); sparsifier.step()     # every training step
     sparsifier.end_epoch(epoch)                              # after every epoch (0-based index)
 
-Given the optimizer, the method zeroes inactive gradients in an optimizer step pre-hook (after AMP unscaling and
-DDP's all-reduce), so nothing else is needed in the loop. Without one, call :meth:`Sparsifier.mask_grads`
-between ``backward()`` and ``optimizer.step()``.
+Given the optimizer, the method zeroes inactive gradients in an optimizer step pre-hook (after DDP's all-reduce
+and after AMP unscaling; with a fused optimizer under ``GradScaler``, which unscales inside ``step()``, the
+gradients the methods read are divided by the scale the scaler hands the optimizer), so nothing else is needed
+in the loop. Steps that do not happen (``GradScaler`` skips the optimizer step when it finds inf/NaN
+gradients) are neither counted in ``step_count`` nor adapted on. Without an optimizer, call
+:meth:`Sparsifier.mask_grads` between ``backward()`` and ``optimizer.step()``.
+
+Gradient clipping sees the inactive weights' gradients unless they are masked first: call
+``sparsifier.mask_grads()`` (after ``scaler.unscale_(optimizer)`` when using a ``GradScaler``) before
+``torch.nn.utils.clip_grad_norm_``. It is idempotent; the pre-hook masks again at no harm.
 """
 
 from __future__ import annotations
@@ -86,6 +93,8 @@ class Sparsifier:
         self.generator.manual_seed(self.seed)
         self.step_count = 0
         self.epochs_done = 0
+        self._optimizer_stepped = False
+        self._grad_scale: torch.Tensor | None = None
         self._changes = {n: torch.zeros(2, dtype=torch.int64, device=device) for n in self.masked.names}
         self._hook = optimizer.register_step_pre_hook(self._before_optimizer_step) if optimizer else None
 
@@ -105,9 +114,19 @@ class Sparsifier:
         self.masked.mask_grads()
 
     def step(self) -> None:
-        """Call after every ``optimizer.step()``: re-zeroes inactive weights."""
-        self.step_count += 1
+        """Call after every ``optimizer.step()``: re-zeroes inactive weights; counts and adapts if it stepped.
+
+        With an optimizer, a step whose ``optimizer.step()`` did not run (or that ``GradScaler`` skipped) is
+        not counted and triggers nothing.
+        """
         self.masked.apply()
+        self._grad_scale = None
+        if self.optimizer is not None and not self._optimizer_stepped:
+            self._skipped_step()
+            return
+        self._optimizer_stepped = False
+        self.step_count += 1
+        self._after_step()
 
     def end_epoch(self, epoch: int) -> None:
         """Call after every epoch; ``epoch`` is the 0-based index of the epoch just finished."""
@@ -166,8 +185,24 @@ class Sparsifier:
             self._hook = None
 
     # -- for subclasses ---------------------------------------------------------------------------------------
+    def _after_step(self) -> None:
+        """Runs after every counted step (the optimizer stepped)."""
+
+    def _skipped_step(self) -> None:
+        """Runs after a step whose optimizer update did not happen."""
+
     def _before_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        found_inf = getattr(optimizer, "found_inf", None)  # set by GradScaler for fused optimizers
+        if found_inf is not None and bool(found_inf.item()):
+            return  # the fused kernel skips this update: nothing to count or adapt
+        self._grad_scale = getattr(optimizer, "grad_scale", None)
         self.mask_grads()
+        self._optimizer_stepped = True
+
+    def true_grad(self, grad: torch.Tensor) -> torch.Tensor:
+        """``grad`` in float32, unscaled when a fused optimizer under ``GradScaler`` has not unscaled it yet."""
+        grad = grad.detach().float()
+        return grad / self._grad_scale if self._grad_scale is not None else grad
 
     def _initialise_masks(self, make_mask) -> None:
         """Set every layer's mask to ``make_mask(name, weight)`` and broadcast it under DDP."""

@@ -9,7 +9,10 @@ on the weight's own device, and offers the two per-step operations every method 
 * :meth:`MaskedParams.apply` multiplies the weights by their masks after the step, which undoes what weight decay
   and stale optimizer state would otherwise revive.
 
-Both are a single ``torch._foreach_mul_`` over all layers and never synchronise host and device.
+Both are a single ``torch._foreach_mul_`` over all layers and never synchronise host and device. The multiply
+uses a copy of each mask in its weight's dtype (PyTorch's fused multi-tensor kernels need operands of one
+dtype; with boolean masks every layer would be a launch of its own), refreshed whenever the boolean mask is
+modified in place (tracked by the tensor's version counter), so the masks stay the one source of truth.
 """
 
 from __future__ import annotations
@@ -121,6 +124,17 @@ class MaskedParams:
     def _refresh_lists(self) -> None:
         self._plist = list(self.params.values())
         self._mlist = [self.masks[n] for n in self.params]
+        self._multipliers: list[torch.Tensor | None] = [None] * len(self._mlist)
+        self._versions = [-1] * len(self._mlist)
+
+    def multipliers(self) -> list[torch.Tensor]:
+        """Every mask as 0/1 in its weight's dtype, rebuilt only for masks modified since the last call."""
+        for i, (mask, param) in enumerate(zip(self._mlist, self._plist, strict=True)):
+            cached = self._multipliers[i]
+            if mask._version != self._versions[i] or cached is None or cached.dtype != param.dtype:
+                self._multipliers[i] = mask.to(param.dtype)
+                self._versions[i] = mask._version
+        return self._multipliers  # type: ignore[return-value]
 
     @property
     def names(self) -> list[str]:
@@ -149,12 +163,14 @@ class MaskedParams:
     @torch.no_grad()
     def apply(self) -> None:
         """Zero every inactive weight (one fused multiply over all layers, no host-device sync)."""
-        torch._foreach_mul_(self._plist, self._mlist)
+        torch._foreach_mul_(self._plist, self.multipliers())
 
     @torch.no_grad()
     def mask_grads(self) -> None:
         """Zero the gradients of inactive weights; parameters without a gradient are skipped."""
-        pairs = [(p.grad, m) for p, m in zip(self._plist, self._mlist, strict=True) if p.grad is not None]
+        multipliers = self.multipliers()
+        pairs = [(p.grad, m if m.dtype == p.grad.dtype else m.to(p.grad.dtype))
+                 for p, m in zip(self._plist, multipliers, strict=True) if p.grad is not None]
         if pairs:
             grads, masks = zip(*pairs, strict=True)
             torch._foreach_mul_(list(grads), list(masks))

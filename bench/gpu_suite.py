@@ -1,0 +1,220 @@
+"""The GPU suite: install, CUDA tests and every GPU benchmark in one run, each part under its own time limit.
+
+Usage (on a machine with a CUDA build of PyTorch; wheels of missing packages, e.g. igraph, in ``--wheels``):
+
+    python bench/gpu_suite.py [--out results/gpu] [--wheels .whl] [--quick]
+
+Parts, in order, each a subprocess with its own limit (a part that fails or runs out of time is recorded as
+such and the suite goes on):
+
+1. install the carried wheels, then topo over the machine's own torch (``pip install --no-deps -e .``);
+2. ``pytest -m cuda`` (the CUDA tests; skipped without CUDA);
+3. ``bench/sparsity_overhead.py`` on ResNet-110 at batch 128, fp32 and bf16 autocast;
+4. ``bench/recorder_overhead.py`` at 391-step epochs;
+5. ``bench/graph_metrics.py``: the torch backend on one graph of 512 … 8192 nodes, and a whole run (4 gate
+   graphs × 200 epochs of a 1024-unit LSTM) batched, unbatched and on the CPU backend.
+
+Everything measured, with the device, the torch and CUDA versions and the commands, is written to
+``<out>/<device>.md`` and ``<out>/<device>.csv`` after every part, so a run cut short keeps its finished parts.
+``--quick`` runs every part at toy sizes (on the CPU too): the test of the suite itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Part:
+    """One step of the suite: a command, its time limit, and what it measured."""
+
+    name: str
+    command: list[str]
+    limit_s: float
+    json_path: Path | None = None
+    status: str = "not run"
+    seconds: float = 0.0
+    output: str = ""
+    figures: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Goal:
+    """A row of the issue's goal table: the measured figure, its goal and anchor."""
+
+    figure: str
+    anchor: str
+    goal: str
+    value: float | None
+    limit: float
+    higher_is_better: bool = False
+
+    @property
+    def verdict(self) -> str:
+        if self.value is None:
+            return "not measured"
+        met = self.value >= self.limit if self.higher_is_better else self.value <= self.limit
+        return "met" if met else "not met"
+
+
+def device_name() -> str:
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu-{platform.machine()}"
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def run_part(part: Part, env: dict[str, str]) -> None:
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(part.command, cwd=REPO, env=env, capture_output=True, text=True, timeout=part.limit_s)
+        part.output = (done.stdout + done.stderr).strip()
+        part.status = "ok" if done.returncode == 0 else f"failed (exit {done.returncode})"
+    except subprocess.TimeoutExpired as exc:
+        out = (exc.stdout or b"") + (exc.stderr or b"")
+        part.output = (out.decode() if isinstance(out, bytes) else out).strip()
+        part.status = f"stopped at its {part.limit_s:.0f} s limit"
+    part.seconds = time.perf_counter() - start
+    if part.json_path is not None and part.json_path.exists():
+        part.figures = json.loads(part.json_path.read_text())
+
+
+def goals(parts: dict[str, Part]) -> list[Goal]:
+    def fig(part: str, *keys: str) -> float | None:
+        value = parts[part].figures if part in parts else {}
+        for key in keys:
+            if not isinstance(value, dict) or key not in value:
+                return None
+            value = value[key]
+        return float(value)
+
+    run = parts["graphs"].figures.get("whole_run", {}) if "graphs" in parts else {}
+    one = {row["n"]: row["torch_s"] for row in parts["graphs"].figures.get("one_graph_torch", [])} \
+        if "graphs" in parts else {}
+    speedup = run["cpu_estimate_s"] / run["batched_s"] if run else None
+    return [
+        Goal("masked step / dense step, ResNet-110 bs128, fp32 (random fixed)", "naive masking 1.19×", "≤ 1.05×",
+             fig("overhead-fp32", "ratio", "random-fixed"), 1.05),
+        Goal("same, adaptive between adaptations, fp32", "–", "≤ 1.05×",
+             fig("overhead-fp32", "ratio", "adaptive"), 1.05),
+        Goal("masked step / dense step, bf16 autocast (random fixed)", "naive 1.06×", "≤ 1.03×",
+             fig("overhead-bf16", "ratio", "random-fixed"), 1.03),
+        Goal("one adaptation pass / one 391-step epoch (fp32)", "naive 0.47 %", "≤ 0.5 %",
+             None if fig("overhead-fp32", "adaptation_fraction_of_epoch") is None
+             else 100 * fig("overhead-fp32", "adaptation_fraction_of_epoch"), 0.5),
+        Goal("epoch with recorder / without (391 steps)", "–", "≤ 1.01×", fig("recorder", "ratio"), 1.01),
+        Goal("four metrics, one graph n = 8192, density 0.1 (s)", "plain torch 0.60 s", "≤ 0.3 s",
+             one.get(8192), 0.3),
+        Goal(f"whole run: {run.get('graphs', '?')} gate graphs of a {run.get('units', '?')}-unit LSTM, batched (s)",
+             "unbatched torch ≈ 12 ms/graph", "≤ 5 s", run.get("batched_s"), 5.0),
+        Goal("whole run: batched speed-up over topo's CPU backend", "–", "≥ 20×", speedup, 20.0,
+             higher_is_better=True),
+    ]
+
+
+def write_report(out: Path, name: str, parts: dict[str, Part], header: list[str]) -> None:
+    rows = goals(parts)
+    lines = [f"# GPU suite on {name}", "", *header, "", "## Goals", "",
+             "| figure | anchor | goal | measured | verdict |", "| --- | --- | --- | --- | --- |"]
+    for g in rows:
+        value = "–" if g.value is None else f"{g.value:.4g}"
+        lines.append(f"| {g.figure} | {g.anchor} | {g.goal} | {value} | {g.verdict} |")
+    lines += ["", "## Parts", ""]
+    for part in parts.values():
+        lines += [f"### {part.name}: {part.status} ({part.seconds:.1f} s, limit {part.limit_s:.0f} s)", "",
+                  f"`{' '.join(part.command)}`", "", "```", part.output[-6000:], "```", ""]
+    _write(out / f"{slug(name)}.md", "\n".join(lines))
+    with tempfile.NamedTemporaryFile("w", dir=out, delete=False, suffix=".tmp", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["figure", "anchor", "goal", "measured", "verdict"])
+        writer.writerows([g.figure, g.anchor, g.goal, "" if g.value is None else g.value, g.verdict] for g in rows)
+    os.replace(handle.name, out / f"{slug(name)}.csv")
+
+
+def _write(path: Path, text: str) -> None:
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
+        handle.write(text)
+    os.replace(handle.name, path)
+
+
+def plan(args: argparse.Namespace, scratch: Path) -> list[Part]:
+    py = sys.executable
+    quick = args.quick
+    wheels = sorted(str(p) for p in Path(args.wheels).glob("*.whl")) if args.wheels else []
+    pip = [py, "-m", "pip", "install", "-q", "--no-deps", "--no-index"]
+    overhead = [py, "bench/sparsity_overhead.py"] + (["--depth", "8", "--batch", "8", "--steps", "1", "--blocks", "2"]
+                                                       if quick else ["--depth", "110", "--batch", "128"])
+    recorder = [py, "bench/recorder_overhead.py"] + (["--depth", "8", "--batch", "8", "--steps", "2", "--epochs", "1"]
+                                                      if quick else ["--depth", "110", "--batch", "128",
+                                                                     "--steps", "391", "--epochs", "2"])
+    graphs = [py, "bench/graph_metrics.py", "--sizes", "--repeats", "1" if quick else "3"] + (
+        ["--torch-sizes", "64", "--run-epochs", "3", "--run-units", "32", "--cpu-epochs", "2"] if quick else
+        ["--torch-sizes", "512", "1024", "2048", "4096", "8192", "--run-epochs", "200", "--run-units", "1024",
+         "--cpu-epochs", "10"])
+    limit = (lambda full, small: small) if quick else (lambda full, small: full)  # noqa: E731
+    parts = [
+        Part("install wheels", [*pip, *wheels] if wheels else [py, "-c", "print('no wheels given')"], limit(30, 60)),
+        # without build isolation nothing is downloaded; should it fail, PYTHONPATH still finds topo
+        Part("install topo", [*pip, "--no-build-isolation", "-e", "."], limit(45, 90)),
+        Part("pytest -m cuda", [py, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider",
+                                          "--continue-on-collection-errors", "tests"], limit(120, 300)),
+        Part("overhead-fp32", [*overhead, "--dtype", "fp32", "--json", str(scratch / "fp32.json")], limit(60, 120),
+             scratch / "fp32.json"),
+        Part("overhead-bf16", [*overhead, "--dtype", "bf16", "--json", str(scratch / "bf16.json")], limit(60, 120),
+             scratch / "bf16.json"),
+        Part("recorder", [*recorder, "--json", str(scratch / "recorder.json")], limit(90, 120),
+             scratch / "recorder.json"),
+        Part("graphs", [*graphs, "--json", str(scratch / "graphs.json")], limit(120, 300), scratch / "graphs.json"),
+    ]
+    if args.skip_install:
+        parts = parts[2:]
+    return parts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(REPO / "results" / "gpu"))
+    parser.add_argument("--wheels", help="folder of wheels to install beside topo (e.g. igraph for Python 3.12)")
+    parser.add_argument("--quick", action="store_true", help="toy sizes: tests the suite itself, on the CPU too")
+    parser.add_argument("--skip-install", action="store_true")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = device_name() + (" (quick)" if args.quick else "")
+    header = [
+        f"- device: {name}; {os.cpu_count()} CPU cores; Python {platform.python_version()}",
+        f"- torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}",
+        f"- command: `{' '.join(sys.argv)}`; started {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"}
+    done: dict[str, Part] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for part in plan(args, Path(scratch)):
+            print(f"[suite] {part.name} (limit {part.limit_s:.0f} s) ...", flush=True)
+            run_part(part, env)
+            done[part.name] = part
+            print(f"[suite] {part.name}: {part.status} in {part.seconds:.1f} s", flush=True)
+            write_report(out, name, done, header)
+    for g in goals(done):
+        value = "–" if g.value is None else f"{g.value:.4g}"
+        print(f"{g.verdict:>12}  {value:>10}  {g.goal:<8} {g.figure}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""Algebraic connectivity λ2 of a batch of connected graphs, on any torch device, never unconverged.
+
+λ2 is the second-smallest eigenvalue of the Laplacian L = D − A (Fiedler 1973; Chung 1997). For a batch of
+``(B, n, n)`` boolean adjacencies of equal size, :func:`lambda2_batch` returns every graph's λ2 in float64:
+
+* up to ``dense_limit`` nodes, from a batched dense ``torch.linalg.eigvalsh`` of L;
+* above it, by **Lanczos** on the whole batch at once: one batched matrix-vector product per iteration, the
+  Krylov basis kept orthogonal to the constant vector (the null space of L, so the smallest Ritz value tends to
+  λ2) and fully re-orthogonalised (classical Gram-Schmidt, twice). Convergence is checked every few
+  iterations from the tridiagonal matrix (LAPACK's ``stebz``/``stein`` on the host): with θ₁ ≤ θ₂ the two
+  smallest Ritz values and r = β‖s₁‖ₙ the residual norm of θ₁'s Ritz vector, θ₁ ≥ λ2 always and
+  θ₁ − λ2 ≤ min(r, r² / (θ₂ − θ₁)) (Kato–Temple, with the Ritz gap for the spectral gap); a graph is done when
+  that bound is at most ``rtol``·θ₁, or when its Krylov space became invariant (β = 0: its Ritz values are
+  exact). Converged graphs leave the batch.
+* Graphs still unconverged after ``max_iter`` iterations (path-like graphs, whose λ2 sits in a dense cluster
+  of tiny eigenvalues) fall back to the dense solve, on the device up to ``fallback_limit`` nodes and above it
+  to the sparse ARPACK solver of :func:`lambda2_scipy`. No value that failed its convergence test is returned.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import scipy.linalg
+import scipy.sparse
+import scipy.sparse.linalg
+import torch
+
+#: Krylov sizes at which convergence is checked (and :data:`MAX_ITER` itself).
+CHECKPOINTS = (24, 48, 80, 120, 170, 230)
+MAX_ITER = 300
+
+
+def laplacians(adjacency: torch.Tensor) -> torch.Tensor:
+    """Float64 Laplacians D − A of a ``(B, n, n)`` boolean adjacency batch."""
+    a = adjacency.to(torch.float64)
+    return torch.diag_embed(a.sum(-1)) - a
+
+
+def lambda2_dense(adjacency: torch.Tensor) -> torch.Tensor:
+    """λ2 of each graph of a ``(B, n, n)`` batch from a dense float64 ``eigvalsh`` (n ≥ 2)."""
+    return torch.linalg.eigvalsh(laplacians(adjacency))[:, 1]
+
+
+def _ritz_bound(alpha: np.ndarray, beta: np.ndarray, length: int) -> tuple[float, float]:
+    """Smallest Ritz value of the Lanczos tridiagonal of ``length`` and a bound on its distance to λ2."""
+    if length == 1:
+        return float(alpha[0]), abs(float(beta[0]))
+    values, vectors = scipy.linalg.eigh_tridiagonal(
+        alpha[:length], beta[: length - 1], select="i", select_range=(0, 1)
+    )
+    residual = abs(float(beta[length - 1]) * float(vectors[-1, 0]))
+    gap = float(values[1] - values[0])
+    bound = min(residual, residual**2 / gap) if gap > 0 else residual
+    return float(values[0]), bound
+
+
+def lambda2_lanczos(
+    adjacency: torch.Tensor, *, rtol: float = 1e-10, max_iter: int = MAX_ITER, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batched Lanczos for λ2 of connected graphs (see the module docstring).
+
+    Returns ``(values, converged)``: float64 λ2 estimates on the host and a boolean tensor saying which met the
+    convergence test; unconverged entries are NaN.
+    """
+    batch, n, _ = adjacency.shape
+    device = adjacency.device
+    values = torch.full((batch,), math.nan, dtype=torch.float64)
+    converged = torch.zeros(batch, dtype=torch.bool)
+    steps = min(max_iter, n - 1)
+    a = adjacency.to(torch.float64)
+    degrees = a.sum(-1)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    q = torch.randn(batch, n, dtype=torch.float64, device=device, generator=generator)
+    q -= q.mean(1, keepdim=True)
+    basis = torch.zeros(batch, steps + 1, n, dtype=torch.float64, device=device)
+    basis[:, 0] = q / q.norm(dim=1, keepdim=True)
+    alpha = torch.zeros(batch, steps, dtype=torch.float64, device=device)
+    beta = torch.zeros(batch, steps, dtype=torch.float64, device=device)
+    alive = torch.arange(batch)  # original index of each row still iterating
+    scale = 2.0 * degrees.amax(1)  # ≥ λmax(L): sets the size of "zero" for β
+    checkpoints = sorted({c for c in CHECKPOINTS if c < steps} | {steps})
+    for j in range(steps):
+        qj = basis[:, j]
+        w = degrees * qj - torch.bmm(a, qj.unsqueeze(2)).squeeze(2)
+        alpha[:, j] = (w * qj).sum(1)
+        span = basis[:, : j + 1]
+        for _ in range(2):
+            w -= torch.bmm(span.transpose(1, 2), torch.bmm(span, w.unsqueeze(2))).squeeze(2)
+            w -= w.mean(1, keepdim=True)
+        norm = w.norm(dim=1)
+        beta[:, j] = norm
+        basis[:, j + 1] = w / norm.clamp_min(torch.finfo(torch.float64).tiny).unsqueeze(1)
+        length = j + 1
+        if length not in checkpoints:
+            continue
+        host_alpha, host_beta = alpha[:, :length].cpu().numpy(), beta[:, :length].cpu().numpy()
+        host_scale = scale.cpu().numpy()
+        keep = []
+        for row in range(len(alive)):
+            invariant = host_beta[row, length - 1] <= 1e-12 * host_scale[row]
+            theta, bound = _ritz_bound(host_alpha[row], host_beta[row], length)
+            if invariant or bound <= rtol * max(theta, 0.0):
+                values[alive[row]] = theta
+                converged[alive[row]] = True
+            else:
+                keep.append(row)
+        if not keep or length == steps:
+            break
+        if len(keep) < len(alive):
+            index = torch.tensor(keep, device=device)
+            a, degrees, basis = a[index], degrees[index], basis[index]
+            alpha, beta, scale = alpha[index], beta[index], scale[index]
+            alive = alive[torch.tensor(keep)]
+    return values, converged
+
+
+def lambda2_scipy(adjacency: np.ndarray, dense_limit: int = 256) -> float:
+    """λ2 of one connected graph (numpy boolean adjacency, n ≥ 2) with scipy, on the CPU.
+
+    LAPACK's ``eigh`` restricted to the second eigenvalue up to ``dense_limit`` nodes. Above it ARPACK's
+    Lanczos for the two smallest eigenvalues (0 and λ2) of the sparse Laplacian, to relative accuracy 1e-12 and
+    at most 50 restarts; when that does not converge (λ2 inside a cluster of tiny eigenvalues, as in path-like
+    graphs), ARPACK in shift-invert mode around a small negative shift, where 0 and λ2 are the eigenvalues
+    nearest the shift and converge at once; if even that fails, the dense solve.
+    """
+    n = adjacency.shape[0]
+    degrees = adjacency.sum(1, dtype=np.float64)
+    if n <= dense_limit:
+        return _lambda2_lapack(adjacency, degrees)
+    laplacian = scipy.sparse.diags_array(degrees) - scipy.sparse.csr_array(adjacency, dtype=np.float64)
+    start = np.random.default_rng(0).standard_normal(n)
+    try:
+        values = scipy.sparse.linalg.eigsh(laplacian, k=2, which="SA", tol=1e-12, maxiter=50, v0=start,
+                                           return_eigenvectors=False)
+        return float(np.max(values))
+    except scipy.sparse.linalg.ArpackNoConvergence:
+        pass
+    shift = -1e-3 * max(1.0, degrees.mean())
+    try:
+        values = scipy.sparse.linalg.eigsh(laplacian.tocsc(), k=2, sigma=shift, which="LM", v0=start,
+                                           return_eigenvectors=False)
+        return float(np.max(values))
+    except scipy.sparse.linalg.ArpackNoConvergence:
+        return _lambda2_lapack(adjacency, degrees)
+
+
+def _lambda2_lapack(adjacency: np.ndarray, degrees: np.ndarray) -> float:
+    laplacian = np.diag(degrees) - adjacency.astype(np.float64)
+    return float(scipy.linalg.eigh(laplacian, eigvals_only=True, subset_by_index=[1, 1], driver="evx")[0])
+
+
+def lambda2_batch(
+    adjacency: torch.Tensor,
+    *,
+    dense_limit: int = 32,
+    fallback_limit: int = 16384,
+    rtol: float = 1e-10,
+    max_iter: int = MAX_ITER,
+) -> np.ndarray:
+    """λ2 (float64, on the host) of every graph of a ``(B, n, n)`` batch of connected graphs with n ≥ 2."""
+    batch, n, _ = adjacency.shape
+    if batch == 0:
+        return np.zeros(0)
+    if n <= dense_limit:
+        return lambda2_dense(adjacency).cpu().numpy()
+    values, converged = lambda2_lanczos(adjacency, rtol=rtol, max_iter=max_iter)
+    result = values.numpy()
+    for index in torch.nonzero(~converged).flatten().tolist():
+        if n <= fallback_limit:
+            result[index] = float(lambda2_dense(adjacency[index : index + 1])[0])
+        else:
+            result[index] = lambda2_scipy(adjacency[index].cpu().numpy())
+    return result
