@@ -178,7 +178,7 @@ def plan(args: argparse.Namespace, scratch: Path) -> list[Part]:
              scratch / "fp32.json"),
         Part("overhead-bf16", [*overhead, "--dtype", "bf16", "--json", str(scratch / "bf16.json")], limit(60, 120),
              scratch / "bf16.json"),
-        Part("recorder", [*recorder, "--json", str(scratch / "recorder.json")], limit(90, 120),
+        Part("recorder", [*recorder, "--json", str(scratch / "recorder.json")], limit(110, 120),
              scratch / "recorder.json"),
         Part("graphs", [*graphs, "--json", str(scratch / "graphs.json")], limit(120, 300), scratch / "graphs.json"),
     ]

@@ -17,7 +17,7 @@ from torch.nn.utils import prune
 
 from topo.cli import _stats_of
 from topo.graph import layer_graphs, summarize
-from topo.record import Recorder, RunReader
+from topo.record import Recorder, RunReader, read_checkpoint
 from topo.sparsity import Adaptive
 
 from .conftest import mlp
@@ -56,7 +56,7 @@ def test_analyze_topo_checkpoint_matches_topo_graph(recorded_run):
     result = topo("analyze", str(recorded_run / "checkpoint.pt"), "--json")
     assert result.returncode == 0, result.stderr
     rows = pd.DataFrame(json.loads(result.stdout))
-    masks = torch.load(recorded_run / "checkpoint.pt", weights_only=True)["masks"]
+    masks = read_checkpoint(recorded_run / "checkpoint.pt")["masks"]
     graphs = layer_graphs(masks)
     assert len(rows) == len(graphs)
     forget = rows[(rows.layer == "lstm.weight_hh_l0") & (rows.graph == "f")].iloc[0]

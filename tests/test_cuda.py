@@ -15,7 +15,7 @@ from torch import nn
 from topo.errors import EmptyGraphWarning
 from topo.graph import Graph, metrics_table, summarize
 from topo.record import Recorder, RunReader
-from topo.sparsity import METHODS, Adaptive, AdaptiveConfig, adapt_layer
+from topo.sparsity import METHODS, Adaptive, AdaptiveConfig, adapt_layer, make_sparsifier
 
 from .conftest import mlp
 from .graph.test_batched import closed_form_graphs, random_snapshots
@@ -59,10 +59,11 @@ def test_deterministic_methods_give_the_cpu_weights_on_cuda(method):
     cuda_model.load_state_dict(cpu_model.state_dict())
     cpu_opt = torch.optim.Adam(cpu_model.parameters(), lr=1e-3)
     cuda_opt = torch.optim.Adam(cuda_model.parameters(), lr=1e-3)
-    torch.manual_seed(1)
-    cpu_sp = build(method, cpu_model, cpu_opt)
-    torch.manual_seed(1)
-    cuda_sp = build(method, cuda_model, cuda_opt)
+    masks = {n: torch.rand(p.shape) < 0.3 for n, p in cpu_model.named_parameters() if n.endswith("weight")}
+    kwargs = {"masks": masks} if method == "fixed-mask" else {}
+    cpu_sp = make_sparsifier(method, cpu_model, cpu_opt, **kwargs)
+    kwargs = {"masks": {n: m.to(CUDA) for n, m in masks.items()}} if method == "fixed-mask" else {}
+    cuda_sp = make_sparsifier(method, cuda_model, cuda_opt, **kwargs)
     train(cpu_model, cpu_opt, cpu_sp, 20)
     cuda_train(cuda_model, cuda_opt, cuda_sp, 20)
     for a, b in zip(cpu_model.parameters(), cuda_model.parameters(), strict=True):

@@ -24,7 +24,7 @@ from topo.experiments.models import MODELS, get_model_spec
 from topo.experiments.table import reproduce_table2, summarize_table, to_markdown
 from topo.experiments.train import TrainConfig, _factory, evaluate, resolve_widths, train
 from topo.experiments.transplant import transplant
-from topo.record import RunReader
+from topo.record import RunReader, read_checkpoint
 from topo.sparsity import nonzero_count
 
 
@@ -189,8 +189,8 @@ def test_transplant_keeps_mask_and_reinitialises_weights(tmp_path):
         for name, mask in child_run.masks(epoch).items():
             assert np.array_equal(mask, final_mask[name])
     assert child_run.meta["config"]["parent"].endswith("parent@2")
-    parent_start = torch.load(parent.run_dir / "checkpoint.pt", weights_only=True)["model"]
-    child_start = torch.load(child.run_dir / "checkpoint.pt", weights_only=True)["model"]
+    parent_start = read_checkpoint(parent.run_dir / "checkpoint.pt")["model"]
+    child_start = read_checkpoint(child.run_dir / "checkpoint.pt")["model"]
     assert not torch.equal(parent_start["1.weight"], child_start["1.weight"])
 
 

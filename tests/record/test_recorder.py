@@ -93,7 +93,7 @@ def test_delta_coding_is_smaller_and_decodes_exactly(tmp_path):
     torch.manual_seed(0)
     model = nn.Linear(200, 200, bias=False)
     sp = RandomFixed(model, density=0.5)
-    recorder = Recorder(tmp_path / "run", sp, checkpoint=False, delta=True)
+    recorder = Recorder(tmp_path / "run", sp, checkpoint=False, delta=True, background=False)
     first = recorder.snapshot(0).stat().st_size
     flipped = sp.masks["weight"].clone()
     flipped.view(-1)[:10] ^= True
@@ -107,7 +107,7 @@ def test_delta_coding_is_smaller_and_decodes_exactly(tmp_path):
 
 def test_existing_run_is_not_overwritten(tmp_path):
     sp = RandomFixed(nn.Linear(3, 3), density=0.5)
-    Recorder(tmp_path / "run", sp).snapshot(0)
+    Recorder(tmp_path / "run", sp, background=False).snapshot(0)
     before = (tmp_path / "run" / "run.json").read_bytes()
     with pytest.raises(CheckpointError, match="already holds a run"):
         Recorder(tmp_path / "run", sp)
@@ -120,6 +120,7 @@ def test_every_skips_epochs(tmp_path):
     for epoch in range(5):
         recorder.snapshot(epoch)
     recorder.snapshot(4, force=True)
+    recorder.flush()
     assert RunReader(tmp_path / "run").epochs == [1, 3, 4]
 
 

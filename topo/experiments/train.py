@@ -281,6 +281,7 @@ def train(
                 stopped_early = True
                 break
     if recorder is not None and not finished:
+        recorder.flush()
         recorder.finish(epochs=int(RunReader(run_dir).epochs[-1]) + 1,
                         reason="early stopping" if stopped_early else "epochs done")
     history = (RunReader(run_dir).stats.groupby("epoch").first().reset_index()

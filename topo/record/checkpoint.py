@@ -16,8 +16,6 @@ more dimensions (Linear, Conv, recurrent weights, embeddings); biases and norms 
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,29 +23,12 @@ from typing import Any
 import torch
 
 from topo.errors import CheckpointError
-from topo.record.recorder import CHECKPOINT_FORMAT
 from topo.record.store import RunReader
+from topo.record.training_state import is_topo_checkpoint, safe_load, unpack_state
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "module", "weights", "params")
 
 LayerMasks = dict[str, tuple[torch.Tensor, torch.Tensor | None]]
-
-
-def safe_load(path: str | os.PathLike) -> Any:
-    """``torch.load(path, map_location="cpu", weights_only=True)`` with every failure as one CheckpointError."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file")
-    if path.is_dir():
-        raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: refused by the safe loader (weights_only=True): {first}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (corrupt or truncated?): {first}") from None
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -102,7 +83,9 @@ def load_masks(path: str | os.PathLike) -> LayerMasks | dict[int, LayerMasks]:
         return {epoch: {n: (m, None) for n, m in reader.masks(epoch, as_torch=True).items()}
                 for epoch in reader.epochs}
     obj = safe_load(path)
-    if isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT:
+    if is_topo_checkpoint(obj):
+        if "packed" in obj:
+            obj = unpack_state(obj["packed"])
         model = obj["model"]
         return {name: (mask.bool(), model.get(name)) for name, mask in obj["masks"].items()}
     return masks_from_state_dict(find_state_dict(obj, str(path)), str(path))

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import os
 import platform
-import random
 import sys
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -40,9 +40,9 @@ from topo.record.store import (
     write_json,
     write_snapshot,
 )
+from topo.record.training_state import CHECKPOINT_FORMAT, pack_state, restore_checkpoint, rng_state
 from topo.sparsity.base import Sparsifier
 
-CHECKPOINT_FORMAT = "topo-checkpoint/1"
 _BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
 
 
@@ -60,29 +60,6 @@ def _layer_stats(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     low = [((magnitude < f * mean) & mask).sum().float() for f in LOW_STRENGTH_FRACTIONS]
     total = torch.tensor(float(mask.numel()), device=mask.device)
     return torch.stack([active, total, active / total, mean, *low])
-
-
-def rng_state() -> dict[str, Any]:
-    """Every global random state a training loop may use, in a form ``torch.load(weights_only=True)`` accepts."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()  # noqa: NPY002 - the legacy global state loops use
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))  # noqa: NPY002
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class Recorder:
@@ -106,6 +83,12 @@ class Recorder:
         Extra JSON-serialisable configuration for ``run.json`` (model, data, training settings).
     resume:
         Continue an existing run: keep its files; call :meth:`resume` to restore the training state.
+    background:
+        Write files on a background thread. :meth:`snapshot` gathers everything on the calling thread (masks,
+        statistics and the packed checkpoint, in a few device-to-host copies) and returns while the files are
+        written and fsynced, so disk time overlaps training; the next :meth:`snapshot`, :meth:`flush`,
+        :meth:`close` or :meth:`finish` waits for the write and re-raises its error. Files still appear
+        atomically and in order (snapshot, stats.csv, checkpoint.pt).
     """
 
     def __init__(
@@ -119,6 +102,7 @@ class Recorder:
         checkpoint: bool = True,
         config: Mapping[str, Any] | None = None,
         resume: bool = False,
+        background: bool = True,
     ) -> None:
         self.path = Path(run_dir)
         self.sparsifier = sparsifier
@@ -129,6 +113,9 @@ class Recorder:
         self._previous: tuple[int, list[np.ndarray]] | None = None
         self._rows: list[dict[str, Any]] = []
         self._closed = False
+        self.background = background
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: Future | None = None
         if resume and (self.path / "run.json").exists():
             self._rows = RunReader(self.path).stats.to_dict("records")  # also validates run.json
         else:
@@ -189,12 +176,9 @@ class Recorder:
             raise CheckpointError(f"{self.path}: recorder is closed")
         if not force and (epoch + 1) % self.every:
             return None
+        self.flush()
         masks, stats, weights = self._gather()
         previous = self._previous if self.delta else None
-        path = write_snapshot(
-            snapshot_path(self.path, epoch), masks, stats, weights,
-            previous=previous[1] if previous else None, previous_epoch=previous[0] if previous else None,
-        )
         self._previous = (epoch, masks)
         extra = {k: float(v) for k, v in (metrics or {}).items()}
         self._rows = [r for r in self._rows if r["epoch"] != epoch]
@@ -202,29 +186,50 @@ class Recorder:
             self._rows.append({"epoch": epoch, "layer": name, **dict(zip(STAT_COLUMNS, row.tolist(), strict=True)),
                                **extra})
         frame = pd.DataFrame(self._rows)
-        write_atomic(self.path / "stats.csv", lambda f: f.write(frame.to_csv(index=False).encode()))
-        if self.write_checkpoint:
-            self.save_checkpoint(epoch)
+        checkpoint = self._checkpoint_state(epoch) if self.write_checkpoint else None
+        path = snapshot_path(self.path, epoch)
+
+        def write() -> None:
+            write_snapshot(path, masks, stats, weights, previous=previous[1] if previous else None,
+                           previous_epoch=previous[0] if previous else None)
+            write_atomic(self.path / "stats.csv", lambda f: f.write(frame.to_csv(index=False).encode()))
+            if checkpoint is not None:
+                write_atomic(self.path / "checkpoint.pt", lambda f: torch.save(checkpoint, f))
+
+        if self.background:
+            self._writer = self._writer or ThreadPoolExecutor(1, thread_name_prefix="topo-recorder")
+            self._pending = self._writer.submit(write)
+        else:
+            write()
         return path
+
+    def flush(self) -> None:
+        """Wait until the files of the last :meth:`snapshot` are on disk; re-raise the writer's error if any."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
 
     def callback(self) -> Callable[..., Path | None]:
         """``fn(epoch, **metrics)`` for a plain training loop: records the epoch."""
         return lambda epoch, **metrics: self.snapshot(epoch, metrics)
 
     # -- checkpoints and resume -----------------------------------------------------------------------------
-    def save_checkpoint(self, epoch: int) -> Path:
-        """Write ``checkpoint.pt`` atomically for the state after epoch ``epoch``."""
+    def _checkpoint_state(self, epoch: int) -> dict[str, Any]:
+        """The packed training state after epoch ``epoch`` (see :mod:`topo.record.training_state`)."""
         sp = self.sparsifier
         state = {
-            "format": CHECKPOINT_FORMAT,
-            "epoch": epoch,
             "model": sp.model.state_dict(),
             "optimizer": sp.optimizer.state_dict() if sp.optimizer is not None else None,
             "sparsifier": sp.state_dict(),
-            "masks": {n: m.detach().cpu() for n, m in sp.masks.items()},
+            "masks": dict(sp.masks),
             "rng": rng_state(),
         }
-        return write_atomic(self.path / "checkpoint.pt", lambda f: torch.save(state, f))
+        return {"format": CHECKPOINT_FORMAT, "epoch": epoch, "packed": pack_state(state)}
+
+    def save_checkpoint(self, epoch: int) -> Path:
+        """Write ``checkpoint.pt`` atomically (now, on this thread) for the state after epoch ``epoch``."""
+        checkpoint = self._checkpoint_state(epoch)
+        return write_atomic(self.path / "checkpoint.pt", lambda f: torch.save(checkpoint, f))
 
     def resume(self) -> int:
         """Restore model, optimizer, sparsifier and RNG states from ``checkpoint.pt``; returns the next epoch.
@@ -232,6 +237,7 @@ class Recorder:
         Snapshots and stats rows of epochs after the checkpoint (written just before a crash) are dropped, so
         the resumed run rewrites them. With no checkpoint, returns 0.
         """
+        self.flush()
         epoch = restore_checkpoint(self.path, self.sparsifier) - 1
         if epoch < 0:
             return 0
@@ -250,38 +256,24 @@ class Recorder:
 
         A finished run is not trained further when resumed; its snapshots stay as they are.
         """
+        self.flush()
         meta = read_json(self.path / "run.json")
         meta["finished"] = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **info}
         write_json(self.path / "run.json", meta)
         self.close()
 
     def close(self) -> None:
-        self._closed = True
+        """Wait for pending writes and stop the writer thread; the recorder takes no more snapshots."""
+        try:
+            self.flush()
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown(wait=True)
+                self._writer = None
+            self._closed = True
 
     def __enter__(self) -> Recorder:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def restore_checkpoint(run_dir: str | os.PathLike, sparsifier: Sparsifier) -> int:
-    """Load ``run_dir/checkpoint.pt`` into the sparsifier's model and optimizer, the sparsifier and the RNGs.
-
-    Returns the next epoch (0 without a checkpoint). Reads only: the DDP ranks that record nothing resume with
-    it, while rank 0 resumes through :meth:`Recorder.resume`, which also tidies the run directory.
-    """
-    path = Path(run_dir) / "checkpoint.pt"
-    if not path.exists():
-        return 0
-    from topo.record.checkpoint import safe_load
-
-    state = safe_load(path)
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not a topo checkpoint")
-    sparsifier.model.load_state_dict(state["model"])
-    if sparsifier.optimizer is not None and state["optimizer"] is not None:
-        sparsifier.optimizer.load_state_dict(state["optimizer"])
-    sparsifier.load_state_dict(state["sparsifier"])
-    set_rng_state(state["rng"])
-    return int(state["epoch"]) + 1

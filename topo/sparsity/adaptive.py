@@ -24,8 +24,8 @@ For each sparsified weight tensor, at each adaptation:
 Limits: ``g = inf`` makes both rules deterministic thresholds (prune iff |w| < k·W̄(1 + s(a−α)), grow iff
 the grow exponent is negative). ``s = inf`` holds the active count fixed: pruning uses the threshold with the
 s-term at zero (a = α) and exactly as many weights are grown as were pruned, largest |∇J| first among the
-candidates (topped up from the unsampled inactive weights if β0 sampled too few). The paper's experiments
-use β0 = β1 = 1, g = s = inf, Cg = 0, r = 2kW̄: the defaults here.
+candidates (topped up uniformly at random from the unsampled inactive weights if β0 sampled too few). The
+paper's experiments use β0 = β1 = 1, g = s = inf, Cg = 0, r = 2kW̄: the defaults here.
 
 The grow rule reads the dense gradient of inactive weights. Gradients of inactive weights are zeroed before every
 optimizer step; at a step where an adaptation is due, the dense gradient is kept aside first. Adaptations run
@@ -100,7 +100,7 @@ class AdaptiveConfig:
             raise ConfigError(f"unit must be 'epoch' or 'step', got {self.unit!r}")
 
 
-def _bias(s: float, active_fraction: float, density: float) -> float:
+def _bias(s: float, active_fraction: float | torch.Tensor, density: float) -> float | torch.Tensor:
     """The term s·(a − α); zero in the s → ∞ limit, where the count is held at α by construction."""
     return 0.0 if math.isinf(s) else s * (active_fraction - density)
 
@@ -113,14 +113,14 @@ def _sigmoid_limit(exponent: torch.Tensor, g: float) -> torch.Tensor:
 
 
 def prune_exponent(
-    weight_abs: torch.Tensor, mean_abs: float | torch.Tensor, active_fraction: float, cfg: AdaptiveConfig
+    weight_abs: torch.Tensor, mean_abs: float | torch.Tensor, active_fraction: float | torch.Tensor, cfg: AdaptiveConfig
 ) -> torch.Tensor:
     """x in P(1→0) = 1/(1+exp(g·x)): x = |w|/(k·W̄) − 1 − s(a − α)."""
     return weight_abs / (cfg.k * mean_abs) - 1.0 - _bias(cfg.s, active_fraction, cfg.density)
 
 
 def grow_exponent(
-    grad_abs: torch.Tensor, mean_grad: float | torch.Tensor, active_fraction: float, cfg: AdaptiveConfig
+    grad_abs: torch.Tensor, mean_grad: float | torch.Tensor, active_fraction: float | torch.Tensor, cfg: AdaptiveConfig
 ) -> torch.Tensor:
     """y in P(0→1) = 1/(1+exp(g·y)): y = l·V̄/|∇J| − 1 + s(a − α); +inf where ∇J = 0 (never grows)."""
     ratio = torch.where(grad_abs > 0, cfg.l * mean_grad / grad_abs, torch.full_like(grad_abs, math.inf))
@@ -128,14 +128,14 @@ def grow_exponent(
 
 
 def prune_probability(
-    weight_abs: torch.Tensor, mean_abs: float | torch.Tensor, active_fraction: float, cfg: AdaptiveConfig
+    weight_abs: torch.Tensor, mean_abs: float | torch.Tensor, active_fraction: float | torch.Tensor, cfg: AdaptiveConfig
 ) -> torch.Tensor:
     """P(1→0 | w, W̄, a) of Section 3, elementwise."""
     return _sigmoid_limit(prune_exponent(weight_abs, mean_abs, active_fraction, cfg), cfg.g)
 
 
 def grow_probability(
-    grad_abs: torch.Tensor, mean_grad: float | torch.Tensor, active_fraction: float, cfg: AdaptiveConfig
+    grad_abs: torch.Tensor, mean_grad: float | torch.Tensor, active_fraction: float | torch.Tensor, cfg: AdaptiveConfig
 ) -> torch.Tensor:
     """P(0→1 | ∇J, V̄, a) of Section 3 (see the module docstring for its form), elementwise."""
     return _sigmoid_limit(grow_exponent(grad_abs, mean_grad, active_fraction, cfg), cfg.g)
@@ -178,7 +178,7 @@ def adapt_layer(
     """
     total = mask.numel()
     weight_abs = weight.abs().float()
-    active_fraction = mask.sum().item() / total
+    active_fraction = mask.sum() / total  # a device tensor: no host synchronisation
 
     sampled = _sample(mask, cfg.beta1, generator)
     mean_abs = _masked_mean(weight_abs, sampled)
@@ -189,10 +189,10 @@ def adapt_layer(
     grad_abs = grad.abs()
     candidates = _sample(~mask, cfg.beta0, generator)
     if math.isinf(cfg.s):
-        grown = _grow_count(grad_abs, candidates, mask, int(pruned.sum().item()), generator)
+        grown = _grow_count(grad_abs, candidates, mask, int(pruned.sum().item()), generator, cfg.beta0 >= 1)
     else:
         mean_grad = _masked_mean(grad_abs, candidates)
-        after_prune = mask.sum().item() / total
+        after_prune = mask.sum() / total
         grown = candidates & _decide(grow_exponent(grad_abs, mean_grad, after_prune, cfg), cfg.g, generator)
 
     radius = 2.0 * cfg.k * mean_abs if cfg.r is None else torch.tensor(cfg.r, device=weight.device)
@@ -204,16 +204,18 @@ def adapt_layer(
 
 
 def _grow_count(
-    grad_abs: torch.Tensor, candidates: torch.Tensor, mask: torch.Tensor, quota: int, generator: torch.Generator
+    grad_abs: torch.Tensor, candidates: torch.Tensor, mask: torch.Tensor, quota: int, generator: torch.Generator,
+    sampled_all: bool,
 ) -> torch.Tensor:
     """The s → ∞ growth: exactly ``quota`` inactive weights, the candidates with the largest |∇J| first.
 
     When the β0-sample holds fewer than ``quota`` candidates, the rest are drawn uniformly at random (from
-    ``generator``) among the unsampled inactive weights; active weights are never chosen.
+    ``generator``) among the unsampled inactive weights; active weights are never chosen. ``sampled_all``: the
+    candidates are every inactive weight (β0 = 1), hence at least ``quota`` of them.
     """
     flat_candidates = candidates.flatten()
-    n_candidates = int(flat_candidates.sum().item())
     grown = torch.zeros(mask.numel(), dtype=torch.bool, device=mask.device)
+    n_candidates = quota if sampled_all else int(flat_candidates.sum().item())
     if n_candidates >= quota:
         scores = torch.where(flat_candidates, grad_abs.flatten(), -1.0)
         grown[torch.topk(scores, quota, sorted=False).indices] = True
@@ -296,15 +298,16 @@ class Adaptive(Sparsifier):
         ``unit="epoch"`` the adaptation stays pending for the next step). Raises :class:`~topo.errors.TopoError`
         naming the layer when its weights are not finite (training has diverged: no rule can read them).
         """
-        finite = torch.stack([torch.isfinite(g).all() for g in grads.values()]).tolist() if grads else []
-        for (name, _), ok in zip(grads.items(), finite, strict=True):
-            if not ok:
+        checks = [t for name, grad in grads.items()
+                  for t in (torch.isfinite(grad).all(), torch.isfinite(self.masked.params[name].detach()).all())]
+        finite = torch.stack(checks).view(-1, 2).tolist() if grads else []  # one host synchronisation
+        for name, (grad_ok, weight_ok) in zip(grads, finite, strict=True):
+            if not weight_ok:
+                raise TopoError(f"adaptive: layer {name!r} has inf/NaN weights; cannot adapt a diverged model")
+            if not grad_ok:
                 warnings.warn(f"adaptive: gradient of layer {name!r} holds inf/NaN; no adaptation at this step",
                               RuntimeWarning, stacklevel=2)
                 return False
-        for name in grads:
-            if not bool(torch.isfinite(self.masked.params[name].detach()).all()):
-                raise TopoError(f"adaptive: layer {name!r} has inf/NaN weights; cannot adapt a diverged model")
         for name, grad in grads.items():
             weight, mask = self.masked.params[name], self.masked.masks[name]
             pruned, grown = adapt_layer(weight.data, mask, grad, self.cfg, self.generator)
