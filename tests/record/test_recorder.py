@@ -14,8 +14,11 @@ import pytest
 import torch
 from torch import nn
 
+import topo.record.recorder as recorder_module
 from topo.errors import CheckpointError
-from topo.record import Recorder, RunReader, load_masks
+from topo.record import Recorder, RunReader, load_masks, read_checkpoint
+from topo.record.recorder import STATS_GROUP, layer_stats
+from topo.record.training_state import pack_state, unpack_state
 from topo.sparsity import Adaptive, RandomFixed
 
 from ..conftest import DEVICES
@@ -161,3 +164,56 @@ def test_sigkill_during_training_then_resume_gives_identical_masks(tmp_path):
     assert done.stats["epoch"].tolist() == ref.stats["epoch"].tolist()
     np.testing.assert_allclose(done.stats["train_loss"], ref.stats["train_loss"], rtol=0, atol=0)
     assert len(load_masks(crashed)) == epochs
+
+
+def reference_stats(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    magnitude = weight.abs().double() * mask
+    active = mask.sum().double()
+    mean = magnitude.sum() / active.clamp(min=1)
+    low = [((magnitude < f * mean) & mask).sum().double() for f in (0.1, 0.25, 0.5)]
+    return torch.stack([active, torch.tensor(float(mask.numel()), dtype=torch.float64), active / mask.numel(),
+                        mean, *low])
+
+
+@pytest.mark.parametrize("group", [STATS_GROUP, 40, 1])
+def test_layer_stats_of_many_layers_at_once_equal_one_layer_at_a_time(group, monkeypatch):
+    monkeypatch.setattr(recorder_module, "STATS_GROUP", group)
+    torch.manual_seed(0)
+    shapes = [(7, 5), (3, 4, 3, 3), (100,), (1, 1), (6, 6)]
+    masks = [torch.rand(s) < 0.4 for s in shapes]
+    masks[3][:] = False  # an empty layer: mean 0, nothing below it
+    weights = [torch.randn(s) * m for s, m in zip(shapes, masks, strict=True)]
+    expected = torch.stack([reference_stats(w, m) for w, m in zip(weights, masks, strict=True)])
+    torch.testing.assert_close(layer_stats(weights, masks), expected)
+
+
+def test_packed_checkpoint_state_round_trips_every_dtype_and_structure():
+    state = {
+        "model": {"w": torch.randn(3, 4), "half": torch.randn(5).half(), "steps": torch.tensor(7)},
+        "masks": {"m": torch.rand(9, 2) < 0.5},
+        "optimizer": {"param_groups": [{"lr": 0.1, "betas": (0.9, 0.99), "params": [0, 1]}], "state": {}},
+        "rng": [1, torch.arange(4, dtype=torch.int64), 2.5, None, "x"],
+        "empty": torch.zeros(0, 3),
+    }
+    packed = pack_state(state)
+    assert packed["buffer"].dtype == torch.uint8 and packed["buffer"].dim() == 1
+    restored = unpack_state(packed)
+    assert restored["optimizer"] == state["optimizer"]
+    assert restored["rng"][0] == 1 and restored["rng"][2:] == [2.5, None, "x"]
+    for key in ("w", "half", "steps"):
+        assert torch.equal(restored["model"][key], state["model"][key])
+        assert restored["model"][key].dtype == state["model"][key].dtype
+    assert torch.equal(restored["masks"]["m"], state["masks"]["m"])
+    assert restored["empty"].shape == (0, 3)
+
+
+def test_checkpoint_is_packed_and_resumes(tmp_path):
+    model = odd_model()
+    opt = torch.optim.Adam(model.parameters())
+    sp = Adaptive(model, opt, density=0.3)
+    with Recorder(tmp_path / "run", sp) as recorder:
+        recorder.snapshot(3)
+    raw = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert raw["format"] == "topo-checkpoint/2" and raw["epoch"] == 3 and set(raw) == {"format", "epoch", "packed"}
+    state = read_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert state["epoch"] == 3 and torch.equal(state["masks"]["fc.weight"], sp.masks["fc.weight"])

@@ -5,11 +5,12 @@
 ...         train_one_epoch(); sparsifier.end_epoch(epoch)
 ...         recorder.snapshot(epoch, {"val_loss": val_loss, "val_acc": val_acc})
 
-Each snapshot moves everything it needs from the device in one transfer: masks are bit-packed on the device,
-per-layer statistics are computed there, and both (with float16 weights when kept) are concatenated into one
-byte buffer before the copy. Statistics per layer (Figure 4 of the paper counts "low-strength weights"):
-active count, total, density, mean |w| over active weights, how many active weights have |w| below 0.1, 0.25 and
-0.5 of that mean, and the weights pruned and grown since the previous snapshot.
+Each snapshot moves everything it needs from the device in one transfer: per-layer statistics are computed
+there for all layers at once (:func:`layer_stats`), and they, the boolean masks (bit-packed on the host) and the
+float16 weights when kept are concatenated into one byte buffer before the copy. Statistics per layer (Figure 4
+of the paper counts "low-strength weights"): active count, total, density, mean |w| over active weights, how
+many active weights have |w| below 0.1, 0.25 and 0.5 of that mean, and the weights pruned and grown since the
+previous snapshot.
 """
 
 from __future__ import annotations
@@ -43,23 +44,46 @@ from topo.record.store import (
 from topo.record.training_state import CHECKPOINT_FORMAT, pack_state, restore_checkpoint, rng_state
 from topo.sparsity.base import Sparsifier
 
-_BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
+#: Layers are summarised in groups of at most this many weights (bounds the temporaries of :func:`layer_stats`).
+STATS_GROUP = 1 << 24
 
 
-def _pack_on_device(mask: torch.Tensor) -> torch.Tensor:
-    """``np.packbits`` of a flattened bool tensor, computed where the tensor lives."""
-    flat = mask.reshape(-1).to(torch.uint8)
-    flat = torch.nn.functional.pad(flat, (0, (-flat.numel()) % 8))
-    return (flat.view(-1, 8) * _BITS.to(flat.device)).sum(1, dtype=torch.uint8)
+def _segment_sums(values: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    """Sums of consecutive segments of ``values`` ending (exclusive) at ``ends``, in float64, deterministic."""
+    running = torch.cumsum(values, 0, dtype=torch.float64)
+    totals = running[ends - 1]
+    return torch.diff(totals, prepend=totals.new_zeros(1))
 
 
-def _layer_stats(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    magnitude = weight.detach().abs().float() * mask
-    active = mask.sum().float()
-    mean = magnitude.sum() / active.clamp(min=1)
-    low = [((magnitude < f * mean) & mask).sum().float() for f in LOW_STRENGTH_FRACTIONS]
-    total = torch.tensor(float(mask.numel()), device=mask.device)
-    return torch.stack([active, total, active / total, mean, *low])
+def layer_stats(weights: list[torch.Tensor], masks: list[torch.Tensor]) -> torch.Tensor:
+    """(layers × 8) float64 statistics, on the weights' device, computed for many layers in a few kernels.
+
+    Per layer: active count, total, density, mean |w| over active weights, and how many active weights have
+    |w| below 0.1, 0.25 and 0.5 of that mean (Figure 4's low-strength weights). Layers are concatenated (in
+    groups of at most :data:`STATS_GROUP` weights) and reduced by segment, so the cost does not grow with the
+    number of layers as one reduction per layer would.
+    """
+    rows = []
+    start = 0
+    while start < len(weights):
+        stop, size = start, 0
+        while stop < len(weights) and (stop == start or size + weights[stop].numel() <= STATS_GROUP):
+            size += weights[stop].numel()
+            stop += 1
+        group_w, group_m = weights[start:stop], masks[start:stop]
+        device = group_w[0].device
+        sizes = torch.tensor([w.numel() for w in group_w], device=device)
+        ends = torch.cumsum(sizes, 0)
+        layer = torch.repeat_interleave(torch.arange(len(group_w), device=device), sizes)
+        mask = torch.cat([m.reshape(-1) for m in group_m])
+        magnitude = torch.cat([w.detach().reshape(-1).float() for w in group_w]).abs_() * mask
+        active = _segment_sums(mask, ends)
+        mean = _segment_sums(magnitude, ends) / active.clamp(min=1)
+        low = [_segment_sums((magnitude < (f * mean).float()[layer]) & mask, ends) for f in LOW_STRENGTH_FRACTIONS]
+        total = sizes.double()
+        rows.append(torch.stack([active, total, active / total, mean, *low], dim=1))
+        start = stop
+    return torch.cat(rows)
 
 
 class Recorder:
@@ -141,11 +165,10 @@ class Recorder:
         names = list(self.sparsifier.weights)
         masks = [self.sparsifier.masks[n] for n in names]
         weights = [self.sparsifier.weights[n].detach() for n in names]
-        stats = torch.stack([_layer_stats(w, m) for w, m in zip(weights, masks, strict=True)])
+        stats = layer_stats(weights, masks)
         changes = self.sparsifier.take_change_counters().to(stats.device, torch.float64)
-        stats = torch.cat([stats.double(), changes], dim=1)
-        packed = [_pack_on_device(m) for m in masks]
-        parts = [stats.reshape(-1).view(torch.uint8), *packed]
+        stats = torch.cat([stats, changes], dim=1)
+        parts = [stats.reshape(-1).view(torch.uint8), *(m.reshape(-1).view(torch.uint8) for m in masks)]
         if self.keep_weights:
             parts += [w.to(torch.float16).reshape(-1).view(torch.uint8) for w in weights]
         host = torch.cat([p.to(stats.device) for p in parts]).cpu().numpy()
@@ -153,10 +176,9 @@ class Recorder:
         offset = stats.numel() * 8
         stats_np = host[:offset].view(np.float64).reshape(len(names), len(STAT_COLUMNS))
         mask_arrays = []
-        for m, p in zip(masks, packed, strict=True):
-            mask_arrays.append(np.unpackbits(host[offset : offset + p.numel()], count=m.numel()).astype(bool)
-                               .reshape(tuple(m.shape)))
-            offset += p.numel()
+        for m in masks:
+            mask_arrays.append(host[offset : offset + m.numel()].view(bool).reshape(tuple(m.shape)))
+            offset += m.numel()
         weight_arrays = None
         if self.keep_weights:
             weight_arrays = []
