@@ -59,7 +59,7 @@ def test_analyze_topo_checkpoint_matches_topo_graph(recorded_run):
     masks = read_checkpoint(recorded_run / "checkpoint.pt")["masks"]
     graphs = layer_graphs(masks)
     assert len(rows) == len(graphs)
-    forget = rows[(rows.layer == "lstm.weight_hh_l0") & (rows.graph == "f")].iloc[0]
+    forget = rows[(rows.layer == "lstm.weight_hh_l0") & (rows.graph == "lstm.weight_hh_l0[f]")].iloc[0]
     expected = summarize(graphs["lstm.weight_hh_l0[f]"])
     for key in ("algebraic_connectivity", "degree_gini", "global_clustering", "mean_shortest_path"):
         assert forget[key] == pytest.approx(expected[key], rel=1e-9)
@@ -93,7 +93,7 @@ def test_analyze_run_directory_writes_csv_and_figure(recorded_run, tmp_path):
     assert result.returncode == 0, result.stderr
     table = pd.read_csv(tmp_path / "m.csv")
     assert sorted(table.epoch.unique()) == [0, 1, 2]
-    assert {"i", "f", "g", "o"} <= set(table.graph)
+    assert {f"lstm.weight_hh_l0[{gate}]" for gate in "ifgo"} <= set(table.graph)
     assert (tmp_path / "f5.png").stat().st_size > 10_000
 
 

@@ -81,3 +81,14 @@ def test_save_leaves_no_partial_file_when_writing_fails(tmp_path):
     with pytest.raises(ValueError):
         plot.save(fig, tmp_path / "figure.unknown-format")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_figure5_of_an_mlp_draws_one_line_per_layer():
+    from topo.graph import metrics_table
+
+    rng = np.random.default_rng(0)
+    snapshots = [(e, {"0.weight": rng.random((8, 6)) < 0.5, "2.weight": rng.random((4, 8)) < 0.5,
+                      "4.weight": rng.random((3, 4)) < 0.6}) for e in range(3)]
+    fig = plot.figure5(metrics_table(snapshots, progress=False))
+    assert len({tuple(line.get_color()) if not isinstance(line.get_color(), str) else line.get_color()
+                for line in fig.axes[0].get_lines()}) == 3

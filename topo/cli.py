@@ -35,13 +35,13 @@ def analyze_masks(masks: dict, small_world: int = 0, device: str = "cpu") -> pd.
     """One row per graph of every layer: shape, mask density and the metrics of :func:`topo.graph.summarize`."""
     import torch
 
-    from topo.graph import graph_label, layer_graphs, summarize
+    from topo.graph import layer_graphs, summarize
 
     rows = []
     for layer, mask in masks.items():
         mask = torch.as_tensor(mask).to(device)
         for graph_name, graph in layer_graphs({layer: mask}).items():
-            row = {"layer": layer, "graph": graph_label(graph_name, layer),
+            row = {"layer": layer, "graph": graph_name,
                    "shape": "×".join(map(str, mask.shape)), "mask_density": float(mask.float().mean())}
             row.update(summarize(graph, "torch" if device != "cpu" else "cpu", small_world_graphs=small_world))
             rows.append(row)

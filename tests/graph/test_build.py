@@ -12,7 +12,6 @@ from topo.errors import MaskError
 from topo.graph import (
     bipartite_graph,
     channel_graph,
-    graph_label,
     layer_graphs,
     layered_graph,
     metrics_table,
@@ -101,14 +100,16 @@ def test_metrics_table_is_tidy_and_matches_summarize():
                  for epoch in range(3)]
     table = metrics_table(snapshots, run="r1", progress=False)
     assert list(table.columns) == ["run", "epoch", "layer", "graph", "metric", "value"]
-    assert set(table["graph"]) == {"r", "z", "n", "layer"}  # (3h, h) hidden-to-hidden: GRU gates
-    row = table[(table.epoch == 1) & (table.graph == "r") & (table.metric == "degree_gini")]
+    # (3h, h) hidden-to-hidden: GRU gates; every graph has its own label
+    assert set(table["graph"]) == {"rnn.weight_hh_l0[r]", "rnn.weight_hh_l0[z]", "rnn.weight_hh_l0[n]", "fc.weight"}
+    row = table[(table.epoch == 1) & (table.graph == "rnn.weight_hh_l0[r]") & (table.metric == "degree_gini")]
     expected = summarize(recurrent_gate_graphs(snapshots[1][1]["rnn.weight_hh_l0"], "x")["x[r]"])
     assert row["value"].item() == pytest.approx(expected["degree_gini"])
     assert isinstance(table, pd.DataFrame) and len(table) == 3 * 4 * 8
 
 
-def test_graph_label_names_the_gate_or_the_whole_layer():
-    graphs = layer_graphs({"lstm.weight_hh_l0": np.ones((8, 2), bool), "fc.weight": np.ones((3, 4), bool)})
-    labels = sorted(graph_label(name, name.split("[")[0]) for name in graphs)
-    assert labels == ["f", "g", "i", "layer", "o"]
+def test_graph_names_are_unique_and_name_the_layer_and_gate():
+    graphs = layer_graphs({"lstm.weight_hh_l0": np.ones((8, 2), bool), "fc.weight": np.ones((3, 4), bool),
+                           "out.weight": np.ones((2, 3), bool)})
+    assert sorted(graphs) == ["fc.weight", "lstm.weight_hh_l0[f]", "lstm.weight_hh_l0[g]", "lstm.weight_hh_l0[i]",
+                              "lstm.weight_hh_l0[o]", "out.weight"]

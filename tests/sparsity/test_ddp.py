@@ -1,4 +1,4 @@
-"""Under DistributedDataParallel (2 CPU processes, gloo), masks stay identical on every rank."""
+"""Under DistributedDataParallel (2 CPU processes, gloo), masks, weights and optimizer state stay identical."""
 
 from __future__ import annotations
 
@@ -30,9 +30,9 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     ddp = DistributedDataParallel(model)
     opt = torch.optim.Adam(ddp.parameters(), lr=1e-2)
     # A different seed per rank: the ranks would disagree if masks were not synchronised from rank 0.
-    sp = Adaptive(ddp, opt, density=0.3, every=3, unit="step", g=3.0, s=2.0, beta0=0.5, seed=rank)
+    sp = Adaptive(ddp, opt, density=0.3, every=4, unit="step", g=3.0, s=2.0, beta0=0.5, seed=rank)
     data = torch.Generator().manual_seed(100 + rank)
-    for _ in range(12):
+    for _ in range(15):  # adaptations after steps 4, 8 and 12, then three more steps
         x = torch.randn(16, 20, generator=data)
         loss = ddp(x).pow(2).mean()
         opt.zero_grad()
@@ -40,8 +40,9 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         opt.step()
         sp.step()
     changes = sum(p + g for p, g in sp.pop_changes().values())
-    torch.save({"masks": sp.masks, "weights": {n: w.detach() for n, w in sp.weights.items()}, "changes": changes},
-               os.path.join(out_dir, f"rank{rank}.pt"))
+    state = {n: {k: v for k, v in opt.state[p].items() if torch.is_tensor(v)} for n, p in ddp.named_parameters()}
+    torch.save({"masks": sp.masks, "params": {n: p.detach() for n, p in ddp.named_parameters()},
+                "optimizer": state, "changes": changes}, os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
 
@@ -53,4 +54,7 @@ def test_masks_identical_on_both_ranks_after_adaptations(tmp_path):
     assert r0["changes"] > 0
     for name in r0["masks"]:
         assert torch.equal(r0["masks"][name], r1["masks"][name]), name
-        assert torch.equal(r0["weights"][name], r1["weights"][name]), name
+    for name in r0["params"]:
+        assert torch.equal(r0["params"][name], r1["params"][name]), name
+        for key, value in r0["optimizer"][name].items():
+            assert torch.equal(value, r1["optimizer"][name][key]), (name, key)

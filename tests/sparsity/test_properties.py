@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from topo.sparsity import AdaptiveConfig, MagnitudePruning, active_count, adapt_layer, random_mask
+from topo.sparsity import Adaptive, AdaptiveConfig, MagnitudePruning, active_count, adapt_layer, random_mask
 
 shapes = st.lists(st.integers(1, 12), min_size=1, max_size=4)
 densities = st.floats(0.01, 1.0)
@@ -64,3 +64,35 @@ def test_pruning_keeps_exact_count(shape, density):
     sp = MagnitudePruning(model, density=density, prune_after=[0], params=["weight"])
     sp.end_epoch(0)
     assert sp.masks["weight"].sum() == active_count(shape[0] * shape[1], density)
+
+
+@given(
+    rows=st.integers(1, 24), cols=st.integers(1, 24), density=st.floats(0.05, 1.0), seed=st.integers(0, 2**31),
+    dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]),
+    beta0=st.sampled_from([1.0, 0.5, 0.05]), beta1=st.sampled_from([1.0, 0.3]),
+    g=st.sampled_from([math.inf, 0.5, 5.0]), s=st.sampled_from([math.inf, 0.0, 3.0]),
+    scale=st.sampled_from([1e-3, 1.0, 300.0]),
+)
+@settings(max_examples=120, deadline=None)
+def test_adaptive_training_in_any_dtype_keeps_every_invariant(rows, cols, density, seed, dtype, beta0, beta1, g, s,
+                                                               scale):
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(cols, rows, bias=False).to(dtype)
+    with torch.no_grad():
+        model.weight.mul_(scale)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    sp = Adaptive(model, opt, density=density, unit="step", every=1, g=g, s=s, beta0=beta0, beta1=beta1,
+                  seed=seed)
+    expected = active_count(rows * cols, density)
+    for _ in range(3):
+        x = torch.randn(4, cols, dtype=dtype)
+        loss = model(x).float().pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sp.step()
+        weight, mask = model.weight.detach(), sp.masks["weight"]
+        assert torch.isfinite(weight).all()
+        assert torch.count_nonzero(weight[~mask]) == 0
+        if math.isinf(s):
+            assert mask.sum() == expected

@@ -116,10 +116,28 @@ class TrainResult:
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """CUDA when present (for ``"auto"``), else the CPU; or the device named."""
+    """CUDA when present (for ``"auto"``), else the CPU; or the device named, checked to exist here.
+
+    Raises :class:`ConfigError` naming the device for a name torch does not know, or a device this machine or
+    PyTorch build does not have.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device {name!r} is not a device; valid: auto, cpu, cuda, cuda:N, mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {name!r}: this PyTorch build ({torch.__version__}) or machine has no CUDA; "
+                              "use cpu, or install a CUDA build of PyTorch")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {name!r}: MPS is not available on this machine")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device {name!r}: topo runs on cpu, cuda or mps")
+    return device
 
 
 def _factory(spec: ModelSpec, data: Dataset):

@@ -199,15 +199,11 @@ def layered_graph(masks: Sequence[Any], name: str = "network") -> Graph:
 _RECURRENT = re.compile(r"weight_hh")
 
 
-def graph_label(graph_name: str, layer: str) -> str:
-    """The part of a :func:`layer_graphs` name after its layer: the gate (``"i"`` of ``"lstm.weight_hh_l0[i]"``),
-    or ``"layer"`` for a layer that is one graph."""
-    suffix = graph_name[len(layer):]
-    return suffix[1:-1] if suffix.startswith("[") else "layer"
-
-
 def layer_graphs(masks: Mapping[str, Any]) -> dict[str, Graph]:
     """The graphs of every layer of a model's masks, by graph name.
+
+    Graph names are unique and readable: the layer's name for a layer that is one graph (``"fc.weight"``), and
+    the layer's name with the gate for a recurrent block (``"lstm.weight_hh_l0[f]"``); tables and figures use them.
 
     Recurrent hidden-to-hidden weights (names with ``weight_hh``) are split into gate graphs; convolutions give
     channel graphs; other 2-D weights give bipartite layer graphs. 1-D masks (biases) are skipped.

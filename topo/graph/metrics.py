@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from topo.errors import EmptyGraphWarning
 from topo.graph.backends import CPUBackend, PathCounts, TorchBackend, pick_backend
 from topo.graph.batched import batch_size, count_batch
-from topo.graph.build import Graph, graph_label, layer_graphs, square_graph
+from topo.graph.build import Graph, layer_graphs, square_graph
 
 
 def _as_graph(graph: Graph | Any) -> Graph:
@@ -342,6 +342,5 @@ def metrics_table(
         rows = _rows_batched(snapshots, device, batch_bytes or default_batch_bytes(device), small_world_graphs, seed)
     table = []
     for epoch, layer, graph_name, metrics in rows:
-        gate = graph_label(graph_name, layer)
-        table.extend((run, epoch, layer, gate, metric, float(value)) for metric, value in metrics.items())
+        table.extend((run, epoch, layer, graph_name, metric, float(value)) for metric, value in metrics.items())
     return pd.DataFrame(table, columns=["run", "epoch", "layer", "graph", "metric", "value"])

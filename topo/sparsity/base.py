@@ -200,9 +200,9 @@ class Sparsifier:
         self._optimizer_stepped = True
 
     def true_grad(self, grad: torch.Tensor) -> torch.Tensor:
-        """``grad`` in float32, unscaled when a fused optimizer under ``GradScaler`` has not unscaled it yet."""
-        grad = grad.detach().float()
-        return grad / self._grad_scale if self._grad_scale is not None else grad
+        """A float32 copy of ``grad``, unscaled when a fused optimizer under ``GradScaler`` has not unscaled it."""
+        grad = grad.detach().to(torch.float32, copy=True)
+        return grad.div_(self._grad_scale) if self._grad_scale is not None else grad
 
     def _initialise_masks(self, make_mask) -> None:
         """Set every layer's mask to ``make_mask(name, weight)`` and broadcast it under DDP."""
@@ -226,7 +226,12 @@ class Sparsifier:
 
     @torch.no_grad()
     def _sync_across_ranks(self) -> None:
-        """Under torch.distributed, make rank 0's masks and sparsified weights every rank's."""
+        """Under torch.distributed, make rank 0's masks, sparsified weights and their optimizer state every rank's.
+
+        Each rank resets the optimizer state of the positions it changed itself; after adopting rank 0's masks
+        and weights, it must adopt rank 0's optimizer state (momentum, Adam moments) of those weights too, or the
+        ranks drift apart from the next step on. Every state tensor shaped like its weight is broadcast.
+        """
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return
         for name, weight in self.masked.params.items():
@@ -234,3 +239,9 @@ class Sparsifier:
             dist.broadcast(as_bytes, src=0)
             self.masked.masks[name].copy_(as_bytes.bool())
             dist.broadcast(weight.data, src=0)
+            if self.optimizer is not None:
+                state = self.optimizer.state.get(weight, {})
+                for key in sorted(state):
+                    value = state[key]
+                    if torch.is_tensor(value) and value.shape == weight.shape and value.device == weight.device:
+                        dist.broadcast(value, src=0)
