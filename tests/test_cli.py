@@ -171,3 +171,30 @@ def test_reproduce_table2_and_train_and_transplant_commands(tmp_path):
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "run-transplant-e1" / "snapshots" / "epoch-0000.npz").exists()
     assert topo("reproduce", "table2", "--log-alpha", "0", "--out", str(tmp_path / "x")).returncode == 1
+
+
+def test_analyze_run_directory_csv_dash_goes_to_stdout(recorded_run, tmp_path):
+    result = topo("analyze", str(recorded_run), "--csv", "-", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "-").exists()
+    table = pd.read_csv(io.StringIO(result.stdout))
+    assert list(table.columns) == ["run", "epoch", "layer", "graph", "metric", "value"]
+
+
+@pytest.mark.parametrize("device", ["banana", "cuda:7"] + ([] if torch.cuda.is_available() else ["cuda"]))
+def test_bad_device_is_one_line(recorded_run, device):
+    for command in (["analyze", str(recorded_run)], ["train", "--dataset", "digits", "--epochs", "1"]):
+        result = topo(*command, "--device", device)
+        assert result.returncode == 1
+        assert result.stderr.count("\n") == 1 and device in result.stderr, result.stderr
+
+
+@pytest.mark.slow
+def test_demo_never_deletes_existing_runs(tmp_path):
+    first = topo("demo", "--out", str(tmp_path / "demo"), "--epochs", "1")
+    assert first.returncode == 0, first.stderr
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "demo").rglob("*") if p.is_file()}
+    second = topo("demo", "--out", str(tmp_path / "demo"), "--epochs", "1")
+    assert second.returncode == 0, second.stderr
+    assert str(tmp_path / "demo-2") in second.stdout
+    assert stamps == {p: p.stat().st_mtime_ns for p in (tmp_path / "demo").rglob("*") if p.is_file()}

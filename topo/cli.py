@@ -31,61 +31,63 @@ def _select(masks: dict, pattern: str | None, source: Path) -> dict:
     return chosen
 
 
-def analyze_masks(masks: dict, small_world: int = 0, device: str = "cpu") -> pd.DataFrame:
-    """One row per graph of every layer: shape, mask density and the metrics of :func:`topo.graph.summarize`."""
-    import torch
+def _wide(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per (layer, graph) of a tidy metrics table, metrics as columns, in the table's order."""
+    order = pd.MultiIndex.from_frame(table[["layer", "graph"]].drop_duplicates())
+    metrics = list(dict.fromkeys(table["metric"]))
+    wide = table.pivot(index=["layer", "graph"], columns="metric", values="value").reindex(order)[metrics]
+    return wide.reset_index().rename_axis(columns=None)
 
-    from topo.graph import layer_graphs, summarize
 
-    rows = []
-    for layer, mask in masks.items():
-        mask = torch.as_tensor(mask).to(device)
-        for graph_name, graph in layer_graphs({layer: mask}).items():
-            row = {"layer": layer, "graph": graph_name,
-                   "shape": "×".join(map(str, mask.shape)), "mask_density": float(mask.float().mean())}
-            row.update(summarize(graph, "torch" if device != "cpu" else "cpu", small_world_graphs=small_world))
-            rows.append(row)
-    return pd.DataFrame(rows)
+def _analysis_device(name: str):
+    """None for the per-graph CPU backend (``cpu``), else the device for batched analysis (``cuda`` …)."""
+    from topo.experiments.train import pick_device
+
+    device = pick_device(name)
+    return None if device.type == "cpu" else device
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from topo.graph import metrics_table
     from topo.record import RunReader, load_masks
 
+    device = _analysis_device(args.device)
     path = Path(args.path)
+    to_stdout = args.csv == "-"
     if path.is_dir():
         reader = RunReader(path)
         if not reader.epochs:
             raise TopoError(f"{path}: run directory has no snapshots yet")
         selected = _select(dict(reader.layers), args.layers, path)
         timeline = ((e, {n: m for n, m in masks.items() if n in selected}) for e, masks in reader.iter_masks())
-        table = metrics_table(list(timeline), run=reader.name, small_world_graphs=args.small_world,
-                              progress=not args.quiet)
-        out = Path(args.csv) if args.csv else path / "graph_metrics.csv"
-        table.to_csv(out, index=False)
+        table = metrics_table(timeline, run=reader.name, small_world_graphs=args.small_world, device=device,
+                              progress=not args.quiet and not to_stdout and not args.json)
+        out = None if to_stdout else Path(args.csv) if args.csv else path / "graph_metrics.csv"
+        table.to_csv(sys.stdout if out is None else out, index=False)
         if args.plot:
             from topo.plot import figure5, save
 
             save(figure5(table), args.plot)
         if args.json:
             print(table.to_json(orient="records"))
-        else:
+        elif out is not None:
             last = table[table.epoch == table.epoch.max()]
-            wide = last.pivot_table(index=["layer", "graph"], columns="metric", values="value").reset_index()
             print(f"{path}: {len(reader.epochs)} epochs, metrics written to {out}"
                   + (f", Figure 5 to {args.plot}" if args.plot else ""))
             print(f"last epoch ({int(table.epoch.max())}):")
-            print(wide.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+            print(_wide(last).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         return 0
     layers = load_masks(path)
     masks = _select({name: mask for name, (mask, _) in layers.items()}, args.layers, path)
-    table = analyze_masks(masks, args.small_world, args.device)
+    table = _wide(metrics_table(masks, small_world_graphs=args.small_world, device=device, progress=False))
+    table.insert(2, "shape", table["layer"].map(lambda n: "×".join(map(str, masks[n].shape))))
+    table.insert(3, "mask_density", table["layer"].map(lambda n: float(masks[n].float().mean())))
     columns = ANALYZE_COLUMNS + [c for c in ("sigma", "omega") if c in table.columns]
     table = table[columns]
     if args.json:
         print(table.to_json(orient="records"))
     elif args.csv:
-        table.to_csv(args.csv if args.csv != "-" else sys.stdout, index=False)
+        table.to_csv(sys.stdout if to_stdout else args.csv, index=False)
     else:
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     return 0
@@ -138,11 +140,13 @@ def _train_config(args: argparse.Namespace, log_alpha: float, k: float):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from topo.experiments.train import train
+    from topo.experiments.train import fresh_run_dir, train
 
     config = _train_config(args, args.log_alpha, args.k)
     config.validate()
     run_dir = Path(args.out) / (args.name or config.run_name())
+    if args.fresh_dir:
+        run_dir = fresh_run_dir(run_dir, config)
     result = train(config, run_dir, resume=args.resume, progress=not args.quiet)
     final = ", ".join(f"{k} {v:.4f}" for k, v in result.final.items() if k != "epoch")
     print(f"{run_dir}: widths {result.widths}; last epoch: {final}")
@@ -167,17 +171,19 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     base = _train_config(args, args.log_alpha[0], args.k[0])
     base.validate()
     out = Path(args.out)
-    runs = reproduce_table2(base, args.log_alpha, args.k, args.seeds, out / "runs", progress=not args.quiet)
+    runs = reproduce_table2(base, args.log_alpha, args.k, args.seeds, out / "runs", progress=not args.quiet,
+                            fresh_dir=args.fresh_dir)
     summary = summarize_table(runs)
     classify = get_model_spec(base.model).task == "classify"
-    markdown = to_markdown(summary, "% error" if classify else "loss")
+    markdown = to_markdown(summary, "test % error" if classify else "test loss")
     out.mkdir(parents=True, exist_ok=True)
     runs.to_csv(out / "table2_runs.csv", index=False)
     summary.to_csv(out / "table2.csv", index=False)
     (out / "table2.md").write_text(markdown)
     curves = histories(runs)
     curves.to_csv(out / "table2_curves.csv", index=False)
-    save(figure2(runs, "validation error (%)" if classify else "validation loss"), out / "table2.png")
+    save(figure2(runs, "test error (%), epoch chosen on validation" if classify
+                  else "test loss, epoch chosen on validation"), out / "table2.png")
     save(table2_curves(curves, "val_error" if classify else "val_loss"), out / "table2_curves.png")
     print(markdown)
     return 0
@@ -209,7 +215,7 @@ def _training_options(parser: argparse.ArgumentParser, model_default: str = "mlp
     parser.add_argument("--adapt-every", type=int, help="epochs between adaptations (default: Table 1's)")
     parser.add_argument("--patience", type=int, help="early stopping after this many epochs without improvement")
     parser.add_argument("--max-batches", type=int, help="cap on training batches per epoch (quick trials)")
-    parser.add_argument("--val-max-batches", type=int, help="cap on validation batches (of 1024) per epoch")
+    parser.add_argument("--val-max-batches", type=int, help="cap on validation and test batches (of 1024) per epoch")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -224,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="JSON records on stdout")
     p.add_argument("--csv", help="CSV file ('-' for stdout); for a run directory, where the tidy table goes")
     p.add_argument("--layers", help="glob over layer names, e.g. 'lstm.weight_hh*'")
-    p.add_argument("--device", default="cpu", help="cpu, or cuda for the torch backend on the GPU")
+    p.add_argument("--device", default="cpu",
+                   help="cpu (one graph at a time, CPU kernels), or cuda/cuda:N (a whole run in batches on the GPU)")
     p.add_argument("--small-world", type=int, default=0, metavar="N",
                    help="also σ and ω against N degree-preserving random graphs")
     p.add_argument("--plot", help="for a run directory: draw Figure 5 into this file")
@@ -252,7 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs", help="parent folder of the run directory")
     p.add_argument("--name", help="run directory name (default from the configuration)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in the directory if its configuration is this one (more epochs extend it)")
+    p.add_argument("--fresh-dir", action="store_true",
+                   help="if the directory holds a run of another configuration, train into NAME-2, NAME-3, …")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("transplant", help="retrain a run's learned mask from scratch (Figure 3)",
@@ -273,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=float, nargs="+", default=[0.25, 0.5])
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--out", default="results/table2")
+    p.add_argument("--fresh-dir", action="store_true",
+                   help="runs whose directory holds another configuration go to NAME-2, NAME-3, … instead of "
+                        "stopping with the differing fields")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("demo", help="a few-minute end-to-end run on the bundled digits",

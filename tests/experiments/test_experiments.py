@@ -5,8 +5,10 @@ from __future__ import annotations
 import gzip
 import json
 import math
+from dataclasses import asdict, replace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -21,8 +23,8 @@ from topo.experiments.data import (
     shaped_for,
 )
 from topo.experiments.models import MODELS, get_model_spec
-from topo.experiments.table import reproduce_table2, summarize_table, to_markdown
-from topo.experiments.train import TrainConfig, _factory, evaluate, resolve_widths, train
+from topo.experiments.table import reproduce_table2, score, summarize_table, to_markdown
+from topo.experiments.train import TrainConfig, TrainResult, _factory, evaluate, fresh_run_dir, resolve_widths, train
 from topo.experiments.transplant import transplant
 from topo.record import RunReader, read_checkpoint
 from topo.sparsity import nonzero_count
@@ -85,8 +87,10 @@ def test_idx_reader_on_real_format_files(tmp_path):
         (tmp_path / f"{prefix}-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx(images)))
         (tmp_path / f"{prefix}-labels-idx1-ubyte").write_bytes(idx(labels))
     data = load_mnist(tmp_path)
-    assert data.train_x.shape == (7, 784) and data.train_y.tolist() == list(range(7))
-    assert torch.allclose(data.train_x[3], torch.from_numpy(images[3].reshape(-1) / 255.0).float())
+    # one of the 7 training images is held out for validation; the t10k files are the test split
+    assert data.train_x.shape == (6, 784) and data.val_x.shape == (1, 784) and data.test_x.shape == (7, 784)
+    assert sorted(data.train_y.tolist() + data.val_y.tolist()) == list(range(7))
+    assert torch.allclose(data.test_x[3], torch.from_numpy(images[3].reshape(-1) / 255.0).float())
     (tmp_path / "bad").write_bytes(idx(images)[:100])
     with pytest.raises(ConfigError, match="truncated"):
         read_idx(tmp_path / "bad")
@@ -98,8 +102,9 @@ def test_cifar_binary_reader(tmp_path):
         records = np.concatenate([rng.integers(0, 10, (4, 1)), rng.integers(0, 256, (4, 3072))], 1)
         records.astype(np.uint8).tofile(tmp_path / name)
     data = load_cifar10(tmp_path)
-    assert data.train_x.shape == (20, 3, 32, 32) and data.val_x.shape == (4, 3, 32, 32)
-    assert abs(float(data.train_x.mean())) < 1e-5
+    assert data.train_x.shape == (18, 3, 32, 32) and data.val_x.shape == (2, 3, 32, 32)
+    assert data.test_x.shape == (4, 3, 32, 32)
+    assert abs(float(torch.cat([data.train_x, data.val_x]).mean())) < 1e-5  # standardised on all training images
 
 
 def test_mnist_5k_reader_on_a_real_format_file(tmp_path):
@@ -108,10 +113,10 @@ def test_mnist_5k_reader_on_a_real_format_file(tmp_path):
     pixels = rng.integers(0, 256, (len(labels), 784))
     rows = "\n".join(",".join(map(str, [*p, label])) for p, label in zip(pixels, labels, strict=True))
     (tmp_path / "mnist_5k.csv.gz").write_bytes(gzip.compress(rows.encode()))
-    data = load_mnist_5k(tmp_path, validation_per_class=2)
-    assert data.train_x.shape == (100, 784) and data.val_x.shape == (20, 784)
-    assert np.bincount(data.val_y.numpy()).tolist() == [2] * 10
-    seen = {tuple(x.tolist()) for x in torch.cat([data.train_x, data.val_x])}
+    data = load_mnist_5k(tmp_path, test_per_class=2)
+    assert data.train_x.shape == (90, 784) and data.val_x.shape == (10, 784) and data.test_x.shape == (20, 784)
+    assert np.bincount(data.test_y.numpy()).tolist() == [2] * 10
+    seen = {tuple(x.tolist()) for x in torch.cat([data.train_x, data.val_x, data.test_x])}
     assert seen == {tuple((p / 255.0).astype(np.float32).tolist()) for p in pixels}
     (tmp_path / "mnist_5k.csv.gz").write_bytes(gzip.compress(b"1,2,3\n4,5,6"))
     with pytest.raises(ConfigError, match="784 pixels and a label"):
@@ -139,6 +144,14 @@ def test_text_reader(tmp_path):
     data = load_text(tmp_path, seq_len=10)
     assert data.vocabulary == "abc" and data.train_x.shape[1] == 10
     assert torch.equal(data.train_y[0, :-1], data.train_x[0, 1:])
+    assert (len(data.train_x), len(data.val_x), len(data.test_x)) == (41, 4, 4)  # contiguous stretches
+
+
+def test_validation_split_is_held_out_of_training_never_the_test_split():
+    data = load_dataset("digits")
+    rows = {split: {tuple(x.tolist()) for x in getattr(data, f"{split}_x")} for split in ("train", "val", "test")}
+    assert len(rows["val"]) > 100 and not rows["val"] & rows["train"] and not rows["val"] & rows["test"]
+    assert load_dataset("digits").val_y.tolist() == data.val_y.tolist()  # the same split every time
 
 
 def test_missing_data_names_files_and_where_to_put_them(tmp_path):
@@ -278,7 +291,48 @@ def test_validation_cap_evaluates_only_the_first_batches():
     data = load_dataset("digits")
     model = _factory(spec, data)([16, 16, 16])
     cpu = torch.device("cpu")
-    first, first_acc = evaluate(spec, model, data.val_x[:200], data.val_y[:200], cpu)
-    capped, capped_acc = evaluate(spec, model, data.val_x, data.val_y, cpu, batch_size=100, max_batches=2)
-    whole, _ = evaluate(spec, model, data.val_x, data.val_y, cpu, batch_size=100)
+    first, first_acc = evaluate(spec, model, data.test_x[:200], data.test_y[:200], cpu)
+    capped, capped_acc = evaluate(spec, model, data.test_x, data.test_y, cpu, batch_size=100, max_batches=2)
+    whole, _ = evaluate(spec, model, data.test_x, data.test_y, cpu, batch_size=100)
     assert (capped, capped_acc) == (pytest.approx(first), pytest.approx(first_acc)) and whole != pytest.approx(first)
+
+
+def test_resume_refuses_a_run_of_another_configuration_and_names_the_fields(tmp_path):
+    config = TrainConfig(model="mlp", dataset="digits", method="dense", epochs=1, batch_size=64, max_batches=2)
+    train(config, tmp_path / "run", progress=False)
+    other = replace(config, epochs=3, lr=1e-2, max_batches=3)
+    with pytest.raises(ConfigError, match=r"lr: 0\.001 → 0\.01.*max_batches: 2 → 3"):
+        train(other, tmp_path / "run", resume=True, progress=False)
+    assert len(RunReader(tmp_path / "run").epochs) == 1
+    fewer = TrainConfig(**{**asdict(config), "epochs": 3})
+    train(fewer, tmp_path / "three", progress=False)
+    with pytest.raises(ConfigError, match="epochs: 3 → 1"):
+        train(config, tmp_path / "three", resume=True, progress=False)
+
+
+def test_more_epochs_extend_a_finished_run(tmp_path):
+    config = TrainConfig(model="mlp", dataset="digits", method="adaptive", epochs=1, batch_size=64, max_batches=2)
+    first = train(config, tmp_path / "run", progress=False)
+    longer = train(replace(config, epochs=3), tmp_path / "run", resume=True, progress=False)
+    assert len(first.history) == 1 and len(longer.history) == 3
+    meta = RunReader(tmp_path / "run").meta
+    assert meta["finished"]["epochs"] == 3 and meta["config"]["epochs"] == 3
+
+
+def test_fresh_dir_trains_another_configuration_beside_the_old_run(tmp_path):
+    config = TrainConfig(model="mlp", dataset="digits", method="dense", epochs=1, batch_size=64, max_batches=2)
+    train(config, tmp_path / "run", progress=False)
+    other = replace(config, lr=1e-2)
+    target = fresh_run_dir(tmp_path / "run", other)
+    assert target == tmp_path / "run-2"
+    train(other, target, resume=True, progress=False)
+    assert fresh_run_dir(tmp_path / "run", other) == tmp_path / "run-2"  # found again, reused
+    assert fresh_run_dir(tmp_path / "run", config) == tmp_path / "run"
+
+
+def test_table2_scores_the_test_split_at_the_epoch_validation_selects(tmp_path):
+    history = pd.DataFrame({"epoch": [0, 1, 2], "val_loss": [0.9, 0.5, 0.7], "val_acc": [0.6, 0.8, 0.7],
+                            "test_loss": [1.0, 0.6, 0.4], "test_acc": [0.5, 0.75, 0.9]})
+    result = TrainResult(tmp_path, history, [8])
+    assert score(result, "classify") == pytest.approx(25.0)  # epoch 1, not the best test epoch 2
+    assert score(result, "vae") == pytest.approx(0.6)

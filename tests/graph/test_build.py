@@ -10,6 +10,7 @@ from torch import nn
 
 from topo.errors import MaskError
 from topo.graph import (
+    Graph,
     bipartite_graph,
     channel_graph,
     layer_graphs,
@@ -113,3 +114,24 @@ def test_graph_names_are_unique_and_name_the_layer_and_gate():
                            "out.weight": np.ones((2, 3), bool)})
     assert sorted(graphs) == ["fc.weight", "lstm.weight_hh_l0[f]", "lstm.weight_hh_l0[g]", "lstm.weight_hh_l0[i]",
                               "lstm.weight_hh_l0[o]", "out.weight"]
+
+
+@pytest.mark.parametrize("adjacency,match", [
+    (np.array([[0, 1], [0, 0]], bool), "not symmetric"),
+    (np.array([[1, 0], [0, 0]], bool), "self-loops"),
+    (np.array([[0, 1], [1, 0]], np.int8), "boolean"),
+    (np.zeros((2, 3), bool), "square"),
+])
+def test_graph_refuses_what_is_not_an_undirected_simple_graph(adjacency, match):
+    with pytest.raises(MaskError, match=match):
+        Graph(adjacency, "g")
+    with pytest.raises(MaskError, match=match):
+        Graph(torch.from_numpy(adjacency), "g")
+
+
+def test_density_is_defined_per_graph_kind():
+    full_layer = bipartite_graph(np.ones((64, 64), bool), "fc.weight")
+    assert full_layer.density == 1.0 and summarize(full_layer)["density"] == 1.0
+    assert layered_graph([np.ones((4, 3), bool), np.ones((2, 4), bool)]).density == 1.0
+    assert square_graph(np.ones((5, 5), bool)).density == 1.0
+    assert square_graph(np.eye(5, dtype=bool)).density == 0.0

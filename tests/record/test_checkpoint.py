@@ -113,3 +113,13 @@ def test_bad_inputs_raise_one_clear_error_and_modify_nothing(tmp_path, monkeypat
     after = digest(tmp_path / "run")
     assert after.pop(str(snapshot)) != snapshot_before
     assert after == before
+
+
+def test_nan_weights_are_named_and_not_counted_as_active(tmp_path):
+    weight = torch.ones(3, 4)
+    weight[0, 0] = float("nan")
+    weight[1, 1] = 0.0
+    torch.save({"fc.weight": weight}, tmp_path / "model.pt")
+    with pytest.warns(RuntimeWarning, match="'fc.weight' holds 1 inf/NaN"):
+        layers = load_masks(tmp_path / "model.pt")
+    assert int(layers["fc.weight"][0].sum()) == 10

@@ -18,6 +18,7 @@ import topo.record.recorder as recorder_module
 from topo.errors import CheckpointError
 from topo.record import Recorder, RunReader, load_masks, read_checkpoint
 from topo.record.recorder import STATS_GROUP, layer_stats
+from topo.record.store import FORMAT, FULL_SNAPSHOT_EVERY, STAT_COLUMNS, snapshot_path, write_json, write_snapshot
 from topo.record.training_state import pack_state, unpack_state
 from topo.sparsity import Adaptive, RandomFixed
 
@@ -217,3 +218,46 @@ def test_checkpoint_is_packed_and_resumes(tmp_path):
     assert raw["format"] == "topo-checkpoint/2" and raw["epoch"] == 3 and set(raw) == {"format", "epoch", "packed"}
     state = read_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert state["epoch"] == 3 and torch.equal(state["masks"]["fc.weight"], sp.masks["fc.weight"])
+
+
+def test_a_chain_of_2000_delta_snapshots_decodes_without_recursion(tmp_path):
+    shape = (16, 8)
+    write_json(tmp_path / "run.json", {"format": FORMAT, "layers": [["w", list(shape)]]})
+    rng = np.random.default_rng(0)
+    mask = rng.random(shape) < 0.5
+    write_snapshot(snapshot_path(tmp_path, 0), [mask], np.zeros((1, len(STAT_COLUMNS))))
+    for epoch in range(1, 2000):
+        previous = mask.copy()
+        mask = mask.copy()
+        mask[rng.integers(0, 16), rng.integers(0, 8)] ^= True
+        write_snapshot(snapshot_path(tmp_path, epoch), [mask], np.zeros((1, len(STAT_COLUMNS))),
+                       previous=[previous], previous_epoch=epoch - 1)
+    reader = RunReader(tmp_path)
+    assert np.array_equal(reader.masks(1999)["w"], mask)
+
+
+def test_recorder_bounds_delta_chains_with_full_snapshots(tmp_path):
+    torch.manual_seed(0)
+    sp = RandomFixed(nn.Linear(64, 64, bias=False), density=0.5)
+    with Recorder(tmp_path / "run", sp, checkpoint=False, delta=True) as recorder:
+        for epoch in range(FULL_SNAPSHOT_EVERY + 3):
+            flipped = sp.masks["weight"].clone()
+            flipped.view(-1)[epoch] ^= True
+            sp.masked.set_mask("weight", flipped)
+            recorder.snapshot(epoch)
+    full = [e for e in range(FULL_SNAPSHOT_EVERY + 3)
+            if "base_epoch" not in np.load(snapshot_path(tmp_path / "run", e))]
+    assert full == [0, FULL_SNAPSHOT_EVERY]
+    assert np.array_equal(RunReader(tmp_path / "run").masks(FULL_SNAPSHOT_EVERY + 2)["weight"],
+                          sp.masks["weight"].numpy())
+
+
+def test_stray_files_and_an_empty_stats_file_are_not_errors(tmp_path):
+    sp = RandomFixed(nn.Linear(3, 3), density=0.5)
+    with Recorder(tmp_path / "run", sp, checkpoint=False) as recorder:
+        recorder.snapshot(0)
+    (tmp_path / "run" / "snapshots" / "epoch-final.npz").write_bytes(b"not a snapshot")
+    (tmp_path / "run" / "stats.csv").write_text("")
+    reader = RunReader(tmp_path / "run")
+    assert reader.epochs == [0]
+    assert reader.stats.empty and "density" in reader.stats.columns

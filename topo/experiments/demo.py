@@ -8,7 +8,6 @@ metrics of the adaptive run's masks over training, and saves Figures 3, 4 and 5 
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,23 +20,27 @@ from topo.graph import metrics_table
 from topo.record import RunReader
 
 
-def _fresh(run_dir: Path) -> Path:
-    if (run_dir / "run.json").exists():
-        shutil.rmtree(run_dir)
-    return run_dir
+def fresh_directory(out: Path) -> Path:
+    """``out`` if it is missing or empty, else the first of ``out-2``, ``out-3``, … that is: never a user's runs."""
+    candidate, number = out, 1
+    while candidate.exists() and any(candidate.iterdir()):
+        number += 1
+        candidate = out.with_name(f"{out.name}-{number}")
+    return candidate
 
 
 def run_demo(out: str | os.PathLike = "runs/demo", epochs: int = 20, progress: bool = True) -> str:
-    """Run the demo into ``out``; returns a printable summary naming the files written."""
-    out = Path(out)
+    """Run the demo into ``out`` (or, when ``out`` holds files already, a fresh ``out-N`` beside it; nothing is
+    ever deleted); returns a printable summary naming the directory and files written."""
+    out = fresh_directory(Path(out))
     base = TrainConfig(model="mlp", dataset="digits", epochs=epochs, batch_size=32, log_alpha=1.0, k=0.5,
                        adapt_every=2, seed=0)
     results: dict[str, TrainResult] = {}
     for method in ("dense", "random-fixed", "adaptive"):
         config = replace(base, method=method)
-        results[method] = train(config, _fresh(out / config.run_name()), progress=progress)
+        results[method] = train(config, out / config.run_name(), progress=progress)
     adaptive_dir = results["adaptive"].run_dir
-    transplant_dir = _fresh(out / f"{adaptive_dir.name}-transplant")
+    transplant_dir = out / f"{adaptive_dir.name}-transplant"
     results["transplanted"] = transplant(adaptive_dir, transplant_dir, progress=progress)
 
     histories = pd.concat([r.history.assign(run=name) for name, r in results.items()], ignore_index=True)

@@ -1,7 +1,8 @@
 """Table 2-style comparisons: every method at each α (and each k for adaptive), over seeds, mean ± std.
 
-The reported number is the last epoch's validation error in % for classifiers, the validation loss for the VAE
-and the char-LSTM (as in Table 2; for the LSTM with early stopping, the best epoch's loss).
+Every model is scored the same way: the epoch is chosen on the validation split held out from training (the
+epoch of lowest validation loss, which is also where early stopping looks), and the test split's error in %
+(classifiers) or loss (the VAE and the char-LSTM) at that epoch is reported. The test split never selects.
 """
 
 from __future__ import annotations
@@ -15,15 +16,22 @@ import pandas as pd
 
 from topo.errors import ConfigError
 from topo.experiments.models import get_model_spec
-from topo.experiments.train import TrainConfig, TrainResult, train
+from topo.experiments.train import TrainConfig, TrainResult, fresh_run_dir, train
 from topo.record import RunReader
 
 
+def selected_epoch(history: pd.DataFrame) -> pd.Series:
+    """The row of ``history`` at the epoch of lowest validation loss (the first such epoch on ties)."""
+    if "test_loss" not in history:
+        raise ConfigError("run recorded before topo held out a validation split (no test_loss column); "
+                          "train it again")
+    return history.loc[history["val_loss"].idxmin()]
+
+
 def score(result: TrainResult, task: str) -> float:
-    """Validation error (%) for classifiers; otherwise the best validation loss."""
-    if task == "classify":
-        return 100.0 * (1.0 - float(result.history["val_acc"].iloc[-1]))
-    return float(result.history["val_loss"].min())
+    """Test error (%) for classifiers, else the test loss, at the epoch the validation split selects."""
+    row = selected_epoch(result.history)
+    return 100.0 * (1.0 - float(row["test_acc"])) if task == "classify" else float(row["test_loss"])
 
 
 def table2_configs(base: TrainConfig, log_alphas: Sequence[float], ks: Sequence[float]) -> list[TrainConfig]:
@@ -46,17 +54,22 @@ def reproduce_table2(
     seeds: int,
     out_dir: str | os.PathLike,
     progress: bool = True,
+    fresh_dir: bool = False,
 ) -> pd.DataFrame:
     """Run every configuration for ``seeds`` seeds under ``out_dir``; returns one row per run.
 
-    Columns: model, method, log_alpha, k, seed, score, run_dir. Finished runs already under ``out_dir`` are
-    reused and interrupted ones resumed, so an interrupted table continues where it stopped.
+    Columns: model, method, log_alpha, k, seed, score, run_dir. Finished runs of the same configuration already
+    under ``out_dir`` are reused and interrupted ones resumed, so an interrupted table continues where it stopped.
+    A directory holding a run of another configuration stops the table with the differing fields, or with
+    ``fresh_dir`` the run goes to the first free or matching ``NAME-2``, ``NAME-3``, ….
     """
     task = get_model_spec(base.model).task
     rows = []
     for seed in range(seeds):
         for config in table2_configs(replace(base, seed=seed), log_alphas, ks):
             run_dir = Path(out_dir) / config.run_name()
+            if fresh_dir:
+                run_dir = fresh_run_dir(run_dir, config)
             result = train(config, run_dir, resume=True, progress=progress)
             rows.append({"model": config.model, "method": config.method,
                          "log_alpha": 0.0 if config.method == "dense" else config.log_alpha,
@@ -74,16 +87,18 @@ def method_label(method: str, k: float) -> str:
 def histories(runs: pd.DataFrame) -> pd.DataFrame:
     """Per-epoch validation history of every run in a :func:`reproduce_table2` frame (tidy: one row per epoch).
 
-    Adds ``label`` (method, with k for adaptive) and, for classifiers, ``val_error`` in %.
+    Adds ``label`` (method, with k for adaptive) and, for classifiers, ``val_error`` and ``test_error`` in %.
     """
     frames = []
     for run in runs.itertuples():
         stats = RunReader(run.run_dir).stats.groupby("epoch").first().reset_index()
         label = method_label(run.method, run.k)
-        frame = stats[[c for c in ("epoch", "train_loss", "val_loss", "val_acc") if c in stats]].assign(
+        columns = ("epoch", "train_loss", "val_loss", "val_acc", "test_loss", "test_acc")
+        frame = stats[[c for c in columns if c in stats]].assign(
             method=run.method, log_alpha=run.log_alpha, k=run.k, seed=run.seed, label=label)
-        if "val_acc" in frame:
-            frame["val_error"] = 100.0 * (1.0 - frame["val_acc"])
+        for split in ("val", "test"):
+            if f"{split}_acc" in frame:
+                frame[f"{split}_error"] = 100.0 * (1.0 - frame[f"{split}_acc"])
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 

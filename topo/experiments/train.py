@@ -90,6 +90,7 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
         if not self.lr > 0:
             raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        pick_device(self.device)
 
     @property
     def density(self) -> float:
@@ -104,7 +105,7 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """Where a run was recorded and its per-epoch history (train/validation loss and accuracy)."""
+    """Where a run was recorded and its per-epoch history (train, validation and test loss and accuracy)."""
 
     run_dir: Path
     history: pd.DataFrame
@@ -219,6 +220,164 @@ def _distributed() -> tuple[int, int]:
     return 0, 1
 
 
+#: Version of the evaluation protocol recorded in ``run.json``: 2 = validation held out from training, test
+#: scored at every epoch (runs of protocol 1 used the test split as their validation split).
+PROTOCOL = 2
+#: ``TrainConfig`` fields that do not change what a run computes: where data and devices are.
+NOT_DEFINING = ("device", "data_dir")
+
+
+@dataclass
+class Session:
+    """Everything one training run is made of, built from its configuration (:func:`setup`)."""
+
+    config: TrainConfig
+    spec: ModelSpec
+    data: Dataset
+    device: torch.device
+    rank: int
+    world: int
+    epochs: int
+    batch_size: int
+    widths: list[int]
+    model: nn.Module
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    sparsifier: Sparsifier
+
+    def record_config(self, parent: str | None) -> dict[str, Any]:
+        """What ``run.json`` stores under ``config``: the configuration and the values it resolved to."""
+        return {"train": asdict(self.config), "widths": self.widths, "dataset": self.data.name, "parent": parent,
+                "epochs": self.epochs, "batch_size": self.batch_size, "protocol": PROTOCOL,
+                "splits": {"train": len(self.data.train_y), "val": len(self.data.val_y),
+                           "test": len(self.data.test_y)}}
+
+
+def setup(config: TrainConfig, masks: Mapping[str, torch.Tensor] | None = None,
+          widths: list[int] | None = None) -> Session:
+    """Data, device (and DDP rank), widths, model, optimizer and method of ``config``."""
+    config.validate()
+    spec = get_model_spec(config.model)
+    data = shaped_for(load_dataset(config.dataset or spec.dataset, config.data_dir), spec.inputs, spec.name)
+    rank, world = _distributed()
+    device = pick_device(config.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+    epochs = config.epochs or spec.epochs
+    widths = widths or resolve_widths(config, spec, data)
+    torch.manual_seed(config.seed)
+    model = _factory(spec, data)(widths).to(device)
+    net: nn.Module = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    optimizer = _make_optimizer(spec, net, config)
+    sparsifier = make_sparsifier_for(config, spec, model, optimizer, epochs, masks)
+    return Session(config, spec, data, device, rank, world, epochs, config.batch_size or spec.batch_size, widths,
+                   model, net, optimizer, sparsifier)
+
+
+def configuration_differences(recorded: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
+    """The fields that define a run's result on which ``recorded`` (a ``run.json`` config) and ``wanted`` differ.
+
+    Every ``TrainConfig`` field counts except :data:`NOT_DEFINING`, as do the resolved widths, dataset, batch
+    size and evaluation protocol; the number of epochs is left to :func:`train` (a finished run may be extended).
+    Each difference reads ``"field: recorded → wanted"``.
+    """
+    differences = []
+    old, new = dict(recorded.get("train", {})), dict(wanted["train"])
+    for key in sorted(set(old) | set(new)):
+        if key not in NOT_DEFINING and key != "epochs" and old.get(key) != new.get(key):
+            differences.append(f"{key}: {old.get(key)!r} → {new.get(key)!r}")
+    for key in ("widths", "dataset", "batch_size", "protocol", "parent"):
+        if recorded.get(key) != wanted.get(key):
+            differences.append(f"{key}: {recorded.get(key)!r} → {wanted.get(key)!r}")
+    return differences
+
+
+def _resumable(run_dir: Path, wanted: Mapping[str, Any]) -> tuple[bool, bool]:
+    """Whether ``run_dir`` holds a run of this configuration, and whether it is to be extended by more epochs.
+
+    Raises :class:`ConfigError` naming every differing field when it holds a run of another configuration, or
+    when it was recorded for more epochs than asked.
+    """
+    if not (run_dir / "run.json").exists():
+        return False, False
+    meta = RunReader(run_dir).meta
+    recorded = meta.get("config", {})
+    differences = configuration_differences(recorded, wanted)
+    recorded_epochs = int(recorded.get("epochs", 0))
+    if wanted["epochs"] < recorded_epochs:
+        differences.append(f"epochs: {recorded_epochs} → {wanted['epochs']}")
+    if differences:
+        raise ConfigError(f"{run_dir} holds a run of another configuration ({'; '.join(differences)}); choose "
+                          "another name, or --fresh-dir to train this configuration into a new directory")
+    return True, bool(meta.get("finished")) and wanted["epochs"] > recorded_epochs
+
+
+def fresh_run_dir(run_dir: str | os.PathLike, config: TrainConfig) -> Path:
+    """``run_dir`` unless it holds a run of another configuration; then the first of ``run_dir-2``, ``-3``, …
+    that holds a run of exactly this configuration, or nothing."""
+    run_dir = Path(run_dir)
+    wanted = {k: v for k, v in asdict(config).items() if k not in NOT_DEFINING}
+    candidate, number = run_dir, 1
+    while (candidate / "run.json").exists():
+        recorded = RunReader(candidate).meta.get("config", {}).get("train", {})
+        if {k: v for k, v in recorded.items() if k not in NOT_DEFINING} == wanted:
+            return candidate
+        number += 1
+        candidate = run_dir.with_name(f"{run_dir.name}-{number}")
+    return candidate
+
+
+class EarlyStopping:
+    """Stop after ``patience`` epochs without a lower validation loss (never stops with ``patience=None``)."""
+
+    def __init__(self, patience: int | None, history: list[float] | None = None) -> None:
+        self.patience = patience
+        self.best, self.since_best = math.inf, 0
+        for loss in history or []:
+            self.update(loss)
+
+    def update(self, val_loss: float) -> bool:
+        """Record one epoch's validation loss; True when training should stop."""
+        self.best, self.since_best = (val_loss, 0) if val_loss < self.best else (self.best, self.since_best + 1)
+        return self.patience is not None and self.since_best >= self.patience
+
+
+def train_epoch(session: Session, epoch: int, autocast: Any) -> dict[str, float]:
+    """One epoch over this rank's shard of a fresh permutation; returns the training loss (and accuracy)."""
+    s = session
+    order = torch.randperm(len(s.data.train_x))[s.rank::s.world]
+    loss_sum, correct, seen = 0.0, 0, 0
+    for batch in order.split(s.batch_size)[: s.config.max_batches]:
+        x, y = s.data.train_x[batch].to(s.device), s.data.train_y[batch].to(s.device)
+        with autocast:
+            loss, right = _loss_and_correct(s.spec, s.net, x, y)
+        s.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        s.optimizer.step()
+        s.sparsifier.step()
+        loss_sum += loss.detach() * len(batch)
+        correct += right.detach() if right is not None else 0
+        seen += len(batch)
+    s.sparsifier.end_epoch(epoch)
+    metrics = {"train_loss": float(loss_sum) / seen}
+    if s.spec.task == "classify":
+        metrics["train_acc"] = float(correct) / seen
+    return metrics
+
+
+def evaluate_splits(session: Session) -> dict[str, float]:
+    """Loss (and accuracy) on the validation and the test split."""
+    s = session
+    metrics = {}
+    for split in ("val", "test"):
+        loss, accuracy = evaluate(s.spec, s.model, getattr(s.data, f"{split}_x"), getattr(s.data, f"{split}_y"),
+                                  s.device, max_batches=s.config.val_max_batches)
+        metrics[f"{split}_loss"] = loss
+        if s.spec.task == "classify":
+            metrics[f"{split}_acc"] = accuracy
+    return metrics
+
+
 def train(
     config: TrainConfig,
     run_dir: str | os.PathLike,
@@ -232,77 +391,47 @@ def train(
     """Train ``config`` and record it into ``run_dir``; returns the history.
 
     ``masks`` and ``widths`` fix the topology and sizes (the transplant experiment); ``parent`` is stored in
-    ``run.json``. With ``resume``, an interrupted run continues from its last checkpoint and a finished run
-    (``run.json`` has ``finished``) is returned as recorded, without training.
+    ``run.json``. With ``resume``, a run already in ``run_dir`` continues from its last checkpoint only when its
+    recorded configuration is the same (else :class:`ConfigError` names the differing fields); a finished run is
+    returned as recorded, or continued when ``config`` asks for more epochs than it has. Early stopping and the
+    choice of epoch use the validation split; the test split is evaluated every epoch and never selects.
     """
-    config.validate()
-    spec = get_model_spec(config.model)
-    data = shaped_for(load_dataset(config.dataset or spec.dataset, config.data_dir), spec.inputs, spec.name)
-    rank, world = _distributed()
-    device = pick_device(config.device)
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
-    epochs = config.epochs or spec.epochs
-    batch_size = config.batch_size or spec.batch_size
-    widths = widths or resolve_widths(config, spec, data)
-
-    torch.manual_seed(config.seed)
-    model = _factory(spec, data)(widths).to(device)
-    net: nn.Module = nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    optimizer = _make_optimizer(spec, net, config)
-    sparsifier = make_sparsifier_for(config, spec, model, optimizer, epochs, masks)
-    record_config = {"train": asdict(config), "widths": widths, "dataset": data.name, "parent": parent,
-                     "epochs": epochs, "batch_size": batch_size}
-    recorder = Recorder(run_dir, sparsifier, config=record_config, resume=resume) if rank == 0 else None
+    session = setup(config, masks, widths)
+    run_dir = Path(run_dir)
+    wanted = session.record_config(parent)
+    existing, extend = _resumable(run_dir, wanted) if resume else (False, False)
+    done = existing and not extend and bool(RunReader(run_dir).meta.get("finished"))
+    recorder = None
+    if session.rank == 0:
+        recorder = Recorder(run_dir, session.sparsifier, config=wanted, resume=existing)
+        if existing:
+            recorder.update_config(wanted)
     start = 0
-    if resume:
-        start = recorder.resume() if recorder is not None else restore_checkpoint(run_dir, sparsifier)
-    finished = resume and (Path(run_dir) / "run.json").exists() and bool(RunReader(run_dir).meta.get("finished"))
-    if finished:
-        start = epochs
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if config.bf16 else contextlib.nullcontext())
-
-    best, since_best, stopped_early = math.inf, 0, False
-    if start and not finished:  # early stopping picks up where the interrupted run was
-        losses = RunReader(run_dir).stats.groupby("epoch")["val_loss"].first().loc[: start - 1].tolist()
-        best = min(losses)
-        since_best = len(losses) - 1 - losses.index(best)
-    bar = tqdm(range(start, epochs), desc=Path(run_dir).name, unit="epoch", disable=not progress or rank != 0)
+    if existing:
+        start = recorder.resume() if recorder is not None else restore_checkpoint(run_dir, session.sparsifier)
+    if done:
+        start = session.epochs
+    autocast = (torch.autocast(session.device.type, dtype=torch.bfloat16) if config.bf16
+                else contextlib.nullcontext())
+    losses = RunReader(run_dir).stats.groupby("epoch")["val_loss"].first().loc[: start - 1].tolist() if start else []
+    stopping = EarlyStopping(config.patience, losses)
+    stopped_early = False
+    bar = tqdm(range(start, session.epochs), desc=run_dir.name, unit="epoch",
+               disable=not progress or session.rank != 0)
     for epoch in bar:
-        order = torch.randperm(len(data.train_x))[rank::world]
-        batches = order.split(batch_size)[: config.max_batches]
-        loss_sum, correct, seen = 0.0, 0, 0
-        for batch in batches:
-            x, y = data.train_x[batch].to(device), data.train_y[batch].to(device)
-            with autocast:
-                loss, right = _loss_and_correct(spec, net, x, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            sparsifier.step()
-            loss_sum += loss.detach() * len(batch)
-            correct += right.detach() if right is not None else 0
-            seen += len(batch)
-        sparsifier.end_epoch(epoch)
-        val_loss, val_acc = evaluate(spec, model, data.val_x, data.val_y, device,
-                                     max_batches=config.val_max_batches)
-        metrics = {"train_loss": float(loss_sum) / seen, "val_loss": val_loss}
-        if spec.task == "classify":
-            metrics.update(train_acc=float(correct) / seen, val_acc=val_acc)
+        metrics = {**train_epoch(session, epoch, autocast), **evaluate_splits(session)}
         if recorder is not None:
             recorder.snapshot(epoch, metrics, force=True)
-        bar.set_postfix({k: f"{v:.4f}" for k, v in metrics.items()})
-        if config.patience is not None:
-            best, since_best = (val_loss, 0) if val_loss < best else (best, since_best + 1)
-            if since_best >= config.patience:
-                log.info("early stopping after epoch %d (no improvement for %d epochs)", epoch, config.patience)
-                stopped_early = True
-                break
-    if recorder is not None and not finished:
+        bar.set_postfix({k: f"{v:.4f}" for k, v in metrics.items() if k in ("train_loss", "val_loss", "val_acc")})
+        if stopping.update(metrics["val_loss"]):
+            log.info("early stopping after epoch %d (no improvement for %d epochs)", epoch, config.patience)
+            stopped_early = True
+            break
+    if recorder is not None and not done:
         recorder.flush()
         recorder.finish(epochs=int(RunReader(run_dir).epochs[-1]) + 1,
                         reason="early stopping" if stopped_early else "epochs done")
     history = (RunReader(run_dir).stats.groupby("epoch").first().reset_index()
                .drop(columns=["layer", "active", "total", "density", "mean_abs", "low_0.1", "low_0.25", "low_0.5",
                               "pruned", "grown"]))
-    return TrainResult(Path(run_dir), history, widths)
+    return TrainResult(run_dir, history, session.widths)

@@ -44,6 +44,38 @@ class Graph:
 
     adjacency: Array
     name: str = ""
+    parts: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse what is not an undirected simple graph: a directed or self-looped matrix would give wrong metrics.
+
+        Build graphs from masks with :func:`square_graph` (which symmetrises and drops self-loops) and the other
+        builders. ``parts``: the layer sizes of a layered (bipartite) graph, nodes numbered layer by layer.
+        """
+        a = self.adjacency
+        label = self.name or "<unnamed>"
+        if a.ndim != 2 or a.shape[0] != a.shape[1]:
+            raise MaskError(f"graph {label}: adjacency must be a square matrix, got shape {tuple(a.shape)}")
+        if (a.dtype != torch.bool) if torch.is_tensor(a) else (a.dtype != bool):
+            raise MaskError(f"graph {label}: adjacency must be boolean, got {a.dtype}; build graphs from masks "
+                            "with square_graph()")
+        if bool((a != a.T).any()):
+            raise MaskError(f"graph {label}: adjacency is not symmetric (a directed graph); use square_graph() to "
+                            "symmetrise a mask")
+        if bool(a.diagonal().any()):
+            raise MaskError(f"graph {label}: adjacency has self-loops; use square_graph() to drop them")
+        if self.parts is not None and sum(self.parts) != a.shape[0]:
+            raise MaskError(f"graph {label}: parts {self.parts} do not add up to its {a.shape[0]} nodes")
+
+    @property
+    def density(self) -> float:
+        """Edges over possible edges of the graph's kind: n(n − 1)/2 for a square graph, Σ nᵢ·nᵢ₊₁ between the
+        consecutive layers of a layered (bipartite) graph. NaN when no edge is possible."""
+        if self.parts is not None:
+            possible = sum(a * b for a, b in zip(self.parts, self.parts[1:], strict=False))
+        else:
+            possible = self.n_nodes * (self.n_nodes - 1) // 2
+        return self.n_edges / possible if possible else float("nan")
 
     @property
     def n_nodes(self) -> int:
@@ -62,12 +94,12 @@ class Graph:
         """The same graph with a numpy adjacency."""
         if not self.is_torch:
             return self
-        return Graph(self.adjacency.detach().cpu().numpy(), self.name)
+        return Graph(self.adjacency.detach().cpu().numpy(), self.name, self.parts)
 
     def torch(self, device: str | torch.device | None = None) -> Graph:
         """The same graph with a torch adjacency on ``device`` (default: where it is, or the CPU)."""
         adjacency = self.adjacency if self.is_torch else torch.from_numpy(np.ascontiguousarray(self.adjacency))
-        return Graph(adjacency.to(device) if device is not None else adjacency, self.name)
+        return Graph(adjacency.to(device) if device is not None else adjacency, self.name, self.parts)
 
     def edges(self) -> np.ndarray:
         """(m, 2) array of edges (i < j)."""
@@ -193,7 +225,7 @@ def layered_graph(masks: Sequence[Any], name: str = "network") -> Graph:
         cols = slice(int(offsets[i]), int(offsets[i + 1]))
         adjacency[rows, cols] = block
         adjacency[cols, rows] = block.T
-    return Graph(adjacency, name)
+    return Graph(adjacency, name, tuple(int(size) for size in sizes))
 
 
 _RECURRENT = re.compile(r"weight_hh")

@@ -179,7 +179,7 @@ def _summary(graph: Graph, degrees: np.ndarray, n_components: int, lambda2: Call
     return {
         "n_nodes": n,
         "n_edges": edges,
-        "density": edges / (n * (n - 1) / 2) if n > 1 else math.nan,
+        "density": graph.density,
         "algebraic_connectivity": _connectivity(graph, n_components, lambda2),
         "degree_gini": _gini(graph, degrees),
         "global_clustering": _clustering(graph, transitivity),
@@ -190,6 +190,9 @@ def _summary(graph: Graph, degrees: np.ndarray, n_components: int, lambda2: Call
 
 def summarize(graph: Graph | Any, backend: str = "auto", *, small_world_graphs: int = 0, seed: int = 0) -> dict:
     """Every metric of a graph as a dict: nodes, edges, density, the four Figure-5 metrics, reachability.
+
+    ``density`` is :attr:`Graph.density`: edges over the edges the graph's kind allows (a full Linear layer,
+    a complete bipartite graph, has density 1).
 
     With ``small_world_graphs > 0`` also σ and ω (:func:`small_world`) against that many random graphs.
     """

@@ -16,6 +16,7 @@ more dimensions (Linear, Conv, recurrent weights, embeddings); biases and norms 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,11 @@ def masks_from_state_dict(state: Mapping[str, torch.Tensor], source: str = "chec
             mask = state[f"{name}_mask"] != 0
             layers[name] = (mask, value * mask)
         elif value.is_floating_point() and value.dim() >= 2:
-            layers[key] = (value != 0, value)
+            bad = int((~torch.isfinite(value)).sum())
+            if bad:
+                warnings.warn(f"{source}: layer {key!r} holds {bad} inf/NaN weight(s); they are counted as inactive",
+                              RuntimeWarning, stacklevel=2)
+            layers[key] = ((value != 0) & torch.isfinite(value), value)
     if not layers:
         raise CheckpointError(f"{source}: no weight with two or more dimensions (nothing to analyse)")
     return layers

@@ -32,6 +32,7 @@ import topo
 from topo.errors import CheckpointError
 from topo.record.store import (
     FORMAT,
+    FULL_SNAPSHOT_EVERY,
     LOW_STRENGTH_FRACTIONS,
     STAT_COLUMNS,
     RunReader,
@@ -100,7 +101,8 @@ class Recorder:
     keep_weights:
         Also store every sparsified weight in float16.
     delta:
-        Store a layer as the positions that flipped since the previous snapshot when that is smaller.
+        Store a layer as the positions that flipped since the previous snapshot when that is smaller; every
+        :data:`~topo.record.store.FULL_SNAPSHOT_EVERY`-th snapshot is stored in full, which bounds the chains.
     checkpoint:
         Write ``checkpoint.pt`` (model, optimizer, sparsifier, RNG states, epoch) after each snapshot.
     config:
@@ -135,6 +137,7 @@ class Recorder:
         self.delta = delta
         self.write_checkpoint = checkpoint
         self._previous: tuple[int, list[np.ndarray]] | None = None
+        self._chain = 0  # delta snapshots since the last full one
         self._rows: list[dict[str, Any]] = []
         self._closed = False
         self.background = background
@@ -200,7 +203,8 @@ class Recorder:
             return None
         self.flush()
         masks, stats, weights = self._gather()
-        previous = self._previous if self.delta else None
+        self._chain = 0 if self._previous is None or self._chain + 1 >= FULL_SNAPSHOT_EVERY else self._chain + 1
+        previous = self._previous if self.delta and self._chain else None
         self._previous = (epoch, masks)
         extra = {k: float(v) for k, v in (metrics or {}).items()}
         self._rows = [r for r in self._rows if r["epoch"] != epoch]
@@ -272,6 +276,14 @@ class Recorder:
             masks = reader.masks(epoch)
             self._previous = (epoch, [masks[n] for n in self.sparsifier.weights])
         return epoch + 1
+
+    def update_config(self, config: Mapping[str, Any]) -> None:
+        """Replace the ``config`` stored in ``run.json`` (a resumed run continued with more epochs, say); the file is
+        not touched when nothing changes."""
+        meta = read_json(self.path / "run.json")
+        if meta.get("config") != dict(config):
+            meta["config"] = dict(config)
+            write_json(self.path / "run.json", meta)
 
     def finish(self, **info: Any) -> None:
         """Mark the run finished in ``run.json`` (e.g. ``epochs=20, reason="early stopping"``) and close.

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
@@ -34,6 +35,9 @@ import pandas as pd
 from topo.errors import CheckpointError
 
 FORMAT = "topo-run/1"
+SNAPSHOT_NAME = re.compile(r"epoch-(\d+)\.npz")
+#: With delta coding, every this many snapshots one is stored in full, so no delta chain is longer.
+FULL_SNAPSHOT_EVERY = 50
 LOW_STRENGTH_FRACTIONS = (0.1, 0.25, 0.5)
 STAT_COLUMNS = (
     "active", "total", "density", "mean_abs", "low_0.1", "low_0.25", "low_0.5", "pruned", "grown",
@@ -135,9 +139,9 @@ class RunReader:
 
     @property
     def epochs(self) -> list[int]:
-        """Recorded epochs, ascending."""
+        """Recorded epochs, ascending (files not named ``epoch-NNNN.npz`` are not snapshots and are ignored)."""
         files = (self.path / "snapshots").glob("epoch-*.npz")
-        return sorted(int(f.stem.split("-")[1]) for f in files)
+        return sorted(int(match[1]) for f in files if (match := SNAPSHOT_NAME.fullmatch(f.name)))
 
     def _load(self, epoch: int) -> dict[str, np.ndarray]:
         path = snapshot_path(self.path, epoch)
@@ -150,26 +154,41 @@ class RunReader:
             raise CheckpointError(f"{path}: corrupt or truncated snapshot ({exc})") from None
 
     def masks(self, epoch: int, as_torch: bool = False) -> dict[str, Any]:
-        """Layer name → boolean mask (numpy, or torch with ``as_torch``) at ``epoch``."""
+        """Layer name → boolean mask (numpy, or torch with ``as_torch``) at ``epoch``.
+
+        A delta-coded snapshot is decoded by walking back to the nearest full (or cached) snapshot and applying
+        the flips forward, iteratively, so chains of any length decode (the recorder also bounds them).
+        """
         if epoch not in self._cache:
-            data = self._load(epoch)
-            base = self.masks(int(data["base_epoch"])) if "base_epoch" in data else None
-            masks = {}
-            for i, (name, shape) in enumerate(self.layers.items()):
-                if f"mask_{i}" in data:
-                    masks[name] = unpack_mask(data[f"mask_{i}"], shape)
-                elif f"delta_{i}" in data and base is not None:
-                    flat = base[name].ravel().copy()
-                    flat[data[f"delta_{i}"]] ^= True
-                    masks[name] = flat.reshape(shape)
-                else:
-                    raise CheckpointError(f"{snapshot_path(self.path, epoch)}: no mask for layer {name!r}")
-            self._cache[epoch] = masks
+            chain: list[tuple[int, dict[str, np.ndarray]]] = []
+            current: int | None = epoch
+            while current is not None and current not in self._cache:
+                data = self._load(current)
+                chain.append((current, data))
+                current = int(data["base_epoch"]) if "base_epoch" in data else None
+                if current is not None and any(current == e for e, _ in chain):
+                    raise CheckpointError(f"{snapshot_path(self.path, epoch)}: delta snapshots form a cycle")
+            for current, data in reversed(chain):
+                self._cache[current] = self._decode(current, data)
         masks = self._cache[epoch]
         if as_torch:
             import torch
 
             return {n: torch.from_numpy(m.copy()) for n, m in masks.items()}
+        return masks
+
+    def _decode(self, epoch: int, data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        base = self._cache.get(int(data["base_epoch"])) if "base_epoch" in data else None
+        masks = {}
+        for i, (name, shape) in enumerate(self.layers.items()):
+            if f"mask_{i}" in data:
+                masks[name] = unpack_mask(data[f"mask_{i}"], shape)
+            elif f"delta_{i}" in data and base is not None:
+                flat = base[name].ravel().copy()
+                flat[data[f"delta_{i}"]] ^= True
+                masks[name] = flat.reshape(shape)
+            else:
+                raise CheckpointError(f"{snapshot_path(self.path, epoch)}: no mask for layer {name!r}")
         return masks
 
     def weights(self, epoch: int) -> dict[str, np.ndarray]:
@@ -195,6 +214,8 @@ class RunReader:
             return pd.DataFrame(columns=["epoch", "layer", *STAT_COLUMNS])
         try:
             return pd.read_csv(path)
+        except pd.errors.EmptyDataError:
+            return pd.DataFrame(columns=["epoch", "layer", *STAT_COLUMNS])
         except (pd.errors.ParserError, UnicodeDecodeError) as exc:
             raise CheckpointError(f"{path}: unreadable ({exc})") from None
 

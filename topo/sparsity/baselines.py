@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from topo.errors import ConfigError
+from topo.errors import ConfigError, MaskError
 from topo.sparsity.base import Sparsifier, active_count, random_mask
 from topo.sparsity.masks import ParamFilter
 
@@ -78,6 +78,12 @@ class FixedMask(Sparsifier):
         masks: dict[str, torch.Tensor],
         seed: int = 0,
     ) -> None:
+        if not masks:
+            raise ConfigError("fixed-mask: `masks` is empty; give a boolean mask for each layer to hold fixed")
+        empty = [name for name, m in masks.items() if not bool(torch.as_tensor(m).any())]
+        if empty:
+            raise MaskError(f"fixed-mask: the mask of {', '.join(map(repr, empty))} has no active weight; a layer "
+                            "without connections cannot be trained (leave it out of `masks` to keep it dense)")
         active = sum(int(m.sum()) for m in masks.values())
         total = sum(m.numel() for m in masks.values())
         super().__init__(model, optimizer, density=active / total, params=list(masks), seed=seed)
