@@ -53,3 +53,16 @@ def test_bad_widths_and_density():
         match_budget(mnist_mlp, [0, 64], 0.5)
     with pytest.raises(ConfigError, match="density"):
         match_budget(mnist_mlp, [64], 0.0)
+
+
+def test_small_model_matches_as_closely_as_integer_widths_allow(caplog):
+    from topo.experiments.models import get_model_spec
+
+    spec = get_model_spec("lstm")
+    factory = lambda w: spec.build(list(w), n_in=20, n_out=20)  # noqa: E731
+    with caplog.at_level("WARNING", logger="topo.sparsity.budget"):
+        match = match_budget(factory, [32], 10**-0.5)
+    assert 0.01 < match.relative_error < 0.02 and match.widths == [56]
+    assert "closest integer widths [56]" in caplog.text
+    for other in ([55], [57]):  # no integer width does better
+        assert abs(nonzero_count(factory(other), 10**-0.5) - match.target) > abs(match.nonzeros - match.target)

@@ -11,6 +11,7 @@ The "wide dense" control of Table 2 is the same widened model trained dense (it 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -22,6 +23,8 @@ from topo.sparsity.base import active_count, check_density
 from topo.sparsity.masks import ParamFilter, select_parameters
 
 ModelFactory = Callable[[Sequence[int]], nn.Module]
+
+log = logging.getLogger(__name__)
 
 
 def nonzero_count(model: nn.Module, density: float, params: Iterable[str] | ParamFilter | None = None) -> int:
@@ -86,7 +89,9 @@ def match_budget(
     Raises
     ------
     ConfigError
-        If no integer widths come within ``tolerance`` of the budget.
+        If no integer widths come within ``tolerance`` of the budget, unless the widths found are as close as
+        integer widths can come (small models, where one unit moves the count by more than ``tolerance``; a
+        warning is logged).
     """
     density = check_density(density)
     base = [int(w) for w in widths]
@@ -124,6 +129,11 @@ def match_budget(
         wide_dense_params=nonzero_count(_build(factory, best), 1.0, params),
     )
     if match.relative_error > tolerance:
+        step = min(abs(count([*best[:i], best[i] + 1, *best[i + 1:]]) - match.nonzeros) for i in range(len(best)))
+        if best_gap <= step / 2 + 1:  # a small model: one unit more or less moves the count by more than tolerance
+            log.warning("budget matched to %.2f%% (%d non-zeros for %d): the closest integer widths %s allow",
+                        100 * match.relative_error, match.nonzeros, target, best)
+            return match
         raise ConfigError(
             f"no widths near {best} match the budget of {target} non-zeros within {tolerance:.1%} at density "
             f"{density} (closest: {match.nonzeros})"
