@@ -1,0 +1,40 @@
+"""The benchmark scripts and the GPU suite run (at toy sizes, on the CPU here) and report what they measured."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_gpu_suite_quick_mode_runs_every_part_and_writes_its_report(tmp_path):
+    done = subprocess.run([sys.executable, "bench/gpu_suite.py", "--quick", "--skip-install", "--out", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    reports = list(tmp_path.glob("*.md"))
+    assert len(reports) == 1 and "(quick)" in reports[0].read_text()
+    text = reports[0].read_text()
+    for part in ("pytest -m cuda", "overhead-fp32", "overhead-bf16", "recorder", "graphs"):
+        assert f"### {part}: ok" in text, part
+    with open(reports[0].with_suffix(".csv")) as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 8 and all(row["verdict"] in ("met", "not met", "not measured") for row in rows)
+    assert sum(row["measured"] != "" for row in rows) >= 6
+
+
+def test_graph_benchmark_json_has_the_whole_run_figures(tmp_path):
+    out = tmp_path / "graphs.json"
+    done = subprocess.run([sys.executable, "bench/graph_metrics.py", "--sizes", "64", "--densities", "0.1",
+                           "--networkx-max-n", "64", "--repeats", "1", "--run-epochs", "2", "--run-units", "16",
+                           "--cpu-epochs", "1", "--json", str(out)], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(out.read_text())
+    assert figures["one_graph_cpu"][0]["igraph_scipy_s"] > 0 and figures["whole_run"]["graphs"] == 8
