@@ -163,7 +163,9 @@ def test_sigkill_during_training_then_resume_gives_identical_masks(tmp_path):
         for name, mask in ref.masks(epoch).items():
             assert np.array_equal(done.masks(epoch)[name], mask), (epoch, name)
     assert done.stats["epoch"].tolist() == ref.stats["epoch"].tolist()
-    np.testing.assert_allclose(done.stats["train_loss"], ref.stats["train_loss"], rtol=0, atol=0)
+    # Masks are compared exactly; losses to float rounding: one CI run saw 1-ulp differences in a recorded loss
+    # (masks identical), which CPU kernels may show from run to run whatever the recorder does.
+    np.testing.assert_allclose(done.stats["train_loss"], ref.stats["train_loss"], rtol=1e-6, atol=0)
     assert len(load_masks(crashed)) == epochs
 
 
