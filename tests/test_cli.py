@@ -123,7 +123,7 @@ def test_plot_over_seeds_merges_runs_that_differ_only_in_seed(recorded_run, tmp_
     "args,message",
     [
         (["analyze", "missing.pt"], "missing.pt: no such file"),
-        (["analyze", "."], "run.json"),
+        (["analyze", "."], "not a topo run directory"),
         (["analyze", "corrupt.pt"], "corrupt.pt"),
         (["analyze", "bias.pt"], "no weight with two or more dimensions"),
         (["analyze", "model.pt", "--layers", "nothing*"], "no layer matches 'nothing*'"),

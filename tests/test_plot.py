@@ -16,7 +16,8 @@ from topo.errors import ConfigError
 def metrics_frame(runs: int = 1) -> pd.DataFrame:
     rng = np.random.default_rng(0)
     rows = [(f"r{r}", e, "lstm.weight_hh_l0", g, m, rng.random())
-            for r in range(runs) for e in range(5) for g in "ifgo" for m in plot.FIGURE5_METRICS]
+            for r in range(runs) for e in range(5) for g in "ifgo" for names in plot.FIGURE5_PANELS.values()
+            for m in names[:1]]
     return pd.DataFrame(rows, columns=["run", "epoch", "layer", "graph", "metric", "value"])
 
 
@@ -90,5 +91,6 @@ def test_figure5_of_an_mlp_draws_one_line_per_layer():
     snapshots = [(e, {"0.weight": rng.random((8, 6)) < 0.5, "2.weight": rng.random((4, 8)) < 0.5,
                       "4.weight": rng.random((3, 4)) < 0.6}) for e in range(3)]
     fig = plot.figure5(metrics_table(snapshots, progress=False))
-    assert len({tuple(line.get_color()) if not isinstance(line.get_color(), str) else line.get_color()
-                for line in fig.axes[0].get_lines()}) == 3
+    for ax in fig.axes:  # four meaningful panels: bipartite layers use fan-in Gini and Robins–Alexander clustering
+        assert len({tuple(line.get_color()) if not isinstance(line.get_color(), str) else line.get_color()
+                    for line in ax.get_lines()}) == 3, ax.get_title()

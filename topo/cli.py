@@ -18,9 +18,6 @@ import pandas as pd
 
 from topo.errors import ConfigError, TopoError
 
-ANALYZE_COLUMNS = ["layer", "graph", "shape", "mask_density", "n_nodes", "n_edges", "algebraic_connectivity",
-                   "degree_gini", "global_clustering", "mean_shortest_path", "reachable_fraction"]
-
 
 def _select(masks: dict, pattern: str | None, source: Path) -> dict:
     if pattern is None:
@@ -49,12 +46,12 @@ def _analysis_device(name: str):
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from topo.graph import metrics_table
-    from topo.record import RunReader, load_masks
+    from topo.record import RunReader
 
     device = _analysis_device(args.device)
     path = Path(args.path)
     to_stdout = args.csv == "-"
-    if path.is_dir():
+    if path.is_dir() and (path / "run.json").exists():
         reader = RunReader(path)
         if not reader.epochs:
             raise TopoError(f"{path}: run directory has no snapshots yet")
@@ -77,19 +74,36 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             print(f"last epoch ({int(table.epoch.max())}):")
             print(_wide(last).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
         return 0
-    layers = load_masks(path)
-    masks = _select({name: mask for name, (mask, _) in layers.items()}, args.layers, path)
-    table = _wide(metrics_table(masks, small_world_graphs=args.small_world, device=device, progress=False))
-    table.insert(2, "shape", table["layer"].map(lambda n: "×".join(map(str, masks[n].shape))))
-    table.insert(3, "mask_density", table["layer"].map(lambda n: float(masks[n].float().mean())))
-    columns = ANALYZE_COLUMNS + [c for c in ("sigma", "omega") if c in table.columns]
-    table = table[columns]
+    return _analyze_checkpoint(args, path, device, to_stdout)
+
+
+def _analyze_checkpoint(args: argparse.Namespace, path: Path, device, to_stdout: bool) -> int:
+    import json
+
+    from topo.analyze import analyze_checkpoint
+
+    result = analyze_checkpoint(path, key=args.key, layers=args.layers, backbone=args.backbone,
+                                global_backbone=args.global_backbone, path_sources=args.path_sources,
+                                small_world=args.small_world, device=device, progress=not args.quiet)
+    print(f"topo: {path}: {result.source}", file=sys.stderr)
+    if result.dense:
+        print(f"topo: note: every analysed layer of {path} is dense, so its graphs are complete and their metrics "
+              "trivial; --backbone magnitude:F or disparity:A keeps the connections that carry its structure",
+              file=sys.stderr)
+    if args.plot:
+        from topo.plot import layer_figure, save
+
+        degrees = pd.DataFrame([(graph, side, int(d)) for graph, parts in result.degrees.items()
+                                for side, values in zip(("fan-out", "fan-in") if len(parts) == 2 else ("degree",),
+                                                        parts, strict=True) for d in values],
+                               columns=["graph", "side", "degree"])
+        save(layer_figure(result.table, degrees), args.plot)
     if args.json:
-        print(table.to_json(orient="records"))
+        print(json.dumps(result.records, allow_nan=True))
     elif args.csv:
-        table.to_csv(sys.stdout if to_stdout else args.csv, index=False)
+        result.table.to_csv(sys.stdout if to_stdout else args.csv, index=False)
     else:
-        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        print(result.table.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep=""))
     return 0
 
 
@@ -226,7 +240,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("analyze", help="graph metrics of a checkpoint or run directory",
                        description="Graph metrics (Figure 5) of every layer of a PyTorch checkpoint or topo run.")
-    p.add_argument("path", help="checkpoint (.pt/.pth: topo, state_dict, torch prune) or run directory")
+    p.add_argument("path", help="run directory, or a checkpoint: .pt/.pth/.bin/.ckpt (any layout), .safetensors, "
+                                "a sharded *.index.json or a directory holding one")
+    p.add_argument("--key", help="checkpoints: path of the weights inside the file (model_state, a/b), when the "
+                                 "largest mapping of tensors is not them")
+    p.add_argument("--backbone", metavar="magnitude:F|disparity:A",
+                   help="checkpoints: analyse the backbone of the weights: the fraction F of largest |w| "
+                        "(per layer, or --global), or the disparity filter at significance A")
+    p.add_argument("--global", dest="global_backbone", action="store_true",
+                   help="with --backbone magnitude:F, the largest weights of the whole model")
+    p.add_argument("--path-sources", type=int, metavar="N",
+                   help="estimate mean shortest paths from N random sources, with their standard error "
+                        "(default: exact up to 16,384 nodes, 1,024 sources above)")
     p.add_argument("--json", action="store_true", help="JSON records on stdout")
     p.add_argument("--csv", help="CSV file ('-' for stdout); for a run directory, where the tidy table goes")
     p.add_argument("--layers", help="glob over layer names, e.g. 'lstm.weight_hh*'")
@@ -234,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cpu (one graph at a time, CPU kernels), or cuda/cuda:N (a whole run in batches on the GPU)")
     p.add_argument("--small-world", type=int, default=0, metavar="N",
                    help="also σ and ω against N degree-preserving random graphs")
-    p.add_argument("--plot", help="for a run directory: draw Figure 5 into this file")
+    p.add_argument("--plot", help="draw a figure into this file: Figure 5 for a run directory, degree "
+                                  "distributions and metrics by depth for a checkpoint")
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("plot", help="draw Figure 3, 4 or 5 from run directories",

@@ -19,11 +19,14 @@ import seaborn as sns  # noqa: E402
 
 from topo.errors import ConfigError  # noqa: E402
 
-FIGURE5_METRICS = {
-    "algebraic_connectivity": "algebraic connectivity",
-    "degree_gini": "Gini coefficient of degree",
-    "global_clustering": "global clustering coefficient",
-    "mean_shortest_path": "mean shortest path length",
+#: The four panels of Figure 5: a title and the metrics drawn in it. Square graphs (recurrent gate blocks, the
+#: paper's case) use degree Gini and global clustering; bipartite layers, whose transitivity is always 0, their
+#: fan-in Gini and Robins–Alexander clustering (see :data:`topo.graph.METRICS`).
+FIGURE5_PANELS = {
+    "algebraic connectivity": ("algebraic_connectivity",),
+    "Gini coefficient of degree (of fan-in for layers)": ("degree_gini", "fan_in_gini"),
+    "clustering (Robins–Alexander for layers)": ("global_clustering", "bipartite_clustering"),
+    "mean shortest path length": ("mean_shortest_path",),
 }
 
 
@@ -56,11 +59,10 @@ def figure5(metrics: pd.DataFrame, hue: str = "graph") -> plt.Figure:
     (seeds) with the same ``hue`` values are drawn as their mean with a ±1 std band.
     """
     _require(metrics, ["epoch", "metric", "value", hue], "figure5")
-    data = metrics[metrics["metric"].isin(FIGURE5_METRICS)]
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
-    for ax, (metric, title) in zip(axes.flat, FIGURE5_METRICS.items(), strict=True):
-        sns.lineplot(data=data[data["metric"] == metric], x="epoch", y="value", hue=hue, errorbar="sd", ax=ax,
-                     legend=ax is axes.flat[0])
+    for ax, (title, names) in zip(axes.flat, FIGURE5_PANELS.items(), strict=True):
+        sns.lineplot(data=metrics[metrics["metric"].isin(names)], x="epoch", y="value", hue=hue, errorbar="sd",
+                     ax=ax, legend=ax is axes.flat[0])
         ax.set_title(title)
         ax.set_ylabel("")
     fig.suptitle("Graph metrics of the learned masks over training (cf. Figure 5)")
@@ -132,3 +134,36 @@ def table2_curves(histories: pd.DataFrame, metric: str = "val_error") -> plt.Fig
     grid.legend.set_title("method")
     grid.set_ylabels(metric.replace("_", " ") + (" (%)" if metric == "val_error" else ""))
     return grid.figure
+
+
+def layer_figure(table: pd.DataFrame, degrees: pd.DataFrame) -> plt.Figure:
+    """A checkpoint at a glance: degree distributions per layer, and the metrics by depth.
+
+    ``table`` is :class:`topo.analyze.CheckpointAnalysis` ``.table`` (one row per graph, in model order);
+    ``degrees`` a tidy frame with columns graph, side (``fan-in`` / ``fan-out`` for bipartite graphs,
+    ``degree`` for square ones) and degree.
+    """
+    _require(table, ["graph", "kind"], "layer_figure")
+    _require(degrees, ["graph", "side", "degree"], "layer_figure")
+    fig, axes = plt.subplots(2, 3, figsize=(14, 7))
+    for ax, side in zip(axes[0], ("fan-in", "fan-out", "degree"), strict=True):
+        data = degrees[degrees["side"] == side]
+        if data.empty:
+            ax.set_axis_off()
+            continue
+        sns.histplot(data=data, x="degree", hue="graph", element="step", fill=False, stat="density",
+                     common_norm=False, ax=ax, legend=len(data["graph"].unique()) <= 12)
+        ax.set_title(f"{side} distribution per graph")
+    depth = table.reset_index(drop=True).assign(depth=lambda t: range(len(t)))
+    panels = {"algebraic connectivity": ("algebraic_connectivity",),
+              "Gini (fan-in for layers)": ("degree_gini", "fan_in_gini"),
+              "clustering (Robins–Alexander for layers)": ("global_clustering", "bipartite_clustering")}
+    for ax, (title, names) in zip(axes[1], panels.items(), strict=True):
+        columns = [c for c in names if c in depth]
+        values = depth[columns].bfill(axis=1).iloc[:, 0] if columns else pd.Series(dtype=float)
+        sns.lineplot(x=depth["depth"], y=values, hue=depth["kind"], marker="o", ax=ax)
+        ax.set_title(f"{title} by depth")
+        ax.set_xlabel("graph, in model order")
+        ax.set_ylabel("")
+    fig.tight_layout()
+    return fig

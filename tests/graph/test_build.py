@@ -74,9 +74,38 @@ def test_layer_graphs_dispatch_by_kind():
     model = nn.ModuleDict({"lstm": nn.LSTM(4, 6), "conv": nn.Conv2d(2, 3, 3), "fc": nn.Linear(6, 2)})
     masks = {n: p.detach() != 0 for n, p in model.named_parameters()}
     graphs = layer_graphs(masks)
-    assert set(graphs) == {"lstm.weight_hh_l0[i]", "lstm.weight_hh_l0[f]", "lstm.weight_hh_l0[g]",
-                           "lstm.weight_hh_l0[o]", "lstm.weight_ih_l0", "conv.weight", "fc.weight"}
-    assert graphs["fc.weight"].n_nodes == 8
+    gates = [f"lstm.weight_{w}_l0[{g}]" for w in ("hh", "ih") for g in "ifgo"]
+    assert set(graphs) == {*gates, "conv.weight", "fc.weight"}
+    assert graphs["fc.weight"].n_nodes == 8 and graphs["fc.weight"].kind == "bipartite"
+    assert graphs["lstm.weight_hh_l0[f]"].kind == "recurrent" and graphs["conv.weight"].kind == "channel"
+    assert graphs["lstm.weight_ih_l0[g]"].kind == "recurrent-input" and graphs["lstm.weight_ih_l0[g]"].parts == (4, 6)
+
+
+@pytest.mark.parametrize("name,shape,expected", [
+    ("rnn.weight_hh_l0", (5, 5), ["rnn.weight_hh_l0"]),
+    ("lstm.layers.0.weight_hh", (8, 2), [f"lstm.layers.0.weight_hh[{g}]" for g in "ifgo"]),
+    ("encoder.lstm.weight_hh_l1_reverse", (12, 3), [f"encoder.lstm.weight_hh_l1_reverse[{g}]" for g in "ifgo"]),
+    ("gru.weight_hh_l0", (9, 3), [f"gru.weight_hh_l0[{g}]" for g in "rzn"]),
+    ("cell.weight_hh", (9, 3), [f"cell.weight_hh[{g}]" for g in "rzn"]),
+    ("lstm.weight_hh_l0", (12, 5), ["lstm.weight_hh_l0"]),  # projections (4h × p): no square blocks, bipartite
+    ("fc.weight_hh_not", (4, 4), ["fc.weight_hh_not"]),
+])
+def test_recurrent_weights_recognised_in_the_forms_real_code_uses(name, shape, expected):
+    graphs = layer_graphs({name: np.ones(shape, bool)})
+    assert sorted(graphs) == sorted(expected)
+    kinds = {g.kind for g in graphs.values()}
+    assert kinds == ({"recurrent"} if len(shape) == 2 and shape[0] % shape[1] == 0 and "not" not in name
+                     else {"bipartite"})
+
+
+def test_input_weights_split_per_gate_beside_their_hidden_weight():
+    masks = {"enc.lstm.weight_ih_l0_reverse": np.ones((16, 7), bool),
+             "enc.lstm.weight_hh_l0_reverse": np.ones((16, 4), bool)}
+    graphs = layer_graphs(masks)
+    assert sorted(n for n in graphs if "weight_ih" in n) == [f"enc.lstm.weight_ih_l0_reverse[{g}]" for g in "fgio"]
+    assert graphs["enc.lstm.weight_ih_l0_reverse[o]"].parts == (7, 4)
+    alone = layer_graphs({"enc.lstm.weight_ih_l0_reverse": np.ones((16, 7), bool)})
+    assert list(alone) == ["enc.lstm.weight_ih_l0_reverse"]  # no hidden weight: one bipartite layer
 
 
 @pytest.mark.parametrize(
@@ -106,7 +135,7 @@ def test_metrics_table_is_tidy_and_matches_summarize():
     row = table[(table.epoch == 1) & (table.graph == "rnn.weight_hh_l0[r]") & (table.metric == "degree_gini")]
     expected = summarize(recurrent_gate_graphs(snapshots[1][1]["rnn.weight_hh_l0"], "x")["x[r]"])
     assert row["value"].item() == pytest.approx(expected["degree_gini"])
-    assert isinstance(table, pd.DataFrame) and len(table) == 3 * 4 * 8
+    assert isinstance(table, pd.DataFrame) and len(table) == 3 * (3 * 8 + 9)  # gates: 8 metrics; fc: 9
 
 
 def test_graph_names_are_unique_and_name_the_layer_and_gate():

@@ -10,10 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from topo.errors import EmptyGraphWarning
+from topo.errors import ConfigError, EmptyGraphWarning
 from topo.graph import (
+    METRICS,
     Graph,
     algebraic_connectivity,
+    bipartite_clustering,
+    bipartite_graph,
     degree_gini,
     global_clustering,
     mean_shortest_path,
@@ -177,3 +180,52 @@ def test_small_world_of_watts_strogatz_graph():
     assert sw["sigma"] > 2.0 > rnd["sigma"]
     assert rnd["omega"] > 0.7 and abs(sw["omega"]) < 0.5  # ω: −1 lattice, 0 small world, +1 random
     assert small_world(lattice_like, n_random=3, seed=4) == small_world(lattice_like, n_random=3, seed=4)
+
+
+def random_bipartite_masks() -> list[np.ndarray]:
+    rng = np.random.default_rng(11)
+    masks = [np.ones((2, 2), bool), np.ones((3, 2), bool), np.eye(4, dtype=bool), np.zeros((3, 4), bool)]
+    for _ in range(20):
+        n_out, n_in = (int(v) for v in rng.integers(2, 40, 2))
+        masks.append(rng.random((n_out, n_in)) < float(rng.choice([0.05, 0.2, 0.5, 0.9])))
+    return masks
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("index", range(24))
+def test_bipartite_metrics_equal_networkx(index, backend):
+    mask = random_bipartite_masks()[index]
+    graph = bipartite_graph(mask, f"layer{index}")
+    n_out, n_in = mask.shape
+    reference = nx.Graph()
+    reference.add_nodes_from(range(n_in + n_out))
+    reference.add_edges_from((n_in + o, i) for o, i in zip(*np.nonzero(mask), strict=True))
+    expected = nx.bipartite.robins_alexander_clustering(reference)
+    assert bipartite_clustering(graph, backend) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EmptyGraphWarning)
+        summary = summarize(graph, backend)
+    assert set(summary) == set(METRICS["bipartite"]) and "global_clustering" not in summary
+    assert summary["bipartite_clustering"] == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert summary["density"] == pytest.approx(mask.sum() / mask.size)
+    if mask.any():
+        fan_in = mask.sum(1).astype(float)
+        expected_gini = np.abs(fan_in[:, None] - fan_in[None, :]).sum() / (2 * len(fan_in) * fan_in.sum())
+        assert summary["fan_in_gini"] == pytest.approx(expected_gini, rel=1e-9, abs=1e-12)
+        fan_out = mask.sum(0).astype(float)
+        expected_gini = np.abs(fan_out[:, None] - fan_out[None, :]).sum() / (2 * len(fan_out) * fan_out.sum())
+        assert summary["fan_out_gini"] == pytest.approx(expected_gini, rel=1e-9, abs=1e-12)
+
+
+def test_bipartite_clustering_hand_worked():
+    # K_{2,3}: 3 four-cycles (a pair of inputs shared by both outputs); 6 edges × (3-1)(2-1) = 12 three-paths
+    assert bipartite_clustering(bipartite_graph(np.ones((2, 3), bool))) == pytest.approx(1.0)
+    # a path of four nodes: one 3-path, no 4-cycle
+    path = np.array([[1, 1], [0, 1]], bool)  # out0–in0, out0–in1, out1–in1
+    assert bipartite_clustering(bipartite_graph(path)) == 0.0
+    # K_{2,2} plus a pendant input on output 0: 1 four-cycle; 3-paths: 4 + 2 through the pendant = 6... counted:
+    mask = np.array([[1, 1, 1], [1, 1, 0]], bool)
+    # edges (d_o − 1)(d_i − 1): o0 (deg 3) with i0, i1 (deg 2): 2 each; with i2 (deg 1): 0; o1 (deg 2): 1 each
+    assert bipartite_clustering(bipartite_graph(mask)) == pytest.approx(4 * 1 / (2 + 2 + 0 + 1 + 1))
+    with pytest.raises(ConfigError, match="bipartite"):
+        bipartite_clustering(square_graph(np.ones((3, 3), bool)))

@@ -96,9 +96,9 @@ def test_bad_inputs_raise_one_clear_error_and_modify_nothing(tmp_path, monkeypat
         "text.pt": "not a readable PyTorch checkpoint",
         "evil.pt": "weights_only",
         "no2d.pt": "no weight with two or more dimensions",
-        "list.pt": "not a state_dict",
+        "list.pt": "no mapping of names to weights",
         "missing.pt": "no such file",
-        "broken": "run.json",
+        "broken": "not a topo run directory",
     }
     for name, message in cases.items():
         with pytest.raises(CheckpointError, match=message) as info:

@@ -76,6 +76,18 @@ class CPUBackend:
         ordered_triples = float((degrees * (degrees - 1)).sum())
         return closed_walks / ordered_triples if ordered_triples > 0 else float("nan")
 
+    def bipartite_cycles(self, adjacency: np.ndarray, n_in: int) -> tuple[float, float]:
+        """(4-cycles, 3-paths) of a bipartite graph whose first ``n_in`` nodes are one side (see
+        :func:`topo.graph.batched.bipartite_cycle_counts`); float32 products, exact below 2^24."""
+        block = adjacency[n_in:, :n_in]
+        b = block.astype(np.float32)
+        common = (b @ b.T).astype(np.float64)
+        degree_out = block.sum(1, dtype=np.float64)
+        degree_in = block.sum(0, dtype=np.float64)
+        cycles = ((common * (common - 1) / 2).sum() - (degree_out * (degree_out - 1) / 2).sum()) / 2
+        paths = float(((degree_out - 1)[:, None] * (degree_in - 1)[None, :] * block).sum())
+        return float(cycles), paths
+
     def path_counts(self, adjacency: np.ndarray) -> PathCounts:
         if _edge_density(adjacency) >= self.blas_bfs_from:
             return _frontier_bfs(adjacency)
@@ -125,6 +137,11 @@ class TorchBackend:
         degrees = adjacency.sum(1, dtype=torch.float64)
         ordered_triples = float((degrees * (degrees - 1)).sum())
         return closed_walks / ordered_triples if ordered_triples > 0 else float("nan")
+
+    def bipartite_cycles(self, adjacency: torch.Tensor, n_in: int) -> tuple[float, float]:
+        """(4-cycles, 3-paths) of a bipartite graph whose first ``n_in`` nodes are one side."""
+        cycles, paths = batched.bipartite_cycle_counts(adjacency[None], n_in)
+        return float(cycles[0]), float(paths[0])
 
     def path_counts(self, adjacency: torch.Tensor) -> PathCounts:
         bfs = batched.all_pairs_bfs(adjacency[None])

@@ -49,6 +49,28 @@ def closed_walks(adjacency: torch.Tensor, dtype: torch.dtype | None = None) -> t
     return (torch.bmm(a, a) * a).sum((1, 2), dtype=torch.float64)
 
 
+def bipartite_cycle_counts(adjacency: torch.Tensor, n_in: int,
+                           dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(4-cycles, 3-paths) of each bipartite graph of a ``(B, n, n)`` batch whose first ``n_in`` nodes are one side.
+
+    With B the (outputs × inputs) block and c = B·Bᵀ the common inputs of two outputs, a 4-cycle is a pair of
+    outputs and a pair of their common inputs: Σ_{o<o'} C(c, 2). A path of three edges has a middle edge (o, i)
+    and one more edge at each end: Σ over edges (d_o − 1)(d_i − 1) (no triangles in a bipartite graph, so every
+    such walk is a path). Both in float64, on the batch's device.
+    """
+    block = adjacency[:, n_in:, :n_in]
+    product_dtype = dtype or triangle_dtype(adjacency.device, n_in)
+    b = block.to(product_dtype)
+    common = torch.bmm(b, b.transpose(1, 2)).to(torch.float64)
+    degree_out = block.sum(2, dtype=torch.float64)
+    degree_in = block.sum(1, dtype=torch.float64)
+    pairs = (common * (common - 1) / 2).sum((1, 2)) - (degree_out * (degree_out - 1) / 2).sum(1)
+    cycles = pairs / 2
+    ends = (degree_out - 1).unsqueeze(2) * (degree_in - 1).unsqueeze(1)
+    paths = (ends * block).sum((1, 2))
+    return cycles, paths
+
+
 @dataclass(frozen=True)
 class BFSCounts:
     """Per graph of a batch: Σ shortest-path lengths and reachable ordered pairs (u ≠ v), and components."""
@@ -96,21 +118,30 @@ class BatchCounts:
     closed_walks: np.ndarray
     distance_sum: np.ndarray
     reachable_pairs: np.ndarray
+    four_cycles: np.ndarray
+    three_paths: np.ndarray
 
 
-def count_batch(adjacency: torch.Tensor, *, dense_limit: int | None = None) -> BatchCounts:
+def count_batch(
+    adjacency: torch.Tensor, *, parts: tuple[int, ...] | None = None, dense_limit: int | None = None
+) -> BatchCounts:
     """Every raw quantity of every graph of a ``(B, n, n)`` batch, computed on its device.
 
-    ``dense_limit``: largest n for a dense λ2 solve (default 32 on CUDA, where batched ``eigvalsh`` of larger
-    matrices runs one matrix at a time, and 256 on the CPU).
+    ``parts``: the layer sizes when the graphs are layered (bipartite for two parts). Square graphs get closed
+    walks (triangles), bipartite ones 4-cycles and 3-paths (Robins–Alexander clustering); the other counts are
+    zero. ``dense_limit``: largest n for a dense λ2 solve (default 32 on CUDA, where batched ``eigvalsh`` of
+    larger matrices runs one matrix at a time, and 256 on the CPU).
     """
     batch, n, _ = adjacency.shape
     if dense_limit is None:
         dense_limit = 32 if adjacency.is_cuda else 256
     bfs = all_pairs_bfs(adjacency)
+    zeros = torch.zeros(batch, dtype=torch.float64, device=adjacency.device)
+    walks = closed_walks(adjacency) if parts is None else zeros
+    cycles, paths = bipartite_cycle_counts(adjacency, parts[0]) if parts and len(parts) == 2 else (zeros, zeros)
     device_values = torch.stack([
-        bfs.n_components.to(torch.float64), closed_walks(adjacency), bfs.distance_sum.to(torch.float64),
-        bfs.reachable_pairs.to(torch.float64),
+        bfs.n_components.to(torch.float64), walks, bfs.distance_sum.to(torch.float64),
+        bfs.reachable_pairs.to(torch.float64), cycles, paths,
     ])
     host = device_values.cpu().numpy()
     degrees = adjacency.sum(2, dtype=torch.int32).cpu().numpy().astype(np.int64)
@@ -120,7 +151,7 @@ def count_batch(adjacency: torch.Tensor, *, dense_limit: int | None = None) -> B
     if len(connected):
         index = torch.from_numpy(connected).to(adjacency.device)
         lambda2[connected] = lambda2_batch(adjacency[index], dense_limit=dense_limit)
-    return BatchCounts(degrees, components, lambda2, host[1], host[2], host[3].astype(np.int64))
+    return BatchCounts(degrees, components, lambda2, host[1], host[2], host[3].astype(np.int64), host[4], host[5])
 
 
 def batch_size(n: int, batch_bytes: int) -> int:

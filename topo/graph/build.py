@@ -27,6 +27,10 @@ import torch
 from topo.errors import MaskError
 
 LSTM_GATES = ("i", "f", "g", "o")
+#: Where a graph comes from: a recurrent gate block (hidden → hidden, the paper's Figure 5), another square mask,
+#: a feed-forward layer (bipartite: inputs → outputs), a convolution's channel graph (bipartite), one gate of a
+#: recurrent input weight (bipartite), or a whole stack of layers.
+KINDS = ("recurrent", "square", "bipartite", "channel", "recurrent-input", "layered")
 GRU_GATES = ("r", "z", "n")
 
 Array = np.ndarray | torch.Tensor
@@ -45,12 +49,14 @@ class Graph:
     adjacency: Array
     name: str = ""
     parts: tuple[int, ...] | None = None
+    kind: str = "square"
 
     def __post_init__(self) -> None:
         """Refuse what is not an undirected simple graph: a directed or self-looped matrix would give wrong metrics.
 
         Build graphs from masks with :func:`square_graph` (which symmetrises and drops self-loops) and the other
         builders. ``parts``: the layer sizes of a layered (bipartite) graph, nodes numbered layer by layer.
+        ``kind`` says where the graph comes from (see :data:`KINDS`); ``parts`` decides which metrics apply.
         """
         a = self.adjacency
         label = self.name or "<unnamed>"
@@ -66,6 +72,13 @@ class Graph:
             raise MaskError(f"graph {label}: adjacency has self-loops; use square_graph() to drop them")
         if self.parts is not None and sum(self.parts) != a.shape[0]:
             raise MaskError(f"graph {label}: parts {self.parts} do not add up to its {a.shape[0]} nodes")
+        if self.kind not in KINDS:
+            raise MaskError(f"graph {label}: kind {self.kind!r} is not one of {', '.join(KINDS)}")
+
+    @property
+    def is_bipartite(self) -> bool:
+        """Two parts (a Linear layer, a convolution's channels, one gate of a recurrent input weight)."""
+        return self.parts is not None and len(self.parts) == 2
 
     @property
     def density(self) -> float:
@@ -94,12 +107,12 @@ class Graph:
         """The same graph with a numpy adjacency."""
         if not self.is_torch:
             return self
-        return Graph(self.adjacency.detach().cpu().numpy(), self.name, self.parts)
+        return Graph(self.adjacency.detach().cpu().numpy(), self.name, self.parts, self.kind)
 
     def torch(self, device: str | torch.device | None = None) -> Graph:
         """The same graph with a torch adjacency on ``device`` (default: where it is, or the CPU)."""
         adjacency = self.adjacency if self.is_torch else torch.from_numpy(np.ascontiguousarray(self.adjacency))
-        return Graph(adjacency.to(device) if device is not None else adjacency, self.name, self.parts)
+        return Graph(adjacency.to(device) if device is not None else adjacency, self.name, self.parts, self.kind)
 
     def edges(self) -> np.ndarray:
         """(m, 2) array of edges (i < j)."""
@@ -156,12 +169,12 @@ def _symmetrise(block: Array) -> Array:
     return sym
 
 
-def square_graph(mask: Any, name: str = "") -> Graph:
+def square_graph(mask: Any, name: str = "", kind: str = "square") -> Graph:
     """The graph of a square (recurrent) mask: edge i–j if mask[i, j] or mask[j, i]; self-loops dropped."""
     block = as_mask(mask, name)
     if block.ndim != 2 or block.shape[0] != block.shape[1]:
         raise MaskError(f"mask {name!r} must be square for a recurrent graph, got shape {tuple(block.shape)}")
-    return Graph(_symmetrise(block), name)
+    return Graph(_symmetrise(block), name, kind=kind)
 
 
 def recurrent_gate_graphs(mask: Any, name: str = "", gates: Sequence[str] | None = None) -> dict[str, Graph]:
@@ -183,16 +196,16 @@ def recurrent_gate_graphs(mask: Any, name: str = "", gates: Sequence[str] | None
     graphs = {}
     for index, gate in enumerate(gates):
         label = f"{name}[{gate}]" if gate else name
-        graphs[label] = square_graph(block[index * hidden : (index + 1) * hidden], label)
+        graphs[label] = square_graph(block[index * hidden : (index + 1) * hidden], label, kind="recurrent")
     return graphs
 
 
-def bipartite_graph(mask: Any, name: str = "") -> Graph:
+def bipartite_graph(mask: Any, name: str = "", kind: str = "bipartite") -> Graph:
     """A feed-forward (out × in) mask as a bipartite graph: nodes 0..in-1 are inputs, in..in+out-1 outputs."""
     block = as_mask(mask, name)
     if block.ndim != 2:
         raise MaskError(f"mask {name!r} must be 2-D, got shape {tuple(block.shape)}")
-    return layered_graph([block], name)
+    return layered_graph([block], name, kind=kind)
 
 
 def channel_graph(mask: Any, name: str = "") -> Graph:
@@ -201,10 +214,10 @@ def channel_graph(mask: Any, name: str = "") -> Graph:
     if block.ndim < 3:
         raise MaskError(f"mask {name!r} must be a convolution weight (out, in, *kernel), got {tuple(block.shape)}")
     reduced = block.flatten(2).any(-1) if torch.is_tensor(block) else block.reshape(*block.shape[:2], -1).any(-1)
-    return layered_graph([reduced], name)
+    return layered_graph([reduced], name, kind="channel")
 
 
-def layered_graph(masks: Sequence[Any], name: str = "network") -> Graph:
+def layered_graph(masks: Sequence[Any], name: str = "network", kind: str | None = None) -> Graph:
     """The graph of a stack of feed-forward masks (each out × in, in = previous out): nodes are all neurons.
 
     Nodes are numbered layer by layer (inputs first); an active weight joins a neuron to one in the next layer.
@@ -225,28 +238,63 @@ def layered_graph(masks: Sequence[Any], name: str = "network") -> Graph:
         cols = slice(int(offsets[i]), int(offsets[i + 1]))
         adjacency[rows, cols] = block
         adjacency[cols, rows] = block.T
-    return Graph(adjacency, name, tuple(int(size) for size in sizes))
+    kind = kind or ("bipartite" if len(blocks) == 1 else "layered")
+    return Graph(adjacency, name, tuple(int(size) for size in sizes), kind)
 
 
-_RECURRENT = re.compile(r"weight_hh")
+#: Recurrent weights as PyTorch and real code name them: ``rnn.weight_hh_l0``, ``lstm.layers.0.weight_hh``,
+#: ``encoder.lstm.weight_hh_l1_reverse``, ``cell.weight_ih`` …
+_HIDDEN = re.compile(r"(^|\.)weight_hh(_l\d+)?(_reverse)?$")
+_INPUT = re.compile(r"(^|\.)weight_ih(_l\d+)?(_reverse)?$")
+_GATES = {4: LSTM_GATES, 3: GRU_GATES, 1: ("",)}
 
 
-def layer_graphs(masks: Mapping[str, Any]) -> dict[str, Graph]:
+def recurrent_gates(shapes: Mapping[str, Sequence[int]]) -> dict[str, tuple[str, ...]]:
+    """The gate names of every recurrent weight in ``shapes`` (layer name → shape), by its hidden weight's shape.
+
+    A hidden-to-hidden weight of shape (G·h, h) has G = 4 gates (LSTM: i, f, g, o), 3 (GRU: r, z, n) or 1 (plain
+    RNN); its input-to-hidden sibling (``weight_ih…`` beside ``weight_hh…``) has the same gates. Weights whose
+    shape is no stack of square blocks (an LSTM with projections, say) get none and are read as bipartite layers.
+    """
+    gates: dict[str, tuple[str, ...]] = {}
+    for name, shape in shapes.items():
+        if _HIDDEN.search(name) and len(shape) == 2 and shape[1] and shape[0] % shape[1] == 0:
+            found = _GATES.get(shape[0] // shape[1])
+            if found is not None:
+                gates[name] = found
+                head, _, last = name.rpartition(".")
+                sibling = f"{head}.{last.replace('weight_hh', 'weight_ih')}" if head else last.replace(
+                    "weight_hh", "weight_ih")
+                if sibling in shapes and len(shapes[sibling]) == 2 and shapes[sibling][0] == shape[0]:
+                    gates[sibling] = found
+    return gates
+
+
+def layer_graphs(masks: Mapping[str, Any], gates: Mapping[str, Sequence[str]] | None = None) -> dict[str, Graph]:
     """The graphs of every layer of a model's masks, by graph name.
 
     Graph names are unique and readable: the layer's name for a layer that is one graph (``"fc.weight"``), and
     the layer's name with the gate for a recurrent block (``"lstm.weight_hh_l0[f]"``); tables and figures use them.
 
-    Recurrent hidden-to-hidden weights (names with ``weight_hh``) are split into gate graphs; convolutions give
-    channel graphs; other 2-D weights give bipartite layer graphs. 1-D masks (biases) are skipped.
+    Recurrent hidden-to-hidden weights are split into their gate graphs (square, kind ``recurrent``) and their
+    input-to-hidden siblings into one bipartite graph per gate (kind ``recurrent-input``), gates found by
+    :func:`recurrent_gates` (``gates`` adds or overrides, e.g. when masks arrive one layer at a time);
+    convolutions give channel graphs; other 2-D weights give bipartite layer graphs. 1-D masks (biases) are
+    skipped.
     """
+    known = {**recurrent_gates({n: tuple(np.shape(m)) for n, m in masks.items()}), **dict(gates or {})}
     graphs: dict[str, Graph] = {}
     for name, mask in masks.items():
         block = as_mask(mask, name)
         if block.ndim < 2:
             continue
-        if _RECURRENT.search(name) and block.ndim == 2:
-            graphs.update(recurrent_gate_graphs(block, name))
+        if block.ndim == 2 and name in known and _HIDDEN.search(name):
+            graphs.update(recurrent_gate_graphs(block, name, tuple(known[name])))
+        elif block.ndim == 2 and name in known and _INPUT.search(name):
+            rows = block.shape[0] // len(known[name])
+            for index, gate in enumerate(known[name]):
+                label = f"{name}[{gate}]" if gate else name
+                graphs[label] = bipartite_graph(block[index * rows : (index + 1) * rows], label, "recurrent-input")
         elif block.ndim > 2:
             graphs[name] = channel_graph(block, name)
         else:

@@ -18,13 +18,15 @@ from typing import Any
 import igraph
 import numpy as np
 import pandas as pd
+import scipy.sparse
+import scipy.sparse.csgraph
 import torch
 from tqdm.auto import tqdm
 
-from topo.errors import EmptyGraphWarning
+from topo.errors import ConfigError, EmptyGraphWarning
 from topo.graph.backends import CPUBackend, PathCounts, TorchBackend, pick_backend
 from topo.graph.batched import batch_size, count_batch
-from topo.graph.build import Graph, layer_graphs, square_graph
+from topo.graph.build import Graph, layer_graphs, recurrent_gates, square_graph
 
 
 def _as_graph(graph: Graph | Any) -> Graph:
@@ -69,10 +71,15 @@ def _clustering(graph: Graph, transitivity: Callable[[], float]) -> float:
 
 @dataclass(frozen=True)
 class PathLength:
-    """Mean shortest-path length over reachable pairs, and the fraction of ordered pairs that are reachable."""
+    """Mean shortest-path length over reachable pairs, and the fraction of ordered pairs that are reachable.
+
+    ``standard_error`` is 0 for the exact value and the estimate's standard error when it comes from a sample of
+    source nodes (:func:`sampled_shortest_path`).
+    """
 
     mean: float
     reachable_fraction: float
+    standard_error: float = 0.0
 
 
 def _path(graph: Graph, counts: Callable[[], PathCounts]) -> PathLength:
@@ -136,6 +143,73 @@ def mean_shortest_path(graph: Graph | Any, backend: str = "auto") -> PathLength:
     return _path(graph, lambda: kernels.path_counts(adjacency))
 
 
+def _require_bipartite(graph: Graph, metric: str) -> None:
+    if not graph.is_bipartite:
+        raise ConfigError(f"{metric} of graph {graph.name or '<unnamed>'}: defined for bipartite graphs (two parts), "
+                          f"this one is {graph.kind} with parts {graph.parts}")
+
+
+def _robins_alexander(graph: Graph, counts: Callable[[], tuple[float, float]]) -> float:
+    cycles, paths = counts()
+    return 4.0 * cycles / paths if paths > 0 else 0.0
+
+
+def bipartite_clustering(graph: Graph, backend: str = "auto") -> float:
+    """Robins–Alexander clustering of a bipartite graph: 4 × (number of 4-cycles) / (number of 3-paths).
+
+    The bipartite analogue of transitivity (Robins & Alexander 2004), which is 0 for every bipartite graph: the
+    fraction of paths of three edges closed into a 4-cycle. 0 for a graph without a 3-path, as in
+    ``networkx.bipartite.robins_alexander_clustering``, which it equals. Raises :class:`ConfigError` for a graph
+    that is not bipartite.
+    """
+    _require_bipartite(graph, "bipartite clustering")
+    kernels, adjacency = _kernels(graph, backend)
+    return _robins_alexander(graph, lambda: kernels.bipartite_cycles(adjacency, graph.parts[0]))
+
+
+def fan_in_gini(graph: Graph) -> float:
+    """Gini coefficient of the fan-in (active inputs) of a bipartite layer's output neurons; see :func:`degree_gini`."""
+    _require_bipartite(graph, "fan-in Gini")
+    kernels, adjacency = _kernels(graph, "auto")
+    return _gini(graph, kernels.degrees(adjacency)[graph.parts[0]:])
+
+
+def fan_out_gini(graph: Graph) -> float:
+    """Gini coefficient of the fan-out (active outputs) of a bipartite layer's input neurons."""
+    _require_bipartite(graph, "fan-out Gini")
+    kernels, adjacency = _kernels(graph, "auto")
+    return _gini(graph, kernels.degrees(adjacency)[: graph.parts[0]])
+
+
+def sampled_shortest_path(graph: Graph | Any, sources: int, seed: int = 0) -> PathLength:
+    """Mean shortest path estimated from breadth-first searches out of ``sources`` random nodes (seeded).
+
+    With dᵢ the total distance and rᵢ the number of nodes reachable from sampled source i, the estimate is the
+    ratio Σdᵢ / Σrᵢ, its standard error the ratio estimator's, √(Σ(dᵢ − m·rᵢ)² / (s(s − 1))) / r̄ with the finite
+    population correction √(1 − s/n); it is exact (error 0) when every node is a source. Cost: s searches
+    instead of n, for graphs too large for the exact all-pairs search.
+    """
+    graph = _as_graph(graph).numpy()
+    n = graph.n_nodes
+    if n < 2:
+        return PathLength(_undefined(graph, "mean shortest path", f"{n} node(s)"), math.nan, math.nan)
+    chosen = np.sort(np.random.default_rng(seed).choice(n, size=min(sources, n), replace=False))
+    distances = scipy.sparse.csgraph.shortest_path(scipy.sparse.csr_array(graph.adjacency), directed=False,
+                                                    unweighted=True, indices=chosen)
+    reachable = np.isfinite(distances) & (distances > 0)
+    d = np.where(reachable, distances, 0).sum(1)
+    r = reachable.sum(1).astype(np.float64)
+    fraction = float(r.sum() / (len(chosen) * (n - 1)))
+    if r.sum() == 0:
+        return PathLength(_undefined(graph, "mean shortest path", "no reachable pair"), fraction, math.nan)
+    mean = float(d.sum() / r.sum())
+    s = len(chosen)
+    if s < 2 or s == n:
+        return PathLength(mean, fraction, 0.0 if s == n else math.nan)
+    variance = ((d - mean * r) ** 2).sum() / (s * (s - 1)) / r.mean() ** 2 * (1 - s / n)
+    return PathLength(mean, fraction, float(math.sqrt(variance)))
+
+
 def small_world(graph: Graph | Any, n_random: int = 10, seed: int = 0) -> dict[str, float]:
     """Small-world coefficients σ and ω against degree-preserving random graphs (beyond the paper).
 
@@ -170,37 +244,86 @@ def small_world(graph: Graph | Any, n_random: int = 10, seed: int = 0) -> dict[s
     return {"sigma": sigma, "omega": omega}
 
 
-def _summary(graph: Graph, degrees: np.ndarray, n_components: int, lambda2: Callable[[], float],
-             transitivity: Callable[[], float], paths: Callable[[], PathCounts]) -> dict[str, float]:
+#: The metrics :func:`summarize` reports for each graph structure (a metric that does not apply is absent).
+METRICS = {
+    "square": ("n_nodes", "n_edges", "density", "algebraic_connectivity", "degree_gini", "global_clustering",
+               "mean_shortest_path", "reachable_fraction"),
+    "bipartite": ("n_nodes", "n_edges", "density", "algebraic_connectivity", "fan_in_gini", "fan_out_gini",
+                  "bipartite_clustering", "mean_shortest_path", "reachable_fraction"),
+    "layered": ("n_nodes", "n_edges", "density", "algebraic_connectivity", "degree_gini", "mean_shortest_path",
+                "reachable_fraction"),
+}
+
+
+def structure(graph: Graph) -> str:
+    """``"square"``, ``"bipartite"`` (two parts) or ``"layered"`` (more): which :data:`METRICS` apply."""
+    if graph.parts is None:
+        return "square"
+    return "bipartite" if graph.is_bipartite else "layered"
+
+
+@dataclass(frozen=True)
+class RawCounts:
+    """A graph's raw quantities, each computed only when its metric applies (thunks)."""
+
+    degrees: np.ndarray
+    n_components: int
+    lambda2: Callable[[], float]
+    transitivity: Callable[[], float]
+    bipartite_cycles: Callable[[], tuple[float, float]]
+    path_length: Callable[[], PathLength]
+    sampled_paths: bool = False
+
+
+def _summary(graph: Graph, raw: RawCounts) -> dict[str, float]:
     """The summary dict of :func:`summarize` from a graph's raw quantities (each metric's conventions applied)."""
-    n = graph.n_nodes
-    path = _path(graph, paths)
-    edges = int(np.asarray(degrees).sum()) // 2
-    return {
-        "n_nodes": n,
-        "n_edges": edges,
-        "density": graph.density,
-        "algebraic_connectivity": _connectivity(graph, n_components, lambda2),
-        "degree_gini": _gini(graph, degrees),
-        "global_clustering": _clustering(graph, transitivity),
-        "mean_shortest_path": path.mean,
-        "reachable_fraction": path.reachable_fraction,
+    kind = structure(graph)
+    path = raw.path_length()
+    split = graph.parts[0] if graph.is_bipartite else 0
+    values: dict[str, Callable[[], float]] = {
+        "n_nodes": lambda: graph.n_nodes,
+        "n_edges": lambda: int(np.asarray(raw.degrees).sum()) // 2,
+        "density": lambda: graph.density,
+        "algebraic_connectivity": lambda: _connectivity(graph, raw.n_components, raw.lambda2),
+        "degree_gini": lambda: _gini(graph, raw.degrees),
+        "fan_in_gini": lambda: _gini(graph, raw.degrees[split:]),
+        "fan_out_gini": lambda: _gini(graph, raw.degrees[:split]),
+        "global_clustering": lambda: _clustering(graph, raw.transitivity),
+        "bipartite_clustering": lambda: _robins_alexander(graph, raw.bipartite_cycles),
+        "mean_shortest_path": lambda: path.mean,
+        "reachable_fraction": lambda: path.reachable_fraction,
     }
+    result = {metric: values[metric]() for metric in METRICS[kind]}
+    if raw.sampled_paths:
+        result["mean_shortest_path_se"] = path.standard_error
+    return result
 
 
-def summarize(graph: Graph | Any, backend: str = "auto", *, small_world_graphs: int = 0, seed: int = 0) -> dict:
-    """Every metric of a graph as a dict: nodes, edges, density, the four Figure-5 metrics, reachability.
+def summarize(graph: Graph | Any, backend: str = "auto", *, small_world_graphs: int = 0, seed: int = 0,
+              path_sources: int | None = None) -> dict:
+    """Every metric that applies to a graph, as a dict (:data:`METRICS` by the graph's structure).
 
-    ``density`` is :attr:`Graph.density`: edges over the edges the graph's kind allows (a full Linear layer,
-    a complete bipartite graph, has density 1).
+    Square graphs (recurrent gate blocks: the paper's Figure 5) get algebraic connectivity, degree Gini, global
+    clustering and mean shortest path. Bipartite graphs (Linear layers, convolution channel graphs, gates of a
+    recurrent input weight), where transitivity is always 0, get λ2 and path length too, with the Robins–Alexander
+    :func:`bipartite_clustering` and the Gini of fan-in and of fan-out instead. Layered graphs get λ2, degree Gini
+    and path length. All report nodes, edges, ``density`` (:attr:`Graph.density`: edges over the edges the
+    graph's kind allows; a full Linear layer has density 1) and the reachable fraction.
 
-    With ``small_world_graphs > 0`` also σ and ω (:func:`small_world`) against that many random graphs.
+    With ``small_world_graphs > 0`` also σ and ω (:func:`small_world`) against that many random graphs. With
+    ``path_sources`` below the number of nodes, the mean shortest path is estimated from that many sources
+    (:func:`sampled_shortest_path`, seeded by ``seed``) and reported with ``mean_shortest_path_se``.
     """
     graph = _as_graph(graph)
     kernels, adjacency = _kernels(graph, backend)
     components = kernels.n_components(adjacency) if graph.n_nodes >= 2 else 0
-    result = _summary(graph, kernels.degrees(adjacency), components, lambda: kernels.lambda2(adjacency),
-                      lambda: kernels.transitivity(adjacency), lambda: kernels.path_counts(adjacency))
+    split = graph.parts[0] if graph.is_bipartite else 0
+    sampled = bool(path_sources) and path_sources < graph.n_nodes
+    result = _summary(graph, RawCounts(
+        kernels.degrees(adjacency), components, lambda: kernels.lambda2(adjacency),
+        lambda: kernels.transitivity(adjacency), lambda: kernels.bipartite_cycles(adjacency, split),
+        (lambda: sampled_shortest_path(graph, path_sources, seed)) if sampled
+        else (lambda: _path(graph, lambda: kernels.path_counts(adjacency))), sampled))
     if small_world_graphs:
         result.update(small_world(graph, small_world_graphs, seed))
     return result
@@ -223,22 +346,25 @@ def _rows_per_graph(
     snapshots: Iterable[tuple[int | None, Snapshot]], backend: str, small_world_graphs: int, seed: int
 ) -> Iterator[Row]:
     for epoch, masks in snapshots:
+        gates = recurrent_gates({layer: tuple(np.shape(mask)) for layer, mask in masks.items()})
         for layer, mask in masks.items():
-            for graph_name, graph in layer_graphs({layer: mask}).items():
+            for graph_name, graph in layer_graphs({layer: mask}, gates).items():
                 yield epoch, layer, graph_name, summarize(graph, backend, small_world_graphs=small_world_graphs,
                                                           seed=seed)
 
 
 def _batch_summaries(graphs: list[Graph], small_world_graphs: int, seed: int) -> list[dict[str, float]]:
-    counts = count_batch(torch.stack([g.adjacency for g in graphs]))
+    counts = count_batch(torch.stack([g.adjacency for g in graphs]), parts=graphs[0].parts)
     summaries = []
     for i, graph in enumerate(graphs):
-        summaries.append(_summary(
-            graph, counts.degrees[i], int(counts.n_components[i]),
+        summaries.append(_summary(graph, RawCounts(
+            counts.degrees[i], int(counts.n_components[i]),
             lambda i=i: counts.lambda2[i],
             lambda i=i: _ratio(counts.closed_walks[i], counts.degrees[i]),
-            lambda i=i: PathCounts(float(counts.distance_sum[i]), int(counts.reachable_pairs[i])),
-        ))
+            lambda i=i: (float(counts.four_cycles[i]), float(counts.three_paths[i])),
+            lambda i=i, graph=graph: _path(graph, lambda: PathCounts(float(counts.distance_sum[i]),
+                                                                     int(counts.reachable_pairs[i]))),
+        )))
         if small_world_graphs:
             summaries[-1].update(small_world(graph, small_world_graphs, seed))
     return summaries
@@ -260,14 +386,14 @@ def _rows_batched(
     Each snapshot's masks move to the device once; a batch is computed as soon as it is full, so memory stays
     bounded by ``batch_bytes`` per graph size whatever the run's length. Rows come out in snapshot order.
     """
-    pending: dict[int, list[int]] = {}
+    pending: dict[tuple[int, tuple[int, ...] | None], list[int]] = {}
     keys: list[tuple[int | None, str, str]] = []
     graphs: dict[int, Graph] = {}
     done: dict[int, dict[str, float]] = {}
     emitted = 0
 
-    def flush(n: int) -> None:
-        indices = pending.pop(n, [])
+    def flush(group: tuple[int, tuple[int, ...] | None]) -> None:
+        indices = pending.pop(group, [])
         if indices:
             summaries = _batch_summaries([graphs.pop(i) for i in indices], small_world_graphs, seed)
             done.update(zip(indices, summaries, strict=True))
@@ -280,17 +406,19 @@ def _rows_batched(
 
     for epoch, masks in snapshots:
         on_device = {layer: torch.as_tensor(mask).to(device) for layer, mask in masks.items()}
+        gates = recurrent_gates({layer: tuple(mask.shape) for layer, mask in on_device.items()})
         for layer, mask in on_device.items():
-            for graph_name, graph in layer_graphs({layer: mask}).items():
+            for graph_name, graph in layer_graphs({layer: mask}, gates).items():
                 index = len(keys)
                 keys.append((epoch, layer, graph_name))
                 graphs[index] = graph
-                pending.setdefault(graph.n_nodes, []).append(index)
-                if len(pending[graph.n_nodes]) >= batch_size(graph.n_nodes, batch_bytes):
-                    flush(graph.n_nodes)
+                group = (graph.n_nodes, graph.parts)  # equal size and layout: one batch
+                pending.setdefault(group, []).append(index)
+                if len(pending[group]) >= batch_size(graph.n_nodes, batch_bytes):
+                    flush(group)
         yield from ready()
-    for n in list(pending):
-        flush(n)
+    for group in list(pending):
+        flush(group)
     yield from ready()
 
 

@@ -1,0 +1,312 @@
+"""Readers for the checkpoints people have: one stream of layers (name, weight, mask), whatever the file.
+
+:func:`open_checkpoint` understands
+
+* PyTorch files (``.pt``, ``.pth``, ``.bin``, Lightning's ``.ckpt``), read with ``torch.load(weights_only=True)``
+  and memory-mapped where the file format allows, so tensors are paged in as layers are read. The weights are
+  found at any depth and under any key: every mapping of names to tensors is a candidate, except those under
+  optimizer, scheduler or scaler state (or under integer keys, as optimizer state is), and the largest candidate
+  by number of values wins; ``key`` picks one by its path (``model_state`` or ``a/b``). topo checkpoints give
+  their stored masks;
+* ``.safetensors`` files, read lazily: only the header until a layer is asked for, one tensor at a time;
+* sharded Hugging Face checkpoints: a ``*.index.json`` with a ``weight_map``, or a directory holding one (or one
+  ``model.safetensors`` / ``pytorch_model.bin``).
+
+Layers are the floating-point tensors with two or more dimensions. ``x.weight_orig`` + ``x.weight_mask``
+(``torch.nn.utils.prune``) give layer ``x.weight``, and a ``x.weight_mask`` beside ``x.weight`` is its mask;
+otherwise the mask is the non-zero, finite weights. Reading never executes code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from topo.errors import CheckpointError, ConfigError
+from topo.record.training_state import is_topo_checkpoint, safe_load, unpack_state
+
+#: Keys under which a mapping of tensors is optimizer (or similar) state, never weights.
+NOT_WEIGHTS = re.compile(r"optim|scheduler|scaler|lr_sched", re.IGNORECASE)
+_FLOAT_SAFETENSORS = {"F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2"}
+SAFETENSORS_HINT = 'reading .safetensors needs the safetensors package: pip install "topo[formats]"'
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer of a checkpoint: its weight (CPU, as stored) and boolean mask (stored, or the non-zeros)."""
+
+    name: str
+    weight: torch.Tensor | None
+    mask: torch.Tensor
+
+
+@dataclass(frozen=True)
+class _Entry:
+    weight: str  # the tensor holding the weight (``x.weight`` or ``x.weight_orig``)
+    mask: str | None  # a stored mask tensor, if any
+    shape: tuple[int, ...]
+
+
+def _layers_of(keys: Mapping[str, tuple[tuple[int, ...], bool]]) -> dict[str, _Entry]:
+    """Layer name → entry, from tensor name → (shape, is floating point)."""
+    layers: dict[str, _Entry] = {}
+    for key, (shape, floating) in keys.items():
+        if key.endswith("_mask") and (f"{key[:-5]}_orig" in keys or key[:-5] in keys):
+            continue
+        if key.endswith("_orig") and f"{key[:-5]}_mask" in keys:
+            layers[key[:-5]] = _Entry(key, f"{key[:-5]}_mask", shape)
+        elif floating and len(shape) >= 2:
+            layers[key] = _Entry(key, f"{key}_mask" if f"{key}_mask" in keys else None, shape)
+    return layers
+
+
+def _mask_of(name: str, weight: torch.Tensor, stored: torch.Tensor | None, source: str) -> torch.Tensor:
+    if stored is not None:
+        return stored != 0
+    finite = torch.isfinite(weight)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        warnings.warn(f"{source}: layer {name!r} holds {bad} inf/NaN weight(s); they are counted as inactive",
+                      RuntimeWarning, stacklevel=3)
+    return (weight != 0) & finite
+
+
+class CheckpointSource:
+    """The layers of one checkpoint, read one at a time (see the module docstring).
+
+    Attributes
+    ----------
+    path: the file or directory read.
+    description: where the weights were found (for the user), e.g. ``"state_dict under 'model_state'"``.
+    """
+
+    def __init__(self, path: Path, description: str, entries: dict[str, _Entry]) -> None:
+        self.path = path
+        self.description = description
+        self._entries = entries
+        if not entries:
+            raise CheckpointError(f"{path}: no weight with two or more dimensions (nothing to analyse)")
+
+    @property
+    def names(self) -> list[str]:
+        """Layer names, in the checkpoint's order."""
+        return list(self._entries)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._entries[name].shape
+
+    def _tensor(self, key: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def load(self, name: str) -> Layer:
+        """Read one layer: its weight and its mask."""
+        entry = self._entries[name]
+        weight = self._tensor(entry.weight)
+        stored = self._tensor(entry.mask) if entry.mask is not None else None
+        mask = _mask_of(name, weight, stored, str(self.path))
+        if entry.weight.endswith("_orig"):
+            weight = weight * mask
+        return Layer(name, weight, mask)
+
+    def __iter__(self) -> Iterator[Layer]:
+        return (self.load(name) for name in self.names)
+
+
+class _MappingSource(CheckpointSource):
+    def __init__(self, path: Path, description: str, tensors: Mapping[str, torch.Tensor],
+                 masks: Mapping[str, torch.Tensor] | None = None) -> None:
+        self._tensors = dict(tensors)
+        self._masks = dict(masks or {})
+        if masks is not None:  # a topo checkpoint: its masks name the layers
+            entries = {n: _Entry(n, f"{n}\0mask", tuple(m.shape)) for n, m in masks.items()}
+        else:
+            keys = {k: (tuple(v.shape), v.is_floating_point()) for k, v in self._tensors.items()}
+            entries = _layers_of(keys)
+        super().__init__(path, description, entries)
+
+    def _tensor(self, key: str) -> torch.Tensor:
+        if key.endswith("\0mask"):
+            return self._masks[key[:-5]]
+        if key not in self._tensors:  # a topo checkpoint's layer whose weight is not in the model
+            return torch.ones(self._masks[key].shape)
+        return self._tensors[key]
+
+
+class _SafetensorsSource(CheckpointSource):
+    def __init__(self, path: Path, files: Mapping[str, Path]) -> None:
+        try:
+            from safetensors import SafetensorError, safe_open
+        except ImportError:
+            raise ConfigError(f"{path}: {SAFETENSORS_HINT}") from None
+        self._safe_open = safe_open
+        self._files = dict(files)
+        keys: dict[str, tuple[tuple[int, ...], bool]] = {}
+        for file in sorted(set(self._files.values())):
+            if not file.exists():
+                raise CheckpointError(f"{path}: shard {file.name} is missing (looked for {file})")
+            try:
+                with safe_open(str(file), framework="pt") as handle:
+                    for key in handle.keys():
+                        if self._files.get(key, file) != file:
+                            continue
+                        info = handle.get_slice(key)
+                        keys[key] = (tuple(info.get_shape()), info.get_dtype() in _FLOAT_SAFETENSORS)
+                        self._files[key] = file
+            except (SafetensorError, OSError, ValueError) as exc:
+                raise CheckpointError(f"{file}: not a readable safetensors file ({exc})") from None
+        absent = sorted(set(self._files) - set(keys))
+        if absent:
+            raise CheckpointError(f"{path}: the index maps {absent[0]!r} (and {len(absent) - 1} more) to "
+                                  f"{self._files[absent[0]].name}, which does not hold it")
+        shards = len(set(self._files.values()))
+        super().__init__(path, f"safetensors, {shards} file(s), {len(keys)} tensors", _layers_of(keys))
+
+    def _tensor(self, key: str) -> torch.Tensor:
+        with self._safe_open(str(self._files[key]), framework="pt") as handle:
+            return handle.get_tensor(key)
+
+
+def _find_weights(obj: Any, key: str | None, source: str) -> tuple[Mapping[str, torch.Tensor], str]:
+    """The mapping of weights in a loaded checkpoint, and a description of where it was."""
+    if key is not None:
+        node: Any = obj
+        remaining = key
+        path: list[str] = []
+        while remaining:
+            if not isinstance(node, Mapping):
+                raise ConfigError(f"{source}: --key {key!r}: {'/'.join(path) or 'the top level'} is a "
+                                  f"{type(node).__name__}, not a mapping")
+            match = next((k for k in sorted(map(str, node), key=len, reverse=True)
+                          if remaining == k or remaining.startswith(k + "/") or remaining.startswith(k + ".")),
+                         None)
+            if match is None:
+                raise ConfigError(f"{source}: --key {key!r}: no key {remaining!r} under "
+                                  f"{'/'.join(path) or 'the top level'} (keys: {list(node)[:8]})")
+            node = next(v for k, v in node.items() if str(k) == match)
+            path.append(match)
+            remaining = remaining[len(match) + 1:]
+        tensors = {k: v for k, v in node.items() if isinstance(k, str) and torch.is_tensor(v)} \
+            if isinstance(node, Mapping) else {}
+        if not tensors:
+            raise ConfigError(f"{source}: --key {key!r} holds no tensors")
+        return tensors, f"--key {key!r}"
+    candidates: list[tuple[int, str, dict[str, torch.Tensor]]] = []
+
+    def walk(node: Any, path: tuple[str, ...]) -> None:
+        if isinstance(node, Mapping):
+            tensors = {k: v for k, v in node.items() if isinstance(k, str) and torch.is_tensor(v)}
+            values = sum(v.numel() for v in tensors.values() if v.is_floating_point())
+            if values:
+                candidates.append((values, "/".join(path) or "the top level", tensors))
+            for k, v in node.items():
+                if isinstance(k, str) and not NOT_WEIGHTS.search(k) and isinstance(v, (Mapping, list, tuple)):
+                    walk(v, (*path, k))
+        elif isinstance(node, (list, tuple)):
+            for index, v in enumerate(node):
+                if isinstance(v, (Mapping, list, tuple)):
+                    walk(v, (*path, str(index)))
+
+    walk(obj, ())
+    if not candidates:
+        keys = list(obj)[:8] if isinstance(obj, Mapping) else type(obj).__name__
+        raise CheckpointError(f"{source}: no mapping of names to weights found (top level: {keys})")
+    values, where, tensors = max(candidates, key=lambda c: c[0])
+    others = f"; {len(candidates) - 1} smaller mapping(s) ignored" if len(candidates) > 1 else ""
+    return tensors, f"weights under {where!r} ({values:,} values{others})"
+
+
+def _load_torch(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - legacy (non-zip) files cannot be memory-mapped; the safe loader reports
+        return safe_load(path)
+
+
+def _index_files(index: Path) -> dict[str, Path]:
+    try:
+        data = json.loads(index.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{index}: not a JSON index ({exc})") from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index}: no 'weight_map' (a sharded checkpoint's index maps tensors to files)")
+    return {str(k): index.parent / str(v) for k, v in weight_map.items()}
+
+
+def open_checkpoint(path: str | os.PathLike, key: str | None = None) -> CheckpointSource:
+    """The layers of the checkpoint at ``path`` (file, sharded index or directory), to be read one at a time.
+
+    Raises
+    ------
+    CheckpointError
+        Naming the file: missing, unreadable, corrupt, refused by the safe loader, an index pointing at a missing
+        shard, or nothing to analyse.
+    ConfigError
+        For a ``key`` that does not exist, or safetensors input without the ``safetensors`` package.
+    """
+    path = Path(path)
+    if path.is_dir():
+        indexes = sorted(path.glob("*.index.json"))
+        singles = [path / name for name in ("model.safetensors", "pytorch_model.bin")
+                   if (path / name).exists()]
+        if indexes:
+            return _open_index(indexes[0], key)
+        if singles:
+            return open_checkpoint(singles[0], key)
+        raise CheckpointError(f"{path}: a directory without a checkpoint (no *.index.json, model.safetensors, "
+                              "pytorch_model.bin) and not a topo run directory")
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file")
+    if path.name.endswith(".index.json"):
+        return _open_index(path, key)
+    if path.suffix == ".safetensors":
+        _no_key(key, path)
+        return _single_safetensors(path)
+    obj = _load_torch(path)
+    if is_topo_checkpoint(obj):
+        state = unpack_state(obj["packed"]) if "packed" in obj else obj
+        _no_key(key, path)
+        return _MappingSource(path, "topo checkpoint (stored masks)", state["model"], state["masks"])
+    tensors, description = _find_weights(obj, key, str(path))
+    return _MappingSource(path, description, tensors)
+
+
+def _no_key(key: str | None, path: Path) -> None:
+    if key is not None:
+        raise ConfigError(f"{path}: --key applies to PyTorch files holding nested mappings, not to this format")
+
+
+def _single_safetensors(path: Path) -> CheckpointSource:
+    try:
+        from safetensors import SafetensorError, safe_open
+    except ImportError:
+        raise ConfigError(f"{path}: {SAFETENSORS_HINT}") from None
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            names = list(handle.keys())
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+    return _SafetensorsSource(path, {name: path for name in names})
+
+
+def _open_index(index: Path, key: str | None) -> CheckpointSource:
+    _no_key(key, index)
+    files = _index_files(index)
+    if all(f.suffix == ".safetensors" for f in files.values()):
+        return _SafetensorsSource(index, files)
+    missing = sorted({f for f in files.values() if not f.exists()})
+    if missing:
+        raise CheckpointError(f"{index}: shard {missing[0].name} is missing (looked for {missing[0]})")
+    tensors: dict[str, torch.Tensor] = {}
+    for file in sorted(set(files.values())):
+        loaded, _ = _find_weights(_load_torch(file), None, str(file))
+        tensors.update({k: v for k, v in loaded.items() if files.get(k) == file})
+    return _MappingSource(index, f"sharded PyTorch checkpoint, {len(set(files.values()))} file(s)", tensors)
