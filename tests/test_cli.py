@@ -198,3 +198,82 @@ def test_demo_never_deletes_existing_runs(tmp_path):
     assert second.returncode == 0, second.stderr
     assert str(tmp_path / "demo-2") in second.stdout
     assert stamps == {p: p.stat().st_mtime_ns for p in (tmp_path / "demo").rglob("*") if p.is_file()}
+
+
+def checkpoint_layouts(tmp_path: Path) -> dict[str, Path]:
+    """The layouts other projects ship, each holding a bidirectional 2-layer LSTM, a GRU and a Linear layer."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"encoder": nn.ModuleDict({"lstm": nn.LSTM(5, 8, num_layers=2, bidirectional=True)}),
+                           "gru": nn.GRU(4, 6), "head": nn.Linear(16, 3)})
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    paths = {}
+    optimizer = torch.optim.Adam(model.parameters())
+    torch.save({"step": 7, "model_state": state, "optimizer_state": optimizer.state_dict()},
+               tmp_path / "nested.pt")
+    paths["nested"] = tmp_path / "nested.pt"
+    torch.save({"state_dict": {f"model.module.{k}": v for k, v in state.items()}, "optimizer_states": []},
+               tmp_path / "last.ckpt")
+    paths["lightning"] = tmp_path / "last.ckpt"
+    save_file(state, tmp_path / "model.safetensors")
+    paths["safetensors"] = tmp_path / "model.safetensors"
+    shards = tmp_path / "sharded"
+    shards.mkdir()
+    names = list(state)
+    weight_map = {n: f"model-{i % 2 + 1:05d}-of-00002.safetensors" for i, n in enumerate(names)}
+    for file in set(weight_map.values()):
+        save_file({n: state[n] for n, f in weight_map.items() if f == file}, shards / file)
+    (shards / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    paths["sharded"] = shards
+    return paths
+
+
+@pytest.mark.parametrize("layout", ["nested", "lightning", "safetensors", "sharded"])
+def test_analyze_checkpoints_in_every_layout(tmp_path, layout):
+    path = checkpoint_layouts(tmp_path)[layout]
+    result = topo("analyze", str(path), "--json", "--backbone", "magnitude:0.5")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    graphs = {row["graph"].split("model.module.")[-1]: row for row in rows}
+    for direction in ("l0", "l1", "l0_reverse", "l1_reverse"):
+        for gate in "ifgo":
+            assert graphs[f"encoder.lstm.weight_hh_{direction}[{gate}]"]["kind"] == "recurrent"
+            assert graphs[f"encoder.lstm.weight_ih_{direction}[{gate}]"]["kind"] == "recurrent-input"
+    assert {graphs[f"gru.weight_hh_l0[{g}]"]["kind"] for g in "rzn"} == {"recurrent"}
+    head = graphs["head.weight"]
+    assert head["kind"] == "bipartite" and "bipartite_clustering" in head and "global_clustering" not in head
+    assert head["mask_density"] == pytest.approx(0.5) and head["density"] == pytest.approx(0.5)
+    assert "global_clustering" in graphs["gru.weight_hh_l0[r]"]
+    assert "weights under" in result.stderr or "safetensors" in result.stderr
+
+
+def test_dense_checkpoint_gets_a_notice_and_each_backbone_sparsifies_it(tmp_path):
+    path = checkpoint_layouts(tmp_path)["nested"]
+    plain = topo("analyze", str(path), "--csv", str(tmp_path / "plain.csv"))
+    assert plain.returncode == 0 and "is dense" in plain.stderr
+    assert pd.read_csv(tmp_path / "plain.csv")["mask_density"].eq(1.0).all()
+    for backbone in ("magnitude:0.2", "disparity:0.3"):
+        result = topo("analyze", str(path), "--csv", "-", "--backbone", backbone)
+        assert result.returncode == 0 and "is dense" not in result.stderr
+        table = pd.read_csv(io.StringIO(result.stdout))
+        assert (table["mask_density"] < 1).all()
+    overall = topo("analyze", str(path), "--csv", "-", "--backbone", "magnitude:0.2", "--global",
+                   "--plot", str(tmp_path / "layers.png"))
+    assert overall.returncode == 0, overall.stderr
+    assert (tmp_path / "layers.png").stat().st_size > 10_000
+    table = pd.read_csv(io.StringIO(overall.stdout)).drop_duplicates("layer")
+    assert table["mask_density"].std() > 0  # the global threshold keeps more of some layers than others
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--backbone", "magnitude:2"], "--backbone 'magnitude:2'"),
+    (["--key", "nowhere"], "--key 'nowhere'"),
+    (["--global"], "--global applies to the magnitude backbone"),
+])
+def test_bad_analysis_arguments_write_nothing(tmp_path, args, message):
+    path = checkpoint_layouts(tmp_path)["nested"]
+    result = topo("analyze", str(path), "--csv", str(tmp_path / "out.csv"), "--plot", str(tmp_path / "f.png"), *args)
+    assert result.returncode == 1 and message in result.stderr
+    assert result.stderr.strip().count("\n") == 0
+    assert not (tmp_path / "out.csv").exists() and not (tmp_path / "f.png").exists()

@@ -62,7 +62,7 @@ def _select(source: CheckpointSource, pattern: str | None) -> list[str]:
 
 
 def _degrees(graph: Graph) -> tuple[np.ndarray, ...]:
-    degrees = np.asarray(graph.numpy().adjacency.sum(1), dtype=np.int64)
+    degrees = graph.numpy().adjacency.sum(1, dtype=np.int64)
     return (degrees[: graph.parts[0]], degrees[graph.parts[0]:]) if graph.is_bipartite else (degrees,)
 
 
@@ -106,7 +106,7 @@ def analyze_checkpoint(
     records, degrees, dense = [], {}, spec is None
     for name in tqdm(names, desc="graph metrics", unit="layer", disable=not progress):
         layer = source.load(name)
-        weight = layer.weight * layer.mask
+        weight = layer.weight
         if overall is not None:
             mask = overall.mask(weight)
         elif spec is not None and spec.kind == "magnitude":
@@ -115,7 +115,9 @@ def analyze_checkpoint(
             mask = disparity_backbone(weight, spec.value)
         else:
             mask = layer.mask
-        dense = dense and bool(mask.all())
+        del layer, weight  # only the mask is needed from here on
+        density = int(torch.count_nonzero(mask)) / mask.numel()
+        dense = dense and density == 1.0
         shape = "×".join(map(str, mask.shape))
         on_device = mask.to(device) if device is not None else mask
         for graph_name, graph in layer_graphs({name: on_device}, gates).items():
@@ -123,8 +125,8 @@ def analyze_checkpoint(
                 DEFAULT_PATH_SOURCES if graph.n_nodes > EXACT_PATH_LIMIT else None)
             summary = summarize(graph, "auto", small_world_graphs=small_world, path_sources=sources)
             records.append({"layer": name, "graph": graph_name, "kind": graph.kind, "shape": shape,
-                            "mask_density": float(mask.float().mean()), **summary})
+                            "mask_density": density, **summary})
             degrees[graph_name] = _degrees(graph)
-        del layer, weight, mask, on_device
+        del mask, on_device
     table = pd.DataFrame(records)
     return CheckpointAnalysis(table, records, source.description, dense, degrees)

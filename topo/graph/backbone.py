@@ -25,21 +25,39 @@ import torch
 from topo.errors import ConfigError
 
 
-def _keep_largest(magnitude: torch.Tensor, count: int) -> torch.Tensor:
-    """Mask of the ``count`` largest entries; ties go to the lower flat index (a stable sort: deterministic)."""
-    flat = magnitude.reshape(-1)
-    keep = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
-    if count > 0:
-        order = torch.sort(flat, descending=True, stable=True).indices
-        keep[order[:count]] = True
-    return keep.view(magnitude.shape)
+def _keep_largest(weight: torch.Tensor, count: int) -> torch.Tensor:
+    """Mask of the ``count`` largest |w|; of those equal to the threshold, the first by position.
+
+    Memory: one float32 copy of the layer at a time (the threshold comes from an in-place partial sort).
+    """
+    n = weight.numel()
+    if count <= 0:
+        return torch.zeros(weight.shape, dtype=torch.bool, device=weight.device)
+    magnitude = _magnitude(weight).reshape(-1)
+    if magnitude.is_cuda:
+        threshold = torch.topk(magnitude, count, sorted=False).values.min()
+    else:
+        values = magnitude.numpy()
+        values.partition(n - count)
+        threshold = torch.tensor(values[n - count])
+        del values
+    del magnitude
+    flat = _magnitude(weight).reshape(-1)
+    keep = flat > threshold
+    ties = torch.nonzero(flat == threshold).flatten()[: count - int(torch.count_nonzero(keep))]
+    keep[ties] = True
+    return keep.view(weight.shape)
+
+
+def _magnitude(weight: torch.Tensor) -> torch.Tensor:
+    """|w| in float32 (a new tensor), NaN read as 0."""
+    return weight.detach().float().abs().nan_to_num_(nan=0.0)
 
 
 def magnitude_backbone(weight: torch.Tensor, fraction: float) -> torch.Tensor:
     """Keep exactly round(``fraction`` · n) weights of largest |w| (ties broken by position); NaN counts as 0."""
     _check_fraction(fraction)
-    magnitude = torch.nan_to_num(weight.detach().float().abs(), nan=0.0)
-    return _keep_largest(magnitude, round(fraction * weight.numel()))
+    return _keep_largest(weight, round(fraction * weight.numel()))
 
 
 class GlobalMagnitude:
@@ -58,7 +76,7 @@ class GlobalMagnitude:
         self._ties_left: int | None = None
 
     def observe(self, weight: torch.Tensor) -> None:
-        magnitude = torch.nan_to_num(weight.detach().float().abs().reshape(-1), nan=0.0).cpu()
+        magnitude = _magnitude(weight).reshape(-1).cpu()
         joined = torch.cat([self._top, magnitude])
         self._top = torch.topk(joined, min(self.count, joined.numel())).values if self.count else joined[:0]
 
@@ -71,8 +89,8 @@ class GlobalMagnitude:
         """The layer's mask; layers must be masked in the order they were observed."""
         threshold = self.threshold
         if self._ties_left is None:
-            self._ties_left = self.count - int((self._top > threshold).sum())
-        magnitude = torch.nan_to_num(weight.detach().float().abs(), nan=0.0)
+            self._ties_left = self.count - int(torch.count_nonzero(self._top > threshold))
+        magnitude = _magnitude(weight)
         above = magnitude > threshold
         ties = (magnitude == threshold).reshape(-1)
         tied = torch.nonzero(ties).flatten()[: max(0, self._ties_left)]

@@ -27,6 +27,9 @@ from topo.errors import ConfigError
 from topo.graph import batched, bitsets
 from topo.graph.spectral import lambda2_batch, lambda2_scipy
 
+#: Rows of B·Bᵀ computed at once for the bipartite cycle count (bounds its temporaries).
+ROWS_PER_CHUNK = 256
+
 
 @dataclass(frozen=True)
 class PathCounts:
@@ -80,13 +83,23 @@ class CPUBackend:
         """(4-cycles, 3-paths) of a bipartite graph whose first ``n_in`` nodes are one side (see
         :func:`topo.graph.batched.bipartite_cycle_counts`); float32 products, exact below 2^24."""
         block = adjacency[n_in:, :n_in]
-        b = block.astype(np.float32)
-        common = (b @ b.T).astype(np.float64)
         degree_out = block.sum(1, dtype=np.float64)
         degree_in = block.sum(0, dtype=np.float64)
-        cycles = ((common * (common - 1) / 2).sum() - (degree_out * (degree_out - 1) / 2).sum()) / 2
-        paths = float(((degree_out - 1)[:, None] * (degree_in - 1)[None, :] * block).sum())
-        return float(cycles), paths
+        if np.count_nonzero(block) < self.blas_triangles_from * block.size:  # sparse: memory ∝ edges
+            sparse = scipy.sparse.csr_array(block, dtype=np.float64)
+            common = (sparse @ sparse.T).data
+            pairs = float((common * (common - 1)).sum()) / 2
+            through = sparse @ (degree_in - 1)
+        else:
+            b_t = np.ascontiguousarray(block.T, dtype=np.float32)
+            pairs, through = 0.0, np.empty(block.shape[0])
+            for start in range(0, block.shape[0], ROWS_PER_CHUNK):  # c = B·Bᵀ a band of rows at a time
+                band = block[start : start + ROWS_PER_CHUNK].astype(np.float32)
+                common = (band @ b_t).astype(np.float64)
+                pairs += float((common * (common - 1)).sum()) / 2
+                through[start : start + ROWS_PER_CHUNK] = band @ (degree_in - 1).astype(np.float32)
+        cycles = (pairs - float((degree_out * (degree_out - 1) / 2).sum())) / 2
+        return cycles, float(((degree_out - 1) * through).sum())
 
     def path_counts(self, adjacency: np.ndarray) -> PathCounts:
         if _edge_density(adjacency) >= self.blas_bfs_from:
@@ -99,11 +112,11 @@ def _frontier_bfs(adjacency: np.ndarray) -> PathCounts:
     a = adjacency.astype(np.float32)
     frontier = adjacency.copy()
     reached = frontier | np.eye(adjacency.shape[0], dtype=bool)
-    distance_sum, pairs, level = int(frontier.sum()), int(frontier.sum()), 1
+    distance_sum, pairs, level = np.count_nonzero(frontier), np.count_nonzero(frontier), 1
     while True:
         level += 1
         frontier = ((frontier.astype(np.float32) @ a) > 0) & ~reached
-        newly = int(frontier.sum())
+        newly = np.count_nonzero(frontier)
         if newly == 0:
             return PathCounts(float(distance_sum), pairs)
         distance_sum += level * newly

@@ -66,8 +66,8 @@ def bipartite_cycle_counts(adjacency: torch.Tensor, n_in: int,
     degree_in = block.sum(1, dtype=torch.float64)
     pairs = (common * (common - 1) / 2).sum((1, 2)) - (degree_out * (degree_out - 1) / 2).sum(1)
     cycles = pairs / 2
-    ends = (degree_out - 1).unsqueeze(2) * (degree_in - 1).unsqueeze(1)
-    paths = (ends * block).sum((1, 2))
+    through = torch.bmm(block.to(torch.float64), (degree_in - 1).unsqueeze(2)).squeeze(2)  # Σᵢ B_oi (d_i − 1)
+    paths = ((degree_out - 1) * through).sum(1)
     return cycles, paths
 
 

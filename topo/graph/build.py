@@ -96,8 +96,8 @@ class Graph:
 
     @property
     def n_edges(self) -> int:
-        total = self.adjacency.sum()
-        return int(total.item() if torch.is_tensor(total) else total) // 2
+        a = self.adjacency
+        return int(torch.count_nonzero(a) if torch.is_tensor(a) else np.count_nonzero(a)) // 2
 
     @property
     def is_torch(self) -> bool:

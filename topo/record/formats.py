@@ -71,6 +71,8 @@ def _layers_of(keys: Mapping[str, tuple[tuple[int, ...], bool]]) -> dict[str, _E
 def _mask_of(name: str, weight: torch.Tensor, stored: torch.Tensor | None, source: str) -> torch.Tensor:
     if stored is not None:
         return stored != 0
+    if bool(torch.isfinite(weight.sum())):  # a finite sum: every weight is finite (checked without a copy)
+        return weight != 0
     finite = torch.isfinite(weight)
     if not bool(finite.all()):
         bad = int((~finite).sum())
@@ -112,7 +114,7 @@ class CheckpointSource:
         weight = self._tensor(entry.weight)
         stored = self._tensor(entry.mask) if entry.mask is not None else None
         mask = _mask_of(name, weight, stored, str(self.path))
-        if entry.weight.endswith("_orig"):
+        if stored is not None:  # the weight as the model uses it: zero where the stored mask is
             weight = weight * mask
         return Layer(name, weight, mask)
 
@@ -171,7 +173,8 @@ class _SafetensorsSource(CheckpointSource):
 
     def _tensor(self, key: str) -> torch.Tensor:
         with self._safe_open(str(self._files[key]), framework="pt") as handle:
-            return handle.get_tensor(key)
+            # an owned copy: the memory-mapped tensor would keep the file's pages and may be unaligned
+            return handle.get_tensor(key).clone()
 
 
 def _find_weights(obj: Any, key: str | None, source: str) -> tuple[Mapping[str, torch.Tensor], str]:

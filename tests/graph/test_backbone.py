@@ -1,0 +1,102 @@
+"""Backbones of dense weighted layers: exact counts, deterministic ties, the disparity filter by hand."""
+
+from __future__ import annotations
+
+import math
+
+import networkx as nx
+import numpy as np
+import pytest
+import torch
+
+from topo.errors import ConfigError
+from topo.graph import bipartite_graph, mean_shortest_path, square_graph
+from topo.graph.backbone import GlobalMagnitude, disparity_backbone, magnitude_backbone, parse_backbone
+from topo.graph.metrics import sampled_shortest_path
+
+
+@pytest.mark.parametrize("fraction", [0.01, 0.1, 0.37, 1.0])
+def test_magnitude_keeps_exactly_round_f_n_largest(fraction):
+    weight = torch.randn(37, 23)
+    mask = magnitude_backbone(weight, fraction)
+    count = round(fraction * weight.numel())
+    assert int(mask.sum()) == count
+    if 0 < count < weight.numel():
+        assert weight.abs()[mask].min() >= weight.abs()[~mask].max()
+
+
+def test_magnitude_ties_broken_by_position():
+    weight = torch.tensor([[1.0, -2.0, 2.0], [2.0, 0.5, -2.0]])
+    assert magnitude_backbone(weight, 3 / 6).tolist() == [[False, True, True], [True, False, False]]
+
+
+def test_global_magnitude_matches_one_pass_over_the_whole_model():
+    torch.manual_seed(0)
+    layers = [torch.randn(8, 5), torch.randn(3, 4, 3, 3).round(decimals=1), torch.randn(20, 2) * 3]
+    flat = torch.cat([w.reshape(-1) for w in layers])
+    overall = GlobalMagnitude(0.2, flat.numel())
+    for w in layers:
+        overall.observe(w)
+    masks = [overall.mask(w) for w in layers]
+    expected = magnitude_backbone(flat, 0.2)
+    assert torch.equal(torch.cat([m.reshape(-1) for m in masks]), expected)
+    assert sum(int(m.sum()) for m in masks) == round(0.2 * flat.numel())
+
+
+def disparity_by_hand(weight: np.ndarray, alpha: float) -> np.ndarray:
+    """Serrano, Boguñá & Vespignani (2009), eq. 2, edge by edge."""
+    w = np.abs(weight)
+    keep = np.zeros(w.shape, bool)
+    for o in range(w.shape[0]):
+        for i in range(w.shape[1]):
+            if w[o, i] == 0:
+                continue
+            for strengths, degree in ((w[o].sum(), (w[o] > 0).sum()), (w[:, i].sum(), (w[:, i] > 0).sum())):
+                p = w[o, i] / strengths
+                if (1 - p) ** (degree - 1) < alpha:
+                    keep[o, i] = True
+    return keep
+
+
+def test_disparity_filter_worked_by_hand():
+    # output 0: weights 8, 1, 1 (strength 10, k = 3): shares 0.8 → α = 0.2² = 0.04, and 0.1 → 0.81
+    # output 1: weights 1, 1 (k = 2): α = 0.5 each;  input 0: weights 8, 1 (k = 2): α = 1/9 and 8/9
+    # input 1: weights 1, 1: α = 0.5 each;  input 2: one edge (k = 1): α = 1, never significant from there
+    weight = torch.tensor([[8.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    assert disparity_backbone(weight, 0.05).tolist() == [[True, False, False], [False, False, False]]
+    assert disparity_backbone(weight, 0.2).tolist() == [[True, False, False], [False, False, False]]
+    assert disparity_backbone(weight, 0.6).tolist() == [[True, True, False], [True, True, False]]
+    rng = np.random.default_rng(0)
+    for alpha in (0.01, 0.1, 0.3):
+        w = rng.lognormal(size=(9, 7)) * (rng.random((9, 7)) < 0.7)
+        assert disparity_backbone(torch.from_numpy(w), alpha).numpy().tolist() == disparity_by_hand(w, alpha).tolist()
+
+
+def test_disparity_on_a_convolution_keeps_whole_kernels():
+    weight = torch.zeros(2, 3, 3, 3)
+    weight[0, 1] = 5.0
+    weight[0, 0, 0, 0] = 0.1
+    weight[1, 2] = 1.0
+    mask = disparity_backbone(weight, 0.5)
+    assert mask.shape == weight.shape and bool(mask[0, 1].all()) and not bool(mask[0, 0].any())
+
+
+@pytest.mark.parametrize("text,message", [("magnitude:2", "in \\(0, 1\\]"), ("magnitude:x", "with a number"),
+                                          ("disparity:1", "in \\(0, 1\\)"), ("top:0.1", "unknown backbone")])
+def test_bad_backbones_name_the_argument(text, message):
+    with pytest.raises(ConfigError, match=f"--backbone '{text}'.*{message}"):
+        parse_backbone(text)
+
+
+def test_sampled_path_length_estimates_the_exact_value():
+    graph = nx.connected_watts_strogatz_graph(600, 6, 0.1, seed=0)
+    g = square_graph(nx.to_numpy_array(graph).astype(bool))
+    exact = mean_shortest_path(g).mean
+    estimate = sampled_shortest_path(g, 64, seed=1)
+    assert estimate.standard_error > 0
+    assert abs(estimate.mean - exact) < 4 * estimate.standard_error
+    everything = sampled_shortest_path(g, 600)
+    assert everything.mean == pytest.approx(exact) and everything.standard_error == 0
+    layer = bipartite_graph(np.random.default_rng(0).random((50, 40)) < 0.1)
+    sampled = sampled_shortest_path(layer, 30, seed=0)
+    assert math.isfinite(sampled.mean) and 0 < sampled.reachable_fraction <= 1
