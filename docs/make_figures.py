@@ -1,4 +1,4 @@
-"""Regenerate the README's figure: runs `topo demo` into runs/demo and copies its Figure 5 to docs/.
+"""Regenerate the README's figure: runs `topo demo` into a temporary directory and copies its Figure 5 to docs/.
 
 Usage: python docs/make_figures.py
 """
@@ -6,6 +6,7 @@ Usage: python docs/make_figures.py
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 
 from topo.experiments.demo import run_demo
@@ -13,6 +14,7 @@ from topo.experiments.demo import run_demo
 ROOT = Path(__file__).resolve().parents[1]
 
 if __name__ == "__main__":
-    print(run_demo(ROOT / "runs" / "demo"))
-    shutil.copy(ROOT / "runs" / "demo" / "figure5.png", ROOT / "docs" / "figure5-demo.png")
+    with tempfile.TemporaryDirectory() as folder:
+        print(run_demo(Path(folder) / "demo"))
+        shutil.copy(Path(folder) / "demo" / "figure5.png", ROOT / "docs" / "figure5-demo.png")
     print(f"wrote {ROOT / 'docs' / 'figure5-demo.png'}")

@@ -21,12 +21,12 @@ def test_gpu_suite_quick_mode_runs_every_part_and_writes_its_report(tmp_path):
     reports = list(tmp_path.glob("*.md"))
     assert len(reports) == 1 and "(quick)" in reports[0].read_text()
     text = reports[0].read_text()
-    for part in ("pytest -m cuda", "overhead-fp32", "overhead-bf16", "recorder", "graphs"):
+    for part in ("pytest -m cuda", "overhead-fp32", "overhead-bf16", "recorder", "graphs", "analyze-100m"):
         assert f"### {part}: ok" in text, part
     with open(reports[0].with_suffix(".csv")) as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 8 and all(row["verdict"] in ("met", "not met", "not measured") for row in rows)
-    assert sum(row["measured"] != "" for row in rows) >= 6
+    assert len(rows) == 9 and all(row["verdict"] in ("met", "not met", "measured", "not measured") for row in rows)
+    assert sum(row["measured"] != "" for row in rows) >= 7
 
 
 def test_graph_benchmark_json_has_the_whole_run_figures(tmp_path):
