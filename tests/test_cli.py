@@ -277,3 +277,15 @@ def test_bad_analysis_arguments_write_nothing(tmp_path, args, message):
     assert result.returncode == 1 and message in result.stderr
     assert result.stderr.strip().count("\n") == 0
     assert not (tmp_path / "out.csv").exists() and not (tmp_path / "f.png").exists()
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("broken.safetensors", b"\xff\xff\xff\xff\xff\xff\xff\x7f{oops", "broken.safetensors: not a readable safetensors"),
+    ("model.safetensors.index.json", b"{not json", "not a JSON index"),
+    ("model.safetensors.index.json", b'{"weight_map": {"a.weight": "gone.safetensors"}}', "shard gone.safetensors"),
+])
+def test_bad_checkpoint_files_exit_1_with_one_line_and_write_nothing(tmp_path, name, content, message):
+    (tmp_path / name).write_bytes(content)
+    result = topo("analyze", str(tmp_path / name), "--csv", str(tmp_path / "out.csv"))
+    assert result.returncode == 1 and message in result.stderr and result.stderr.strip().count("\n") == 0
+    assert not (tmp_path / "out.csv").exists()
