@@ -150,7 +150,8 @@ def _train_config(args: argparse.Namespace, log_alpha: float, k: float):
                        batch_size=args.batch_size, lr=args.lr, seed=getattr(args, "seed", 0), device=args.device,
                        bf16=args.bf16, patience=args.patience, data_dir=args.data_dir, max_batches=args.max_batches,
                        val_max_batches=args.val_max_batches, widths=args.widths,
-                       adapt_every=args.adapt_every)
+                       adapt_every=args.adapt_every, distribution=args.distribution,
+                       dense_first_last=args.dense_first_last)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -186,7 +187,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     base.validate()
     out = Path(args.out)
     runs = reproduce_table2(base, args.log_alpha, args.k, args.seeds, out / "runs", progress=not args.quiet,
-                            fresh_dir=args.fresh_dir)
+                            fresh_dir=args.fresh_dir, methods=args.methods)
     summary = summarize_table(runs)
     classify = get_model_spec(base.model).task == "classify"
     markdown = to_markdown(summary, "test % error" if classify else "test loss")
@@ -226,7 +227,11 @@ def _training_options(parser: argparse.ArgumentParser, model_default: str = "mlp
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1 …")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
-    parser.add_argument("--adapt-every", type=int, help="epochs between adaptations (default: Table 1's)")
+    parser.add_argument("--adapt-every", type=int, help="epochs between adaptations (default: Table 1's; SET: 1)")
+    parser.add_argument("--distribution", default="uniform", choices=["uniform", "er", "erk"],
+                        help="how the density is spread over layers (uniform: the paper's; er/erk: the DST papers')")
+    parser.add_argument("--dense-first-last", action="store_true",
+                        help="keep the first and last sparsified layers dense, as the DST papers do")
     parser.add_argument("--patience", type=int, help="early stopping after this many epochs without improvement")
     parser.add_argument("--max-batches", type=int, help="cap on training batches per epoch (quick trials)")
     parser.add_argument("--val-max-batches", type=int, help="cap on validation and test batches (of 1024) per epoch")
@@ -308,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-alpha", type=float, nargs="+", default=[0.5, 1.0])
     p.add_argument("--k", type=float, nargs="+", default=[0.25, 0.5])
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--methods", nargs="+", metavar="METHOD",
+                   help=f"methods to compare (default: the paper's); any of {', '.join(TRAIN_METHODS)}")
     p.add_argument("--out", default="results/table2")
     p.add_argument("--fresh-dir", action="store_true",
                    help="runs whose directory holds another configuration go to NAME-2, NAME-3, … instead of "

@@ -336,3 +336,31 @@ def test_table2_scores_the_test_split_at_the_epoch_validation_selects(tmp_path):
     result = TrainResult(tmp_path, history, [8])
     assert score(result, "classify") == pytest.approx(25.0)  # epoch 1, not the best test epoch 2
     assert score(result, "vae") == pytest.approx(0.6)
+
+
+def test_welch_interval_matches_scipy_and_flags_real_gaps():
+    from scipy.stats import ttest_ind
+
+    from topo.experiments.table import welch_interval
+
+    a, b = [11.2, 11.5, 11.1, 11.4, 11.3], [11.9, 12.2, 11.8, 12.0, 12.1]
+    difference, low, high = welch_interval(a, b)
+    result = ttest_ind(a, b, equal_var=False)
+    interval = result.confidence_interval(0.95)
+    assert difference == pytest.approx(np.mean(a) - np.mean(b))
+    assert (low, high) == (pytest.approx(interval.low), pytest.approx(interval.high)) and high < 0
+    assert np.isnan(welch_interval([1.0], [1.0, 2.0])[1])
+
+
+def test_table2_with_dst_methods_and_differences_to_random_fixed(tmp_path):
+    base = TrainConfig(model="mlp", dataset="digits", epochs=2, batch_size=64, max_batches=3)
+    runs = reproduce_table2(base, [1.0], [0.5], seeds=2, out_dir=tmp_path, progress=False,
+                            methods=["random-fixed", "set", "rigl", "snip", "adaptive"])
+    assert sorted(runs.method.unique()) == ["adaptive", "random-fixed", "rigl", "set", "snip"]
+    summary = summarize_table(runs)
+    rows = summary.set_index("method")
+    assert np.isnan(rows.loc["random-fixed", "vs_random_fixed"])
+    assert rows.loc["set", "ci_low"] <= rows.loc["set", "vs_random_fixed"] <= rows.loc["set", "ci_high"]
+    assert "− random fixed [95 % CI]" in to_markdown(summary, "test % error")
+    with pytest.raises(ConfigError, match="unknown method"):
+        reproduce_table2(base, [1.0], [0.5], seeds=1, out_dir=tmp_path, progress=False, methods=["lottery"])

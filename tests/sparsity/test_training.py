@@ -11,7 +11,7 @@ from topo.sparsity import METHODS, make_sparsifier
 from ..conftest import mlp
 
 
-def method_kwargs(method: str, model: nn.Module) -> dict:
+def method_kwargs(method: str, model: nn.Module, digits=None) -> dict:
     if method == "dense":
         return {}
     if method == "adaptive":
@@ -22,6 +22,11 @@ def method_kwargs(method: str, model: nn.Module) -> dict:
         gen = torch.Generator().manual_seed(0)
         return {"masks": {n: torch.rand(p.shape, generator=gen) < 0.3
                           for n, p in model.named_parameters() if n.endswith("weight")}}
+    if method == "rigl":
+        return {"density": 0.3, "delta_t": 20, "total_steps": 12 * 22}
+    if method == "snip":
+        x, y = digits
+        return {"density": 0.3, "batch": (x[:256], y[:256])}
     return {"density": 0.3}
 
 
@@ -33,7 +38,7 @@ def test_mlp_learns_digits_under_every_method(method, digits):
     train_idx, val_idx = order[:1400], order[1400:]
     model = mlp((64, 64))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3 * 3)
-    sp = make_sparsifier(method, model, opt, **method_kwargs(method, model))
+    sp = make_sparsifier(method, model, opt, **method_kwargs(method, model, (x[train_idx], y[train_idx])))
     for epoch in range(12):
         for batch in train_idx[torch.randperm(len(train_idx))].split(64):
             loss = nn.functional.cross_entropy(model(x[batch]), y[batch])

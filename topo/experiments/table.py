@@ -7,16 +7,19 @@ epoch of lowest validation loss, which is also where early stopping looks), and 
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import scipy.stats
 
 from topo.errors import ConfigError
 from topo.experiments.models import get_model_spec
-from topo.experiments.train import TrainConfig, TrainResult, fresh_run_dir, train
+from topo.experiments.train import TRAIN_METHODS, TrainConfig, TrainResult, fresh_run_dir, train
 from topo.record import RunReader
 
 
@@ -34,16 +37,29 @@ def score(result: TrainResult, task: str) -> float:
     return 100.0 * (1.0 - float(row["test_acc"])) if task == "classify" else float(row["test_loss"])
 
 
-def table2_configs(base: TrainConfig, log_alphas: Sequence[float], ks: Sequence[float]) -> list[TrainConfig]:
-    """The runs of one Table 2 block (for one seed): baseline, then per α the controls and adaptive per k."""
+def table2_configs(base: TrainConfig, log_alphas: Sequence[float], ks: Sequence[float],
+                   methods: Sequence[str] | None = None) -> list[TrainConfig]:
+    """The runs of one Table 2 block (for one seed): the dense baseline, then per α every other method, adaptive
+    once per k. ``methods`` defaults to the paper's (random fixed, channel-wise for CNNs, pruning, wide dense,
+    adaptive); any of :data:`~topo.experiments.train.TRAIN_METHODS` may be named (``set``, ``rigl``, ``snip``…)."""
     if any(not a > 0 for a in log_alphas):
         raise ConfigError(f"--log-alpha values must be > 0, got {list(log_alphas)}")
     conv = get_model_spec(base.model).convolutional
-    configs = [replace(base, method="dense")]
+    if methods is None:
+        methods = ["dense", "random-fixed", *(["random-channelwise"] if conv else []), "pruning", "wide-dense",
+                   "adaptive"]
+    unknown = [m for m in methods if m not in TRAIN_METHODS]
+    if unknown:
+        raise ConfigError(f"unknown method(s) {unknown}; valid: {', '.join(TRAIN_METHODS)}")
+    if "random-channelwise" in methods and not conv:
+        raise ConfigError("random-channelwise is the convolutional control: use it with cnn or resnet110")
+    configs = [replace(base, method="dense")] if "dense" in methods else []
     for log_alpha in log_alphas:
-        methods = ["random-fixed", *(["random-channelwise"] if conv else []), "pruning", "wide-dense"]
-        configs += [replace(base, method=m, log_alpha=log_alpha) for m in methods]
-        configs += [replace(base, method="adaptive", log_alpha=log_alpha, k=k) for k in ks]
+        for method in (m for m in methods if m != "dense"):
+            if method == "adaptive":
+                configs += [replace(base, method="adaptive", log_alpha=log_alpha, k=k) for k in ks]
+            else:
+                configs.append(replace(base, method=method, log_alpha=log_alpha))
     return configs
 
 
@@ -55,6 +71,7 @@ def reproduce_table2(
     out_dir: str | os.PathLike,
     progress: bool = True,
     fresh_dir: bool = False,
+    methods: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Run every configuration for ``seeds`` seeds under ``out_dir``; returns one row per run.
 
@@ -66,7 +83,7 @@ def reproduce_table2(
     task = get_model_spec(base.model).task
     rows = []
     for seed in range(seeds):
-        for config in table2_configs(replace(base, seed=seed), log_alphas, ks):
+        for config in table2_configs(replace(base, seed=seed), log_alphas, ks, methods):
             run_dir = Path(out_dir) / config.run_name()
             if fresh_dir:
                 run_dir = fresh_run_dir(run_dir, config)
@@ -103,18 +120,48 @@ def histories(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def welch_interval(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+    """(mean(a) − mean(b), low, high): the difference of two means with its Welch t confidence interval.
+
+    NaN bounds when either sample has fewer than two values (no variance to estimate).
+    """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    difference = float(a.mean() - b.mean())
+    if len(a) < 2 or len(b) < 2:
+        return difference, math.nan, math.nan
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return difference, difference, difference
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    half = float(scipy.stats.t.ppf(0.5 + level / 2, df)) * se
+    return difference, difference - half, difference + half
+
+
 def summarize_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean ± std over seeds per (method, log_alpha, k)."""
+    """Mean ± std over seeds per (method, log_alpha, k), and each method's difference to random fixed at the same
+    α with its 95 % Welch confidence interval (``vs_random_fixed``, ``ci_low``, ``ci_high``): a gap is real at
+    that level when the interval excludes 0."""
     grouped = runs.groupby(["method", "log_alpha", "k"], dropna=False)["score"]
     table = grouped.agg(["mean", "std", "count"]).reset_index()
+    differences = []
+    for row in table.itertuples():
+        reference = runs[(runs.method == "random-fixed") & (runs.log_alpha == row.log_alpha)]["score"]
+        mine = grouped.get_group((row.method, row.log_alpha, row.k))
+        differences.append(welch_interval(mine, reference) if len(reference) and row.method != "random-fixed"
+                           else (math.nan, math.nan, math.nan))
+    table[["vs_random_fixed", "ci_low", "ci_high"]] = differences
     return table.sort_values(["log_alpha", "method", "k"]).reset_index(drop=True)
 
 
 def to_markdown(table: pd.DataFrame, metric: str) -> str:
     """The summary as a Markdown table (``metric`` names the score column, e.g. "% error")."""
-    lines = [f"| method | −log α | k | {metric} (mean ± std) | seeds |", "| --- | --- | --- | --- | --- |"]
+    lines = [f"| method | −log α | k | {metric} (mean ± std) | seeds | − random fixed [95 % CI] |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for row in table.itertuples():
         k = "" if pd.isna(row.k) else f"{row.k:g}"
         std = 0.0 if pd.isna(row.std) else row.std
-        lines.append(f"| {row.method} | {row.log_alpha:g} | {k} | {row.mean:.2f} ± {std:.2f} | {row.count} |")
+        interval = "" if pd.isna(row.ci_low) else f" [{row.ci_low:+.2f}, {row.ci_high:+.2f}]"
+        gap = "" if pd.isna(row.vs_random_fixed) else f"{row.vs_random_fixed:+.2f}{interval}"
+        lines.append(f"| {row.method} | {row.log_alpha:g} | {k} | {row.mean:.2f} ± {std:.2f} | {row.count} | {gap} |")
     return "\n".join(lines) + "\n"

@@ -29,12 +29,13 @@ from topo.errors import ConfigError
 from topo.experiments.data import DATASETS, Dataset, load_dataset, shaped_for
 from topo.experiments.models import MODELS, VAE, ModelSpec, get_model_spec
 from topo.record import Recorder, RunReader, restore_checkpoint
-from topo.sparsity import FixedMask, make_sparsifier, match_budget
+from topo.sparsity import DISTRIBUTIONS, FixedMask, make_sparsifier, match_budget
 from topo.sparsity.base import Sparsifier
 
 log = logging.getLogger(__name__)
 
-TRAIN_METHODS = ("dense", "wide-dense", "random-fixed", "random-channelwise", "adaptive", "pruning")
+TRAIN_METHODS = ("dense", "wide-dense", "random-fixed", "random-channelwise", "adaptive", "pruning", "set", "rigl",
+                 "snip")
 
 
 @dataclass
@@ -65,6 +66,9 @@ class TrainConfig:
     max_batches: int | None = None
     val_max_batches: int | None = None
     adaptive: dict[str, Any] = field(default_factory=dict)
+    distribution: str = "uniform"
+    dense_first_last: bool = False
+    method_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         """Accept Table 1's "model-dataset" names (``mlp-mnist``, ``cnn-cifar10``, ``mlp-fashion-mnist``)."""
@@ -90,6 +94,8 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
         if not self.lr > 0:
             raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        if self.distribution not in DISTRIBUTIONS:
+            raise ConfigError(f"unknown --distribution {self.distribution!r}; valid: {', '.join(DISTRIBUTIONS)}")
         pick_device(self.device)
 
     @property
@@ -100,7 +106,9 @@ class TrainConfig:
         if self.method == "dense":
             return f"{self.model}-dense-s{self.seed}"
         k = f"-k{self.k:g}" if self.method == "adaptive" else ""
-        return f"{self.model}-{self.method}-la{self.log_alpha:g}{k}-s{self.seed}"
+        spread = "" if self.distribution == "uniform" else f"-{self.distribution}"
+        ends = "-dfl" if self.dense_first_last else ""
+        return f"{self.model}-{self.method}-la{self.log_alpha:g}{k}{spread}{ends}-s{self.seed}"
 
 
 @dataclass
@@ -171,19 +179,31 @@ def _make_optimizer(spec: ModelSpec, model: nn.Module, config: TrainConfig) -> t
 
 def make_sparsifier_for(
     config: TrainConfig, spec: ModelSpec, model: nn.Module, optimizer: torch.optim.Optimizer, epochs: int,
-    masks: Mapping[str, torch.Tensor] | None = None,
+    masks: Mapping[str, torch.Tensor] | None = None, *, steps_per_epoch: int = 1,
+    first_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Sparsifier:
-    """The method object of ``config`` (or a :class:`FixedMask` of ``masks``, for a transplant)."""
+    """The method object of ``config`` (or a :class:`FixedMask` of ``masks``, for a transplant).
+
+    RigL's T_end is 75 % of ``epochs`` × ``steps_per_epoch``; SNIP scores connections on ``first_batch`` with the
+    model's own loss. ``config.method_options`` reaches the method (ζ, α_drop, ΔT, …).
+    """
     if masks is not None:
         return FixedMask(model, optimizer, masks=dict(masks), seed=config.seed)
     if config.method in ("dense", "wide-dense"):
         return make_sparsifier("dense", model, optimizer, seed=config.seed)
-    kwargs: dict[str, Any] = {"density": config.density, "seed": config.seed}
+    kwargs: dict[str, Any] = {"density": config.density, "seed": config.seed, "distribution": config.distribution,
+                              "dense_first_last": config.dense_first_last}
     if config.method == "adaptive":
         kwargs.update({"k": config.k, "every": config.adapt_every or spec.adapt_every, **config.adaptive})
     if config.method == "pruning":
         kwargs["prune_after"] = config.prune_after or [max(0, (2 * epochs) // 3 - 1)]
-    return make_sparsifier(config.method, model, optimizer, **kwargs)
+    if config.method == "set":
+        kwargs["every"] = config.adapt_every or 1
+    if config.method == "rigl":
+        kwargs["total_steps"] = epochs * steps_per_epoch
+    if config.method == "snip":
+        kwargs.update(batch=first_batch, loss=lambda net, batch: _loss_and_correct(spec, net, *batch)[0])
+    return make_sparsifier(config.method, model, optimizer, **{**kwargs, **config.method_options})
 
 
 def _loss_and_correct(spec: ModelSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
@@ -269,9 +289,14 @@ def setup(config: TrainConfig, masks: Mapping[str, torch.Tensor] | None = None,
     model = _factory(spec, data)(widths).to(device)
     net: nn.Module = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     optimizer = _make_optimizer(spec, net, config)
-    sparsifier = make_sparsifier_for(config, spec, model, optimizer, epochs, masks)
-    return Session(config, spec, data, device, rank, world, epochs, config.batch_size or spec.batch_size, widths,
-                   model, net, optimizer, sparsifier)
+    batch_size = config.batch_size or spec.batch_size
+    shard = math.ceil(len(data.train_x) / world)
+    steps_per_epoch = min(math.ceil(shard / batch_size), config.max_batches or math.inf)
+    first = (data.train_x[:batch_size].to(device), data.train_y[:batch_size].to(device))
+    sparsifier = make_sparsifier_for(config, spec, model, optimizer, epochs, masks, steps_per_epoch=steps_per_epoch,
+                                     first_batch=first if config.method == "snip" and masks is None else None)
+    return Session(config, spec, data, device, rank, world, epochs, batch_size, widths, model, net, optimizer,
+                   sparsifier)
 
 
 def configuration_differences(recorded: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:

@@ -1,4 +1,5 @@
-"""Sparse training: the paper's adaptive weight sparsity and its controls, behind one interface.
+"""Sparse training: the paper's adaptive weight sparsity, its controls and today's DST methods (SET, RigL, SNIP),
+behind one interface; per-layer density distributions (uniform, ER, ERK) for every sparse method.
 
 >>> sparsifier = make_sparsifier("adaptive", model, optimizer, density=0.3, k=0.25)   # doctest: +SKIP
 """
@@ -15,10 +16,13 @@ from topo.sparsity.adaptive import Adaptive, AdaptiveConfig, adapt_layer, grow_p
 from topo.sparsity.base import Sparsifier, active_count, random_mask
 from topo.sparsity.baselines import Dense, FixedMask, MagnitudePruning, RandomChannelwise, RandomFixed
 from topo.sparsity.budget import BudgetMatch, match_budget, nonzero_count
+from topo.sparsity.distributions import DISTRIBUTIONS, layer_densities
+from topo.sparsity.dst import SET, SNIP, RigL
 from topo.sparsity.masks import LayerCount, MaskedParams, default_filter, select_parameters
 
 METHODS: dict[str, type[Sparsifier]] = {
-    cls.method: cls for cls in (Dense, RandomFixed, RandomChannelwise, Adaptive, MagnitudePruning, FixedMask)
+    cls.method: cls for cls in (Dense, RandomFixed, RandomChannelwise, Adaptive, MagnitudePruning, FixedMask, SET,
+                                RigL, SNIP)
 }
 
 
@@ -32,7 +36,10 @@ def make_sparsifier(
 
 
 __all__ = [
+    "DISTRIBUTIONS",
     "METHODS",
+    "SET",
+    "SNIP",
     "Adaptive",
     "AdaptiveConfig",
     "BudgetMatch",
@@ -43,11 +50,13 @@ __all__ = [
     "MaskedParams",
     "RandomChannelwise",
     "RandomFixed",
+    "RigL",
     "Sparsifier",
     "active_count",
     "adapt_layer",
     "default_filter",
     "grow_probability",
+    "layer_densities",
     "make_sparsifier",
     "match_budget",
     "nonzero_count",

@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
@@ -246,6 +246,8 @@ class Adaptive(Sparsifier):
         density: float,
         params: Iterable[str] | ParamFilter | None = None,
         seed: int = 0,
+        distribution: str = "uniform",
+        dense_first_last: bool = False,
         **hyperparameters: Any,
     ) -> None:
         unknown = set(hyperparameters) - set(AdaptiveConfig.__dataclass_fields__)
@@ -253,8 +255,11 @@ class Adaptive(Sparsifier):
             valid = sorted(AdaptiveConfig.__dataclass_fields__)
             raise ConfigError(f"unknown adaptive hyperparameter(s) {sorted(unknown)}; valid: {valid}")
         self.cfg = AdaptiveConfig(density=density, **hyperparameters)
-        super().__init__(model, optimizer, density=density, params=params, seed=seed)
-        self._initialise_masks(lambda name, w: random_mask(w.shape, self.density, self.generator, w.device))
+        super().__init__(model, optimizer, density=density, params=params, seed=seed, distribution=distribution,
+                         dense_first_last=dense_first_last)
+        self._layer_cfg = {n: replace(self.cfg, density=d) for n, d in self.layer_density.items()}
+        self._initialise_masks(
+            lambda name, w: random_mask(w.shape, self.layer_density[name], self.generator, w.device))
         self._pending = False
         self._stashed_grads: dict[str, torch.Tensor] | None = None
 
@@ -310,7 +315,7 @@ class Adaptive(Sparsifier):
                 return False
         for name, grad in grads.items():
             weight, mask = self.masked.params[name], self.masked.masks[name]
-            pruned, grown = adapt_layer(weight.data, mask, grad, self.cfg, self.generator)
+            pruned, grown = adapt_layer(weight.data, mask, grad, self._layer_cfg[name], self.generator)
             self._record_change(name, pruned, grown)
         self._sync_across_ranks()
         return True

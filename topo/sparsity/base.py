@@ -30,6 +30,7 @@ import torch.distributed as dist
 from torch import nn
 
 from topo.errors import ConfigError
+from topo.sparsity.distributions import layer_densities
 from topo.sparsity.masks import LayerCount, MaskedParams, ParamFilter
 
 
@@ -65,11 +66,16 @@ class Sparsifier:
         The optimizer that steps ``model``'s parameters. When given, inactive gradients are zeroed in its step
         pre-hook and the optimizer state of pruned or grown weights is reset.
     density:
-        α, the fraction of each sparsified weight tensor that is active, in (0, 1].
+        α, the fraction of the sparsified weights that is active, in (0, 1].
     params:
         Which weights to sparsify (see :func:`topo.sparsity.masks.select_parameters`).
     seed:
         Seed of the method's own random generator (initial masks, sampling, new weights).
+    distribution:
+        How α is spread over layers (:func:`topo.sparsity.layer_densities`): ``"uniform"`` (every layer at α, the
+        paper's setting), ``"er"`` or ``"erk"``; :attr:`layer_density` holds the result.
+    dense_first_last:
+        Keep the first and the last sparsified layer dense (outside the budget), as the DST papers do.
     """
 
     method: ClassVar[str] = "base"
@@ -82,12 +88,20 @@ class Sparsifier:
         density: float = 1.0,
         params: Iterable[str] | ParamFilter | None = None,
         seed: int = 0,
+        distribution: str = "uniform",
+        dense_first_last: bool = False,
     ) -> None:
         self.density = check_density(density)
         self.model = model
         self.optimizer = optimizer
         self.seed = int(seed)
         self.masked = MaskedParams(model, params)
+        self.distribution = distribution
+        self.dense_first_last = bool(dense_first_last)
+        names = self.masked.names
+        self.layer_density = layer_densities({n: tuple(p.shape) for n, p in self.masked.params.items()},
+                                             self.density, distribution,
+                                             dense={names[0], names[-1]} if dense_first_last else ())
         device = next(iter(self.masked.params.values())).device
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(self.seed)
@@ -134,7 +148,8 @@ class Sparsifier:
 
     def config(self) -> dict[str, Any]:
         """The method's name and hyperparameters, JSON-serialisable (for ``run.json``)."""
-        return {"method": self.method, "density": self.density, "seed": self.seed}
+        return {"method": self.method, "density": self.density, "seed": self.seed,
+                "distribution": self.distribution, "dense_first_last": self.dense_first_last}
 
     def counts(self) -> dict[str, LayerCount]:
         """Active and total weights per sparsified layer."""
@@ -214,8 +229,8 @@ class Sparsifier:
     @torch.no_grad()
     def _record_change(self, name: str, pruned: torch.Tensor, grown: torch.Tensor) -> None:
         """Count pruned/grown weights of ``name`` and reset their optimizer state (momentum, Adam moments)."""
-        self._changes[name][0] += pruned.sum()
-        self._changes[name][1] += grown.sum()
+        self._changes[name][0] += torch.count_nonzero(pruned)
+        self._changes[name][1] += torch.count_nonzero(grown)
         if self.optimizer is None:
             return
         changed = pruned | grown

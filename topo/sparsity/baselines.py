@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -56,9 +57,13 @@ class RandomFixed(Sparsifier):
         density: float,
         params: Iterable[str] | ParamFilter | None = None,
         seed: int = 0,
+        distribution: str = "uniform",
+        dense_first_last: bool = False,
     ) -> None:
-        super().__init__(model, optimizer, density=density, params=params, seed=seed)
-        self._initialise_masks(lambda name, w: random_mask(w.shape, self.density, self.generator, w.device))
+        super().__init__(model, optimizer, density=density, params=params, seed=seed, distribution=distribution,
+                         dense_first_last=dense_first_last)
+        self._initialise_masks(
+            lambda name, w: random_mask(w.shape, self.layer_density[name], self.generator, w.device))
 
 
 class FixedMask(Sparsifier):
@@ -107,14 +112,17 @@ class RandomChannelwise(Sparsifier):
         density: float,
         params: Iterable[str] | ParamFilter | None = None,
         seed: int = 0,
+        distribution: str = "uniform",
+        dense_first_last: bool = False,
     ) -> None:
-        super().__init__(model, optimizer, density=density, params=params, seed=seed)
+        super().__init__(model, optimizer, density=density, params=params, seed=seed, distribution=distribution,
+                         dense_first_last=dense_first_last)
         self._initialise_masks(self._channel_mask)
 
     def _channel_mask(self, name: str, weight: torch.Tensor) -> torch.Tensor:
         if weight.dim() < 2:
             raise ConfigError(f"channel-wise sparsity needs a weight with >= 2 dims; {name!r} has {weight.dim()}")
-        pairs = random_mask(weight.shape[:2], self.density, self.generator, weight.device)
+        pairs = random_mask(weight.shape[:2], self.layer_density[name], self.generator, weight.device)
         return pairs.view(*weight.shape[:2], *([1] * (weight.dim() - 2))).expand_as(weight).clone()
 
 
@@ -141,8 +149,11 @@ class MagnitudePruning(Sparsifier):
         scope: str = "layer",
         params: Iterable[str] | ParamFilter | None = None,
         seed: int = 0,
+        distribution: str = "uniform",
+        dense_first_last: bool = False,
     ) -> None:
-        super().__init__(model, optimizer, density=density, params=params, seed=seed)
+        super().__init__(model, optimizer, density=density, params=params, seed=seed, distribution=distribution,
+                         dense_first_last=dense_first_last)
         if not prune_after or any((not isinstance(e, int)) or e < 0 for e in prune_after):
             raise ConfigError(f"prune_after must be a non-empty list of epoch indices >= 0, got {prune_after!r}")
         if scope not in ("layer", "global"):
@@ -153,10 +164,12 @@ class MagnitudePruning(Sparsifier):
     def config(self) -> dict[str, Any]:
         return {**super().config(), "prune_after": self.prune_after, "scope": self.scope}
 
-    def current_target(self, epochs_done: int) -> float:
-        """The density the schedule asks for once ``epochs_done`` epochs are finished."""
+    def current_target(self, epochs_done: int, density: float | None = None) -> float:
+        """The density the schedule asks for once ``epochs_done`` epochs are finished (of a layer whose final
+        density is ``density``, by default the model's α)."""
         done = sum(1 for e in self.prune_after if e < epochs_done)
-        return 1.0 if done == 0 else self.density ** (done / len(self.prune_after))
+        final = self.density if density is None else density
+        return 1.0 if done == 0 else final ** (done / len(self.prune_after))
 
     def end_epoch(self, epoch: int) -> None:
         super().end_epoch(epoch)
@@ -165,11 +178,16 @@ class MagnitudePruning(Sparsifier):
 
     @torch.no_grad()
     def prune_to(self, density: float) -> None:
-        """Keep exactly the largest-|w| weights at ``density`` (per layer or globally), zero the rest."""
+        """Keep exactly the largest-|w| weights at ``density`` (per layer or globally), zero the rest.
+
+        Per layer, each layer's target follows its own density from the distribution (the same schedule step).
+        """
         names = self.masked.names
         weights = [self.masked.params[n].detach() for n in names]
         if self.scope == "layer":
-            keeps = [active_count(w.numel(), density) for w in weights]
+            step = math.log(density) / math.log(self.density) if self.density < 1 and density < 1 else 0.0
+            keeps = [active_count(w.numel(), self.layer_density[n] ** step if step else density)
+                     for n, w in zip(names, weights, strict=True)]
             new_masks = [_top_magnitude(w.abs(), k) for w, k in zip(weights, keeps, strict=True)]
         else:
             flat = torch.cat([w.abs().flatten().to(weights[0].device) for w in weights])
