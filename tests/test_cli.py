@@ -289,3 +289,27 @@ def test_bad_checkpoint_files_exit_1_with_one_line_and_write_nothing(tmp_path, n
     result = topo("analyze", str(tmp_path / name), "--csv", str(tmp_path / "out.csv"))
     assert result.returncode == 1 and message in result.stderr and result.stderr.strip().count("\n") == 0
     assert not (tmp_path / "out.csv").exists()
+
+
+def test_compare_runs_by_nnstd(tmp_path):
+    torch.manual_seed(0)
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        model = mlp((16,))
+        sparsifier = Adaptive(model, density=0.3, seed=seed)
+        with Recorder(tmp_path / name, sparsifier, checkpoint=False) as recorder:
+            recorder.snapshot(0)
+            recorder.snapshot(1)
+    same = topo("compare", str(tmp_path / "a"), str(tmp_path / "b"), "--json")
+    assert same.returncode == 0, same.stderr
+    assert [row["nnstd"] for row in json.loads(same.stdout)["layers"]] == [0.0, 0.0]
+    other = topo("compare", str(tmp_path / "a"), str(tmp_path / "c"))
+    assert other.returncode == 0 and "NNSTD" in other.stdout
+    bad = topo("compare", str(tmp_path / "a"), str(tmp_path / "b"), "--epoch", "7")
+    assert bad.returncode == 1 and "--epoch 7" in bad.stderr
+
+
+def test_analyze_run_reports_turnover_and_exploration(recorded_run, tmp_path):
+    result = topo("analyze", str(recorded_run), "--csv", str(tmp_path / "m.csv"))
+    assert result.returncode == 0, result.stderr
+    table = pd.read_csv(tmp_path / "m.csv")
+    assert {"turnover", "exploration"} <= set(table.metric)

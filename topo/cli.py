@@ -46,6 +46,7 @@ def _analysis_device(name: str):
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from topo.graph import metrics_table
+    from topo.graph.compare import run_topology
     from topo.record import RunReader
 
     device = _analysis_device(args.device)
@@ -59,6 +60,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         timeline = ((e, {n: m for n, m in masks.items() if n in selected}) for e, masks in reader.iter_masks())
         table = metrics_table(timeline, run=reader.name, small_world_graphs=args.small_world, device=device,
                               progress=not args.quiet and not to_stdout and not args.json)
+        topology = run_topology(reader, reader.name)
+        table = pd.concat([table, topology[topology["layer"].isin(selected)]], ignore_index=True)
         out = None if to_stdout else Path(args.csv) if args.csv else path / "graph_metrics.csv"
         table.to_csv(sys.stdout if out is None else out, index=False)
         if args.plot:
@@ -104,6 +107,33 @@ def _analyze_checkpoint(args: argparse.Namespace, path: Path, device, to_stdout:
         result.table.to_csv(sys.stdout if to_stdout else args.csv, index=False)
     else:
         print(result.table.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep=""))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    import json
+
+    from topo.graph.compare import nnstd
+    from topo.record import RunReader
+
+    runs = [RunReader(args.run_a), RunReader(args.run_b)]
+    if list(runs[0].layers.items()) != list(runs[1].layers.items()):
+        raise ConfigError(f"{args.run_a} and {args.run_b} have different layers: runs of one architecture only")
+    common = sorted(set(runs[0].epochs) & set(runs[1].epochs))
+    if not common:
+        raise TopoError(f"{args.run_a} and {args.run_b} have no recorded epoch in common")
+    epoch = common[-1] if args.epoch is None else args.epoch
+    if epoch not in common:
+        raise ConfigError(f"--epoch {epoch}: recorded in both runs are {common}")
+    masks = [r.masks(epoch) for r in runs]
+    names = [n for n, shape in runs[0].layers.items() if len(shape) >= 2]
+    distances = nnstd([masks[0][n] for n in names], [masks[1][n] for n in names])
+    table = pd.DataFrame({"layer": names, "nnstd": distances})
+    if args.json:
+        print(json.dumps({"epoch": epoch, "layers": table.to_dict(orient="records")}))
+    else:
+        print(f"NNSTD topology distance at epoch {epoch} (0: same topology up to neuron permutation, 1: disjoint)")
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return 0
 
 
@@ -267,6 +297,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="draw a figure into this file: Figure 5 for a run directory, degree "
                                   "distributions and metrics by depth for a checkpoint")
     p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("compare", help="topology distance (NNSTD) between two runs",
+                       description="Per layer, the NNSTD distance of two runs' masks (Liu et al. 2020): 0 for the "
+                                   "same topology up to a permutation of neurons, 1 for disjoint ones.")
+    p.add_argument("run_a", help="run directory")
+    p.add_argument("run_b", help="run directory of the same architecture")
+    p.add_argument("--epoch", type=int, help="snapshot to compare (default: the last recorded in both)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("plot", help="draw Figure 3, 4 or 5 from run directories",
                        description="Draw a figure of the paper from one or more run directories.")

@@ -27,6 +27,7 @@ from topo.errors import ConfigError, EmptyGraphWarning
 from topo.graph.backends import CPUBackend, PathCounts, TorchBackend, pick_backend
 from topo.graph.batched import batch_size, count_batch
 from topo.graph.build import Graph, layer_graphs, recurrent_gates, square_graph
+from topo.graph.compare import run_topology
 
 
 def _as_graph(graph: Graph | Any) -> Graph:
@@ -462,7 +463,9 @@ def metrics_table(
 
     Returns
     -------
-    DataFrame with columns run, epoch, layer, graph, metric, value; one row per metric.
+    DataFrame with columns run, epoch, layer, graph, metric, value; one row per metric. For a run directory
+    (a :class:`~topo.record.RunReader`) also, per layer (``graph`` = the layer), ``turnover`` since the previous
+    snapshot and ``exploration`` (:mod:`topo.graph.compare`).
     """
     snapshots, total = _snapshots(source)
     snapshots = tqdm(snapshots, total=total, desc="graph metrics", unit="snapshot", disable=not progress)
@@ -474,4 +477,7 @@ def metrics_table(
     table = []
     for epoch, layer, graph_name, metrics in rows:
         table.extend((run, epoch, layer, graph_name, metric, float(value)) for metric, value in metrics.items())
-    return pd.DataFrame(table, columns=["run", "epoch", "layer", "graph", "metric", "value"])
+    frame = pd.DataFrame(table, columns=["run", "epoch", "layer", "graph", "metric", "value"])
+    if hasattr(source, "ever_active") and hasattr(source, "epochs"):
+        frame = pd.concat([frame, run_topology(source, run)], ignore_index=True)
+    return frame

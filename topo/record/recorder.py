@@ -163,25 +163,29 @@ class Recorder:
             })
 
     # -- recording ------------------------------------------------------------------------------------------
-    def _gather(self) -> tuple[list[np.ndarray], np.ndarray, list[np.ndarray] | None]:
-        """Masks, stats and (optionally) float16 weights of every layer, in one device-to-host transfer."""
+    def _gather(self) -> tuple[list[np.ndarray], np.ndarray, list[np.ndarray] | None, list[np.ndarray]]:
+        """Masks, stats, (optionally) float16 weights and ever-active positions of every layer, in one
+        device-to-host transfer."""
         names = list(self.sparsifier.weights)
         masks = [self.sparsifier.masks[n] for n in names]
+        ever = [self.sparsifier.ever_active[n] for n in names]
         weights = [self.sparsifier.weights[n].detach() for n in names]
         stats = layer_stats(weights, masks)
         changes = self.sparsifier.take_change_counters().to(stats.device, torch.float64)
         stats = torch.cat([stats, changes], dim=1)
-        parts = [stats.reshape(-1).view(torch.uint8), *(m.reshape(-1).view(torch.uint8) for m in masks)]
+        parts = [stats.reshape(-1).view(torch.uint8), *(m.reshape(-1).view(torch.uint8) for m in masks),
+                 *(e.reshape(-1).view(torch.uint8) for e in ever)]
         if self.keep_weights:
             parts += [w.to(torch.float16).reshape(-1).view(torch.uint8) for w in weights]
         host = torch.cat([p.to(stats.device) for p in parts]).cpu().numpy()
 
         offset = stats.numel() * 8
         stats_np = host[:offset].view(np.float64).reshape(len(names), len(STAT_COLUMNS))
-        mask_arrays = []
-        for m in masks:
-            mask_arrays.append(host[offset : offset + m.numel()].view(bool).reshape(tuple(m.shape)))
-            offset += m.numel()
+        mask_arrays, ever_arrays = [], []
+        for arrays, tensors in ((mask_arrays, masks), (ever_arrays, ever)):
+            for m in tensors:
+                arrays.append(host[offset : offset + m.numel()].view(bool).reshape(tuple(m.shape)))
+                offset += m.numel()
         weight_arrays = None
         if self.keep_weights:
             weight_arrays = []
@@ -189,7 +193,7 @@ class Recorder:
                 size = w.numel() * 2
                 weight_arrays.append(host[offset : offset + size].view(np.float16).reshape(tuple(w.shape)))
                 offset += size
-        return mask_arrays, stats_np, weight_arrays
+        return mask_arrays, stats_np, weight_arrays, ever_arrays
 
     def snapshot(self, epoch: int, metrics: Mapping[str, float] | None = None, *, force: bool = False) -> Path | None:
         """Record epoch ``epoch`` (0-based): snapshot, stats rows, checkpoint. Returns the snapshot path.
@@ -202,7 +206,7 @@ class Recorder:
         if not force and (epoch + 1) % self.every:
             return None
         self.flush()
-        masks, stats, weights = self._gather()
+        masks, stats, weights, ever = self._gather()
         self._chain = 0 if self._previous is None or self._chain + 1 >= FULL_SNAPSHOT_EVERY else self._chain + 1
         previous = self._previous if self.delta and self._chain else None
         self._previous = (epoch, masks)
@@ -217,7 +221,7 @@ class Recorder:
 
         def write() -> None:
             write_snapshot(path, masks, stats, weights, previous=previous[1] if previous else None,
-                           previous_epoch=previous[0] if previous else None)
+                           previous_epoch=previous[0] if previous else None, ever_active=ever)
             write_atomic(self.path / "stats.csv", lambda f: f.write(frame.to_csv(index=False).encode()))
             if checkpoint is not None:
                 write_atomic(self.path / "checkpoint.pt", lambda f: torch.save(checkpoint, f))

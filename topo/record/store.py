@@ -12,6 +12,10 @@ A snapshot ``.npz`` holds, for layer number ``i`` (the order of ``run.json``'s `
 * ``mask_i``: the mask as ``np.packbits`` of the flattened bool array (1 bit per weight, big-endian bit order);
   or ``delta_i``: the uint32 positions that flipped since snapshot ``base_epoch``, when that is smaller;
 * ``weight_i`` (optional): the weights in float16;
+* the positions ever active since training began (the exploration of Liu et al. 2021; adaptations between
+  snapshots included): nothing when they are the current mask (a fixed mask), else ``everx_i``, the uint32
+  positions ever active but inactive now, or ``ever_i``, packed like ``mask_i``, whichever is smaller; the flag
+  ``ever_recorded`` says the record is there;
 * ``stats``: a (layers × len(STAT_COLUMNS)) float64 array.
 
 Every file is written to a temporary name in the same directory and renamed into place, so a crash leaves the
@@ -86,6 +90,7 @@ def write_snapshot(
     weights: list[np.ndarray] | None = None,
     previous: list[np.ndarray] | None = None,
     previous_epoch: int | None = None,
+    ever_active: list[np.ndarray] | None = None,
 ) -> Path:
     """Write one snapshot atomically; with ``previous`` masks, store a layer as flipped positions when smaller."""
     arrays: dict[str, np.ndarray] = {"stats": np.asarray(stats, dtype=np.float64)}
@@ -101,6 +106,14 @@ def write_snapshot(
         arrays["base_epoch"] = np.array(previous_epoch, dtype=np.int64)
     for i, weight in enumerate(weights or []):
         arrays[f"weight_{i}"] = np.asarray(weight, dtype=np.float16)
+    for i, ever in enumerate(ever_active or []):
+        extra = np.flatnonzero(np.asarray(ever).ravel() & ~np.asarray(masks[i]).ravel()).astype(np.uint32)
+        if extra.size:
+            packed = pack_mask(ever)
+            arrays[f"everx_{i}" if extra.nbytes < packed.nbytes else f"ever_{i}"] = (
+                extra if extra.nbytes < packed.nbytes else packed)
+    if ever_active is not None:
+        arrays["ever_recorded"] = np.array(True)
     return write_atomic(path, lambda f: np.savez(f, **arrays))
 
 
@@ -190,6 +203,23 @@ class RunReader:
             else:
                 raise CheckpointError(f"{snapshot_path(self.path, epoch)}: no mask for layer {name!r}")
         return masks
+
+    def ever_active(self, epoch: int) -> dict[str, np.ndarray]:
+        """Layer name → the positions ever active up to ``epoch`` (recorded by topo ≥ this version)."""
+        data = self._load(epoch)
+        if "ever_recorded" not in data:
+            raise CheckpointError(f"{snapshot_path(self.path, epoch)}: no record of ever-active positions "
+                                  "(recorded by an older topo)")
+        masks = self.masks(epoch)
+        ever = {}
+        for i, (name, shape) in enumerate(self.layers.items()):
+            if f"ever_{i}" in data:
+                ever[name] = unpack_mask(data[f"ever_{i}"], shape)
+            else:
+                flat = masks[name].ravel().copy()
+                flat[data.get(f"everx_{i}", np.zeros(0, np.uint32))] = True
+                ever[name] = flat.reshape(shape)
+        return ever
 
     def weights(self, epoch: int) -> dict[str, np.ndarray]:
         """Layer name → float16 weights at ``epoch`` (only for runs recorded with ``keep_weights=True``)."""

@@ -317,7 +317,7 @@ class Adaptive(Sparsifier):
             weight, mask = self.masked.params[name], self.masked.masks[name]
             pruned, grown = adapt_layer(weight.data, mask, grad, self._layer_cfg[name], self.generator)
             self._record_change(name, pruned, grown)
-        self._sync_across_ranks()
+        self._masks_changed()
         return True
 
     def state_dict(self) -> dict[str, Any]:

@@ -110,9 +110,16 @@ class Sparsifier:
         self._optimizer_stepped = False
         self._grad_scale: torch.Tensor | None = None
         self._changes = {n: torch.zeros(2, dtype=torch.int64, device=device) for n in self.masked.names}
+        self.ever_active = {n: torch.ones_like(m) for n, m in self.masked.masks.items()}  # dense until masked
         self._hook = optimizer.register_step_pre_hook(self._before_optimizer_step) if optimizer else None
 
     # -- the interface --------------------------------------------------------------------------------------
+    def exploration(self) -> dict[str, float]:
+        """Per layer, the fraction of positions that were ever active (in-time over-parameterisation, Liu et al.
+        2021): the layer's density for a fixed mask, growing towards 1 as adaptation explores."""
+        counts = torch.stack([torch.count_nonzero(m) for m in self.ever_active.values()]).tolist()
+        return {n: c / m.numel() for (n, m), c in zip(self.ever_active.items(), counts, strict=True)}
+
     @property
     def masks(self) -> dict[str, torch.Tensor]:
         """Layer name → boolean mask, on the weight's device (live tensors: do not modify in place)."""
@@ -180,6 +187,7 @@ class Sparsifier:
             "epochs_done": self.epochs_done,
             "generator": self.generator.get_state(),
             "changes": {n: c.clone() for n, c in self._changes.items()},
+            "ever_active": {n: m.clone() for n, m in self.ever_active.items()},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -192,6 +200,9 @@ class Sparsifier:
         self.generator.set_state(state["generator"])
         for name, counter in state["changes"].items():
             self._changes[name].copy_(counter)
+        for name, mask in self.masked.masks.items():
+            ever = state.get("ever_active", {}).get(name)
+            self.ever_active[name] = (ever.to(mask.device) | mask) if ever is not None else mask.clone()
 
     def remove(self) -> None:
         """Detach the optimizer hook; masks are left in place."""
@@ -224,7 +235,16 @@ class Sparsifier:
         with torch.no_grad():
             for name, weight in self.masked.params.items():
                 self.masked.set_mask(name, make_mask(name, weight))
+                self.ever_active[name] = torch.zeros_like(self.masked.masks[name])
+        self._masks_changed()
+
+    @torch.no_grad()
+    def _masks_changed(self) -> None:
+        """After any change of masks: make every DDP rank agree, and note the active positions in
+        :attr:`ever_active` (the positions active at any time so far: the exploration of Liu et al. 2021)."""
         self._sync_across_ranks()
+        for name, mask in self.masked.masks.items():
+            self.ever_active[name] |= mask
 
     @torch.no_grad()
     def _record_change(self, name: str, pruned: torch.Tensor, grown: torch.Tensor) -> None:

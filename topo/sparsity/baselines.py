@@ -199,7 +199,7 @@ class MagnitudePruning(Sparsifier):
             pruned = old & ~new
             self._record_change(name, pruned, torch.zeros_like(pruned))
             self.masked.set_mask(name, new)
-        self._sync_across_ranks()
+        self._masks_changed()
 
 
 def _top_magnitude(magnitude: torch.Tensor, keep: int) -> torch.Tensor:

@@ -84,7 +84,7 @@ class _DropAndGrow(Sparsifier):
             mask |= grown
             weight.data.copy_(torch.where(grown, new_values(name, grown).to(weight.dtype), weight.data * mask))
             self._record_change(name, dropped, grown)
-        self._sync_across_ranks()
+        self._masks_changed()
 
 
 class SET(_DropAndGrow):

@@ -1,0 +1,103 @@
+"""Topology over a run and between runs: mask turnover, exploration, and the NNSTD distance of two networks.
+
+* **Turnover** (:func:`mask_turnover`): the Jaccard distance 1 − |A ∩ B| / |A ∪ B| between a layer's active
+  sets at two snapshots (0: the same connections; 1: none in common).
+* **Exploration** (:func:`exploration_rate`): the fraction of a layer's positions ever active during training,
+  the in-time over-parameterisation of Liu et al. (2021, ICML); the sparsifier tracks it between snapshots.
+* **NNSTD** (:func:`nnstd`; Liu et al. 2020, "Topological insights into sparse neural networks", ECML-PKDD):
+  the distance between two sparse networks of one architecture up to a permutation of their hidden neurons.
+  Layer by layer, each output neuron is described by its set of active inputs; two neurons differ by the
+  normalised edit distance |A Δ B| / |A ∪ B| of those sets; the neurons of the two networks are matched by a
+  minimum-cost assignment (Hungarian, ``scipy.optimize.linear_sum_assignment``), the layer's distance is the
+  mean cost of the matching, and the matching renames the inputs of the next layer. 0 means the same topology up
+  to permutation, 1 disjoint ones. Two independent random masks of density d are at about 1 − d / (2 − d).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.optimize
+
+from topo.errors import MaskError
+from topo.graph.build import as_mask
+
+
+def _numpy_mask(mask: Any, name: str) -> np.ndarray:
+    block = as_mask(mask, name)
+    return block.detach().cpu().numpy() if hasattr(block, "detach") else np.asarray(block)
+
+
+def jaccard_distance(a: Any, b: Any) -> float:
+    """1 − |A ∩ B| / |A ∪ B| of two boolean masks of one shape; 0 when both are empty."""
+    a, b = _numpy_mask(a, "a"), _numpy_mask(b, "b")
+    if a.shape != b.shape:
+        raise MaskError(f"masks of shapes {a.shape} and {b.shape} cannot be compared")
+    union = np.count_nonzero(a | b)
+    return 0.0 if union == 0 else 1.0 - np.count_nonzero(a & b) / union
+
+
+def mask_turnover(previous: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, float]:
+    """Per layer of ``current``, the Jaccard distance of its active set from ``previous``'s."""
+    return {name: jaccard_distance(previous[name], mask) for name, mask in current.items() if name in previous}
+
+
+def exploration_rate(ever_active: Mapping[str, Any]) -> dict[str, float]:
+    """Per layer, the fraction of positions that were ever active."""
+    return {name: float(np.count_nonzero(_numpy_mask(m, name))) / max(1, np.size(m)) for name, m in
+            ever_active.items()}
+
+
+def run_topology(run: Any, name: str = "") -> pd.DataFrame:
+    """Tidy rows (run, epoch, layer, graph, metric, value) of turnover since the previous snapshot and exploration,
+    per layer of a :class:`topo.record.RunReader`; exploration where the run recorded it."""
+    rows = []
+    previous = None
+    for epoch in run.epochs:
+        masks = run.masks(epoch)
+        if previous is not None:
+            rows += [(name, epoch, layer, layer, "turnover", value)
+                     for layer, value in mask_turnover(previous, masks).items()]
+        try:
+            explored = exploration_rate(run.ever_active(epoch))
+        except Exception:  # noqa: BLE001 - runs recorded before ever-active positions were kept have none
+            explored = {}
+        rows += [(name, epoch, layer, layer, "exploration", value) for layer, value in explored.items()]
+        previous = masks
+    return pd.DataFrame(rows, columns=["run", "epoch", "layer", "graph", "metric", "value"])
+
+
+def _edit_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(rows of a) × (rows of b): |A Δ B| / |A ∪ B| between their active sets (0 when both are empty)."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    common = a @ b.T
+    union = a.sum(1)[:, None] + b.sum(1)[None, :] - common
+    return np.where(union > 0, (union - common) / np.where(union > 0, union, 1), 0.0)
+
+
+def nnstd(layers_a: Sequence[Any], layers_b: Sequence[Any]) -> list[float]:
+    """Per layer, the NNSTD distance of two stacks of feed-forward masks (each out × in), see the module docstring.
+
+    Convolution masks (out, in, *kernel) are read as their channel masks. When a layer's inputs are the previous
+    layer's outputs the previous matching renames them; otherwise the inputs are taken as they are.
+    """
+    if len(layers_a) != len(layers_b):
+        raise MaskError(f"networks of {len(layers_a)} and {len(layers_b)} layers cannot be compared")
+    distances = []
+    matching: np.ndarray | None = None
+    for index, (mask_a, mask_b) in enumerate(zip(layers_a, layers_b, strict=True)):
+        a, b = _numpy_mask(mask_a, f"a[{index}]"), _numpy_mask(mask_b, f"b[{index}]")
+        if a.shape != b.shape:
+            raise MaskError(f"layer {index}: shapes {a.shape} and {b.shape} differ")
+        a, b = (m.reshape(*m.shape[:2], -1).any(-1) if m.ndim > 2 else m for m in (a, b))
+        if matching is not None and len(matching) == a.shape[1]:
+            b = b[:, matching]  # column i: b's neuron matched to a's neuron i
+        cost = _edit_distances(a, b)
+        rows, columns = scipy.optimize.linear_sum_assignment(cost)
+        distances.append(float(cost[rows, columns].mean()) if len(rows) else 0.0)
+        matching = np.empty(a.shape[0], dtype=np.int64)
+        matching[rows] = columns  # a's neuron i ↔ b's neuron matching[i]
+    return distances
