@@ -202,7 +202,7 @@ def cmd_transplant(args: argparse.Namespace) -> int:
     from topo.experiments.transplant import transplant
 
     result = transplant(args.run, args.out, epoch=args.epoch, seed=args.seed, epochs=args.epochs,
-                        data_dir=args.data_dir, progress=not args.quiet)
+                        data_dir=args.data_dir, init=args.init, progress=not args.quiet)
     final = ", ".join(f"{k} {v:.4f}" for k, v in result.final.items() if k != "epoch")
     print(f"{result.run_dir}: transplanted topology of {args.run}; last epoch: {final}")
     return 0
@@ -341,7 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epoch", type=int, help="snapshot to take the mask from (default: last)")
     p.add_argument("--out", help="new run directory (default: RUN-transplant-eEPOCH)")
     p.add_argument("--epochs", type=int, help="default: the parent's")
-    p.add_argument("--seed", type=int, help="initialisation seed (default: parent's + 1)")
+    p.add_argument("--seed", type=int, help="initialisation seed (default: parent's + 1; rewind: parent's)")
+    p.add_argument("--init", choices=["fresh", "rewind"], default="fresh",
+                   help="fresh initialisation (Section 5.1) or the parent's own initial weights (lottery ticket)")
     p.add_argument("--data-dir")
     p.set_defaults(func=cmd_transplant)
 

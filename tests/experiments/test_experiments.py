@@ -364,3 +364,19 @@ def test_table2_with_dst_methods_and_differences_to_random_fixed(tmp_path):
     assert "− random fixed [95 % CI]" in to_markdown(summary, "test % error")
     with pytest.raises(ConfigError, match="unknown method"):
         reproduce_table2(base, [1.0], [0.5], seeds=1, out_dir=tmp_path, progress=False, methods=["lottery"])
+
+
+def test_rewound_transplant_starts_from_the_parents_initial_weights(tmp_path):
+    config = TrainConfig(model="mlp", dataset="digits", method="set", epochs=2, batch_size=64, max_batches=3)
+    parent = train(config, tmp_path / "parent", progress=False)
+    child = transplant(parent.run_dir, init="rewind", progress=False)
+    assert child.run_dir.name.endswith("-rewind")
+    start_parent = RunReader(parent.run_dir).initial_state()
+    start_child = RunReader(child.run_dir).initial_state()
+    final_masks = RunReader(parent.run_dir).masks(1)
+    for name, weight in start_parent.items():
+        expected = weight * torch.from_numpy(final_masks[name]) if name in final_masks else weight
+        assert torch.equal(start_child[name], expected), name
+    fresh = transplant(parent.run_dir, progress=False)
+    first = next(iter(final_masks))
+    assert not torch.equal(RunReader(fresh.run_dir).initial_state()[first], start_child[first])

@@ -274,8 +274,9 @@ class Session:
 
 
 def setup(config: TrainConfig, masks: Mapping[str, torch.Tensor] | None = None,
-          widths: list[int] | None = None) -> Session:
-    """Data, device (and DDP rank), widths, model, optimizer and method of ``config``."""
+          widths: list[int] | None = None, initial_state: Mapping[str, torch.Tensor] | None = None) -> Session:
+    """Data, device (and DDP rank), widths, model, optimizer and method of ``config``; the model starts from
+    ``initial_state`` when given (a rewound transplant), else from its seeded initialisation."""
     config.validate()
     spec = get_model_spec(config.model)
     data = shaped_for(load_dataset(config.dataset or spec.dataset, config.data_dir), spec.inputs, spec.name)
@@ -286,7 +287,10 @@ def setup(config: TrainConfig, masks: Mapping[str, torch.Tensor] | None = None,
     epochs = config.epochs or spec.epochs
     widths = widths or resolve_widths(config, spec, data)
     torch.manual_seed(config.seed)
-    model = _factory(spec, data)(widths).to(device)
+    model = _factory(spec, data)(widths)
+    if initial_state is not None:
+        model.load_state_dict(initial_state)
+    model = model.to(device)
     net: nn.Module = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     optimizer = _make_optimizer(spec, net, config)
     batch_size = config.batch_size or spec.batch_size
@@ -412,6 +416,7 @@ def train(
     parent: str | None = None,
     resume: bool = False,
     progress: bool = True,
+    initial_state: Mapping[str, torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train ``config`` and record it into ``run_dir``; returns the history.
 
@@ -421,7 +426,7 @@ def train(
     returned as recorded, or continued when ``config`` asks for more epochs than it has. Early stopping and the
     choice of epoch use the validation split; the test split is evaluated every epoch and never selects.
     """
-    session = setup(config, masks, widths)
+    session = setup(config, masks, widths, initial_state)
     run_dir = Path(run_dir)
     wanted = session.record_config(parent)
     existing, extend = _resumable(run_dir, wanted) if resume else (False, False)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from topo.errors import CheckpointError
+from topo.errors import CheckpointError, ConfigError
 from topo.experiments.train import TrainConfig, TrainResult, train
 from topo.record import RunReader
 
@@ -25,13 +25,18 @@ def transplant(
     seed: int | None = None,
     epochs: int | None = None,
     data_dir: str | None = None,
+    init: str = "fresh",
     progress: bool = True,
 ) -> TrainResult:
-    """Train the mask of ``run_dir`` at ``epoch`` (default: the last recorded) fixed, from a fresh initialisation.
+    """Train the mask of ``run_dir`` at ``epoch`` (default: the last recorded) fixed, from a new start.
 
-    Returns the new run's result; it is recorded in ``out_dir`` (default: ``<run>-transplant-e<epoch>`` beside
-    the parent).
+    ``init="fresh"`` (Section 5.1): a fresh initialisation, seed + 1 by default. ``init="rewind"``: the parent's
+    own initial weights (its ``initial.pt``) and seed, as the lottery-ticket experiments of Frankle & Carbin (2019)
+    do. Returns the new run's result; it is recorded in ``out_dir`` (default: ``<run>-transplant-e<epoch>``, with
+    ``-rewind`` for a rewound one, beside the parent).
     """
+    if init not in ("fresh", "rewind"):
+        raise ConfigError(f"init must be 'fresh' or 'rewind', got {init!r}")
     reader = RunReader(run_dir)
     if not reader.epochs:
         raise CheckpointError(f"{reader.path}: no snapshot to transplant")
@@ -41,9 +46,11 @@ def transplant(
     if "train" not in recorded:
         raise CheckpointError(f"{reader.path / 'run.json'}: not recorded by topo.experiments.train (no 'train')")
     config = TrainConfig(**recorded["train"])
-    config.seed = config.seed + 1 if seed is None else seed
+    initial_state = reader.initial_state() if init == "rewind" else None
+    config.seed = (config.seed if init == "rewind" else config.seed + 1) if seed is None else seed
     config.epochs = epochs or recorded["epochs"]
     config.data_dir = data_dir or config.data_dir
-    out_dir = Path(out_dir) if out_dir else reader.path.parent / f"{reader.path.name}-transplant-e{epoch}"
-    return train(config, out_dir, masks=masks, widths=recorded["widths"], parent=f"{reader.path}@{epoch}",
-                 progress=progress)
+    suffix = "-rewind" if init == "rewind" else ""
+    out_dir = Path(out_dir) if out_dir else reader.path.parent / f"{reader.path.name}-transplant-e{epoch}{suffix}"
+    return train(config, out_dir, masks=masks, widths=recorded["widths"], parent=f"{reader.path}@{epoch}{suffix}",
+                 progress=progress, initial_state=initial_state)

@@ -33,6 +33,7 @@ from topo.errors import CheckpointError
 from topo.record.store import (
     FORMAT,
     FULL_SNAPSHOT_EVERY,
+    INITIAL_STATE,
     LOW_STRENGTH_FRACTIONS,
     STAT_COLUMNS,
     RunReader,
@@ -161,6 +162,8 @@ class Recorder:
                              "python": platform.python_version()},
                 "argv": sys.argv,
             })
+            initial = {k: v.detach().cpu().clone() for k, v in sparsifier.model.state_dict().items()}
+            write_atomic(self.path / INITIAL_STATE, lambda f: torch.save(initial, f))
 
     # -- recording ------------------------------------------------------------------------------------------
     def _gather(self) -> tuple[list[np.ndarray], np.ndarray, list[np.ndarray] | None, list[np.ndarray]]:

@@ -6,6 +6,7 @@ A run directory::
     snapshots/epoch-0007.npz    one per recorded epoch (see below)
     stats.csv                   one tidy row per epoch × layer (+ loss/accuracy columns the loop passed)
     checkpoint.pt               model, optimizer, sparsifier and RNG state of the last complete epoch
+    initial.pt                  the model's state_dict when recording began (its initialisation)
 
 A snapshot ``.npz`` holds, for layer number ``i`` (the order of ``run.json``'s ``layers``):
 
@@ -39,6 +40,8 @@ import pandas as pd
 from topo.errors import CheckpointError
 
 FORMAT = "topo-run/1"
+#: The model's state when recording began (its initialisation, for rewound transplants).
+INITIAL_STATE = "initial.pt"
 SNAPSHOT_NAME = re.compile(r"epoch-(\d+)\.npz")
 #: With delta coding, every this many snapshots one is stored in full, so no delta chain is longer.
 FULL_SNAPSHOT_EVERY = 50
@@ -220,6 +223,15 @@ class RunReader:
                 flat[data.get(f"everx_{i}", np.zeros(0, np.uint32))] = True
                 ever[name] = flat.reshape(shape)
         return ever
+
+    def initial_state(self) -> dict[str, Any]:
+        """The model's state_dict when recording began (``initial.pt``), read with the safe loader."""
+        from topo.record.training_state import safe_load
+
+        path = self.path / INITIAL_STATE
+        if not path.exists():
+            raise CheckpointError(f"{path}: missing (runs recorded by an older topo kept no initial weights)")
+        return safe_load(path)
 
     def weights(self, epoch: int) -> dict[str, np.ndarray]:
         """Layer name → float16 weights at ``epoch`` (only for runs recorded with ``keep_weights=True``)."""
