@@ -1,7 +1,7 @@
 """Masked-step time / dense-step time for a CIFAR ResNet, and one adaptation pass as a fraction of an epoch.
 
 Usage: python bench/sparsity_overhead.py [--depth 110] [--batch 128] [--dtype fp32|bf16] [--steps 30]
-                                         [--methods random-fixed adaptive] [--json out.json]
+                                         [--methods random-fixed adaptive rigl set] [--json out.json]
 
 Every variant runs the same model, data and Adam optimizer in one process. Rounds of ``--steps`` steps per variant
 are interleaved (the order rotating from round to round), and a variant's ratio is the median over rounds of its
@@ -10,8 +10,9 @@ ratio alike, which the ratio of two medians over the whole run does not achieve 
 
 A sparse variant is a method at density 0.3: gradient masking in the
 optimizer's pre-hook and weight masking after the step (``adaptive`` between its adaptations costs the same, plus
-its due-check). The adaptation pass is one ``Adaptive.adapt`` over every layer, timed on its own and compared
-with an epoch of CIFAR-10 (50,000 images: 391 steps at batch 128) at the dense step time.
+its due-check; ``rigl`` and ``set`` between their updates likewise). One update pass of ``adaptive``, ``rigl`` and
+``set`` over every layer is timed on its own and compared with an epoch of CIFAR-10 (50,000 images: 391 steps at
+batch 128) at the dense step time.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import platform
 import statistics
 import sys
@@ -44,6 +46,8 @@ def make(kind: str, device: torch.device, args: argparse.Namespace, seed: int = 
         sp = make_sparsifier("dense", model)
     elif kind == "adaptive":
         sp = make_sparsifier("adaptive", model, opt, density=0.3, k=0.25, every=10**9)  # never adapts here
+    elif kind == "rigl":
+        sp = make_sparsifier("rigl", model, opt, density=0.3, delta_t=10**9, t_end=10**9)  # no update here
     else:
         sp = make_sparsifier(kind, model, opt, density=0.3)
     return model, opt, sp
@@ -64,16 +68,21 @@ def run_steps(model, opt, sp, x, y, steps, device, dtype: str) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def adaptation_pass(device: torch.device, args: argparse.Namespace, x, y) -> float:
+def adaptation_pass(device: torch.device, args: argparse.Namespace, x, y, method: str) -> float:
+    """Seconds for one mask update of ``method`` over every layer (gradients of one minibatch)."""
     model, opt, _ = make("dense", device, args)
-    adaptive = Adaptive(model, opt, density=0.3, k=0.25)
+    if method == "adaptive":
+        sp = Adaptive(model, opt, density=0.3, k=0.25)
+    else:
+        sp = make_sparsifier(method, model, opt, density=0.3, **({"t_end": 10**9} if method == "rigl" else {}))
     F.cross_entropy(model(x), y).backward()
-    grads = {n: p.grad.detach().float() for n, p in adaptive.weights.items()}
-    adaptive.adapt(grads)
+    grads = {n: p.grad.detach().float() for n, p in sp.weights.items()}
+    update = {"adaptive": lambda: sp.adapt(grads), "rigl": lambda: sp.adapt(grads, 1), "set": sp.adapt}[method]
+    update()
     sync(device)
     start = time.perf_counter()
     for _ in range(3):
-        adaptive.adapt(grads)
+        update()
     sync(device)
     return (time.perf_counter() - start) / 3
 
@@ -86,7 +95,7 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--steps", type=int, default=10 if cuda else 3)
     parser.add_argument("--blocks", type=int, default=15 if cuda else 5)
-    parser.add_argument("--methods", nargs="+", default=["random-fixed", "adaptive"])
+    parser.add_argument("--methods", nargs="+", default=["random-fixed", "adaptive", "rigl", "set"])
     parser.add_argument("--json", help="also write the measured figures to this JSON file")
     args = parser.parse_args()
     device = torch.device("cuda" if cuda else "cpu")
@@ -105,7 +114,8 @@ def main() -> None:
     dense = median["dense"]
     ratio = {kind: statistics.median(t / d for t, d in zip(times[kind], times["dense"], strict=True))
              for kind in args.methods}
-    adapt = adaptation_pass(device, args, x, y)
+    passes = {m: adaptation_pass(device, args, x, y, m) for m in ("adaptive", "rigl", "set") if m in args.methods}
+    adapt = passes.get("adaptive", math.nan)
     epoch = dense * 50_000 / args.batch
     name = torch.cuda.get_device_name() if cuda else platform.processor() or "cpu"
 
@@ -117,13 +127,15 @@ def main() -> None:
         spread = sorted(t / d for t, d in zip(times[kind], times["dense"], strict=True))
         print(f"{kind + ' step':<21} {median[kind] * 1e3:9.2f} ms   ratio to dense: {ratio[kind]:.3f} "
               f"(rounds {spread[0]:.3f}–{spread[-1]:.3f})")
-    print(f"adaptation pass {adapt * 1e3:.1f} ms = {100 * adapt / epoch:.3f}% of a CIFAR-10 epoch")
+    for method, seconds in passes.items():
+        print(f"{method} update pass {seconds * 1e3:.1f} ms = {100 * seconds / epoch:.3f}% of a CIFAR-10 epoch")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"argv": sys.argv, "device": name, "torch": torch.__version__, "depth": args.depth,
                        "batch": args.batch, "dtype": args.dtype, "step_ms": {k: v * 1e3 for k, v in median.items()},
                        "ratio": ratio, "adaptation_ms": adapt * 1e3,
-                       "adaptation_fraction_of_epoch": adapt / epoch}, handle, indent=2)
+                       "adaptation_fraction_of_epoch": adapt / epoch,
+                       "update_ms": {m: t * 1e3 for m, t in passes.items()}}, handle, indent=2)
 
 
 if __name__ == "__main__":

@@ -94,3 +94,29 @@ def test_figure5_of_an_mlp_draws_one_line_per_layer():
     for ax in fig.axes:  # four meaningful panels: bipartite layers use fan-in Gini and Robins–Alexander clustering
         assert len({tuple(line.get_color()) if not isinstance(line.get_color(), str) else line.get_color()
                     for line in ax.get_lines()}) == 3, ax.get_title()
+
+
+def test_figure5_of_runs_adds_turnover_and_exploration_and_the_degree_figure(tmp_path):
+    import torch
+    from torch import nn
+
+    from topo.graph import metrics_table
+    from topo.graph.compare import degree_distributions
+    from topo.record import Recorder, RunReader
+    from topo.sparsity import SET
+
+    torch.manual_seed(0)
+    sparsifier = SET(nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 4)), density=0.3, zeta=0.3)
+    with Recorder(tmp_path / "run", sparsifier, checkpoint=False) as recorder:
+        for epoch in range(4):
+            sparsifier.adapt()
+            recorder.snapshot(epoch)
+    run = RunReader(tmp_path / "run")
+    fig = plot.figure5(metrics_table(run, run="set", progress=False), hue="run")
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible() and ax.axison]
+    assert len(titles) == 6 and any("turnover" in t for t in titles) and any("exploration" in t for t in titles)
+    degrees = degree_distributions(run, "set")
+    assert set(degrees["side"]) == {"in", "out"}
+    assert (degrees.groupby(["epoch", "layer", "side"])["count"].sum().loc[(3, "0.weight", "in")] == 16)
+    plot.save(plot.degree_figure(degrees), tmp_path / "degrees.png")
+    assert not_blank(tmp_path / "degrees.png")

@@ -156,10 +156,19 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from topo.graph import metrics_table
     from topo.record import RunReader
 
-    if args.figure == 5:
+    if args.figure == "degrees":
+        from topo.graph.compare import degree_distributions
+
+        frames = [degree_distributions(RunReader(r), RunReader(r).name) for r in args.runs]
+        fig = plot.degree_figure(pd.concat(frames, ignore_index=True))
+    elif args.figure == "5":
         tables = [metrics_table(RunReader(r), run=RunReader(r).name, progress=not args.quiet) for r in args.runs]
-        fig = plot.figure5(pd.concat(tables, ignore_index=True))
-    elif args.figure == 4:
+        table = pd.concat(tables, ignore_index=True)
+        if args.over_seeds:
+            table["run"] = table["run"].str.replace(SEED_IN_NAME, "", regex=True)
+        # several runs (methods): one line per run, mean ± sd over its graphs (and seeds)
+        fig = plot.figure5(table, hue="run" if len(args.runs) > 1 else "graph")
+    elif args.figure == "4":
         fig = plot.figure4(_stats_of(args.runs, args.over_seeds), layer=args.layer)
     else:
         stats = _stats_of(args.runs)
@@ -310,7 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plot", help="draw Figure 3, 4 or 5 from run directories",
                        description="Draw a figure of the paper from one or more run directories.")
     p.add_argument("runs", nargs="+", help="run directories")
-    p.add_argument("--figure", type=int, choices=[3, 4, 5], default=5)
+    p.add_argument("--figure", choices=["3", "4", "5", "degrees"], default="5",
+                   help="3 (transplant), 4 (low-strength weights), 5 (graph metrics, turnover and exploration) or "
+                        "degrees (fan-in/fan-out distributions against a random mask's Binomial)")
     p.add_argument("-o", "--output", required=True, help="image file (.png, .pdf, .svg)")
     p.add_argument("--layer", help="Figure 4: layer to show (default: the first)")
     p.add_argument("--metric", default="val_loss", help="Figure 3: stats column to plot (val_loss, val_acc, …)")

@@ -28,6 +28,11 @@ FIGURE5_PANELS = {
     "clustering (Robins–Alexander for layers)": ("global_clustering", "bipartite_clustering"),
     "mean shortest path length": ("mean_shortest_path",),
 }
+#: Two more panels when the table has them (run directories): mask turnover and exploration per layer.
+TOPOLOGY_PANELS = {
+    "mask turnover since the previous snapshot": ("turnover",),
+    "exploration (fraction ever active)": ("exploration",),
+}
 
 
 def save(fig: plt.Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
@@ -53,14 +58,21 @@ def _require(frame: pd.DataFrame, columns: list[str], what: str) -> None:
 
 
 def figure5(metrics: pd.DataFrame, hue: str = "graph") -> plt.Figure:
-    """The four graph metrics over epochs (Figure 5), one line per ``hue`` value (LSTM gate or layer).
+    """The four graph metrics over epochs (Figure 5), one line per ``hue`` value (LSTM gate or layer, or run).
+
+    Turnover and exploration (run directories) add two panels.
 
     ``metrics`` is :func:`topo.graph.metrics_table` output (run, epoch, layer, graph, metric, value). Several runs
     (seeds) with the same ``hue`` values are drawn as their mean with a ±1 std band.
     """
     _require(metrics, ["epoch", "metric", "value", hue], "figure5")
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
-    for ax, (title, names) in zip(axes.flat, FIGURE5_PANELS.items(), strict=True):
+    panels = dict(FIGURE5_PANELS)
+    panels.update({title: names for title, names in TOPOLOGY_PANELS.items() if metrics["metric"].isin(names).any()})
+    columns = -(-len(panels) // 2)
+    fig, axes = plt.subplots(2, columns, figsize=(5 * columns, 7), sharex=True, squeeze=False)
+    for ax in list(axes.T.flat)[len(panels):]:
+        ax.set_axis_off()
+    for ax, (title, names) in zip(axes.T.flat, panels.items(), strict=False):
         sns.lineplot(data=metrics[metrics["metric"].isin(names)], x="epoch", y="value", hue=hue, errorbar="sd",
                      ax=ax, legend=ax is axes.flat[0])
         ax.set_title(title)
@@ -165,5 +177,39 @@ def layer_figure(table: pd.DataFrame, degrees: pd.DataFrame) -> plt.Figure:
         ax.set_title(f"{title} by depth")
         ax.set_xlabel("graph, in model order")
         ax.set_ylabel("")
+    fig.tight_layout()
+    return fig
+
+
+def degree_figure(degrees: pd.DataFrame, layers: list[str] | None = None) -> plt.Figure:
+    """Fan-in and fan-out distributions of each layer at the first and last recorded epoch, with the Binomial
+    distribution of a uniformly random mask of the same density (dashed) for comparison.
+
+    ``degrees`` is :func:`topo.graph.compare.degree_distributions` output.
+    """
+    from scipy.stats import binom
+
+    _require(degrees, ["epoch", "layer", "side", "degree", "count", "n", "density"], "degree_figure")
+    layers = layers or list(dict.fromkeys(degrees["layer"]))[:4]
+    epochs = [degrees["epoch"].min(), degrees["epoch"].max()]
+    fig, axes = plt.subplots(2, len(layers), figsize=(4 * len(layers), 6.5), squeeze=False)
+    for column, layer in enumerate(layers):
+        for row, side in enumerate(("in", "out")):
+            ax = axes[row][column]
+            data = degrees[(degrees["layer"] == layer) & (degrees["side"] == side)]
+            for epoch in dict.fromkeys(epochs):
+                at = data[data["epoch"] == epoch]
+                if at.empty:
+                    continue
+                ax.step(at["degree"], at["count"] / at["count"].sum(), where="mid", label=f"epoch {epoch}")
+            last = data[data["epoch"] == epochs[-1]]
+            if not last.empty:
+                n, p = int(last["n"].iloc[0]), float(last["density"].iloc[0])
+                support = range(int(data["degree"].min()), int(data["degree"].max()) + 1)
+                ax.plot(list(support), binom.pmf(list(support), n, p), "k--", linewidth=1, label="Binomial (random)")
+            ax.set_title(f"{layer}: fan-{side}")
+            ax.set_xlabel("degree")
+            ax.set_ylabel("fraction of neurons")
+    axes[0][0].legend(frameon=False)
     fig.tight_layout()
     return fig

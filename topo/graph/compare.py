@@ -101,3 +101,26 @@ def nnstd(layers_a: Sequence[Any], layers_b: Sequence[Any]) -> list[float]:
         matching = np.empty(a.shape[0], dtype=np.int64)
         matching[rows] = columns  # a's neuron i ↔ b's neuron matching[i]
     return distances
+
+
+def degree_distributions(run: Any, name: str = "") -> pd.DataFrame:
+    """Tidy in- and out-degree histograms of every layer at every snapshot of a run.
+
+    Columns run, epoch, layer, side (``in``: active weights into each output neuron, its fan-in; ``out``: from
+    each input neuron, its fan-out), degree, count (neurons with that degree), n (the most a degree can be) and
+    density (the layer's). Under a uniformly random mask of that density the degrees would be Binomial(n, density),
+    which :func:`topo.plot.degree_figure` draws beside them; SET reports a drift towards scale-free degrees.
+    """
+    rows = []
+    for epoch in run.epochs:
+        for layer, mask in run.masks(epoch).items():
+            if mask.ndim < 2:
+                continue
+            flat = mask.reshape(mask.shape[0], mask.shape[1], -1)
+            density = float(np.count_nonzero(mask)) / mask.size
+            for side, degrees, most in (("in", flat.sum((1, 2)), flat.shape[1] * flat.shape[2]),
+                                        ("out", flat.sum((0, 2)), flat.shape[0] * flat.shape[2])):
+                values, counts = np.unique(degrees, return_counts=True)
+                rows += [(name, epoch, layer, side, int(v), int(c), most, density)
+                         for v, c in zip(values, counts, strict=True)]
+    return pd.DataFrame(rows, columns=["run", "epoch", "layer", "side", "degree", "count", "n", "density"])
