@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import scipy.optimize
 
-from topo.errors import MaskError
+from topo.errors import MaskError, TopoError
 from topo.graph.build import as_mask
 
 
@@ -63,7 +63,7 @@ def run_topology(run: Any, name: str = "") -> pd.DataFrame:
                      for layer, value in mask_turnover(previous, masks).items()]
         try:
             explored = exploration_rate(run.ever_active(epoch))
-        except Exception:  # noqa: BLE001 - runs recorded before ever-active positions were kept have none
+        except TopoError:  # runs recorded before ever-active positions were kept have none
             explored = {}
         rows += [(name, epoch, layer, layer, "exploration", value) for layer, value in explored.items()]
         previous = masks

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import warnings
+import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,7 +231,8 @@ def _find_weights(obj: Any, key: str | None, source: str) -> tuple[Mapping[str, 
 def _load_torch(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - legacy (non-zip) files cannot be memory-mapped; the safe loader reports
+    except (RuntimeError, ValueError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, KeyError,
+            AttributeError):  # legacy (non-zip) files cannot be memory-mapped; the safe loader reads or reports
         return safe_load(path)
 
 
