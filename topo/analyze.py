@@ -1,7 +1,9 @@
-"""``topo analyze`` on a checkpoint: stream its layers, take a backbone if asked, summarise every graph.
+"""``topo analyze``: the graph metrics of a checkpoint, or of every snapshot of one or many run directories.
 
 >>> result = analyze_checkpoint("model.safetensors", backbone="magnitude:0.1")       # doctest: +SKIP
 >>> result.table                       # one row per graph: layer, graph, kind, shape, densities, metrics
+>>> analyze_runs(["runs/a", "runs/b"], executor="ray")      # doctest: +SKIP
+>>> # one tidy table (run, epoch, layer, graph, metric, value) over both runs, each analysed by a Ray task
 
 Layers are read one at a time (:mod:`topo.record.formats`), so a model larger than memory is analysed in about two
 layers' worth of it; a global magnitude backbone reads the model twice (once to find the threshold). Metrics are
@@ -21,10 +23,14 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from topo.errors import ConfigError
-from topo.graph import Graph, layer_graphs, recurrent_gates, summarize
+from topo.errors import CheckpointError, ConfigError
+from topo.executors import Job, RayOptions, run_jobs
+from topo.graph import Graph, layer_graphs, metrics_table, recurrent_gates, summarize
 from topo.graph.backbone import BackboneSpec, GlobalMagnitude, disparity_backbone, magnitude_backbone, parse_backbone
+from topo.graph.compare import run_topology
+from topo.record import RunReader
 from topo.record.formats import CheckpointSource, open_checkpoint
+from topo.record.store import write_atomic
 
 EXACT_PATH_LIMIT = 16384
 DEFAULT_PATH_SOURCES = 1024
@@ -130,3 +136,75 @@ def analyze_checkpoint(
         del mask, on_device
     table = pd.DataFrame(records)
     return CheckpointAnalysis(table, records, source.description, dense, degrees)
+
+
+def is_run_directory(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a topo run directory (holds ``run.json``)."""
+    return os.path.isdir(path) and os.path.exists(os.path.join(path, "run.json"))
+
+
+def analyze_run(
+    path: str | os.PathLike,
+    *,
+    layers: str | None = None,
+    small_world: int = 0,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+    save: bool = True,
+) -> pd.DataFrame:
+    """Tidy graph metrics of every snapshot of the run directory at ``path``, with turnover and exploration.
+
+    Columns run, epoch, layer, graph, metric, value. ``layers`` is a glob over layer names; ``device`` analyses
+    the whole run in batches there (:mod:`topo.graph.batched`); with ``save`` the table is also written
+    (atomically) to ``RUN/graph_metrics.csv``.
+    """
+    reader = RunReader(path)
+    if not reader.epochs:
+        raise CheckpointError(f"{path}: run directory has no snapshots yet")
+    selected = dict(reader.layers)
+    if layers is not None:
+        selected = {n: shape for n, shape in selected.items() if fnmatch.fnmatchcase(n, layers)}
+        if not selected:
+            raise ConfigError(f"{path}: no layer matches {layers!r}; layers: {', '.join(dict(reader.layers))}")
+    timeline = ((e, {n: m for n, m in masks.items() if n in selected}) for e, masks in reader.iter_masks())
+    table = metrics_table(timeline, run=reader.name, small_world_graphs=small_world, device=device,
+                          progress=progress)
+    topology = run_topology(reader, reader.name)
+    table = pd.concat([table, topology[topology["layer"].isin(selected)]], ignore_index=True)
+    if save:
+        write_atomic(reader.path / "graph_metrics.csv", lambda f: f.write(table.to_csv(index=False).encode()))
+    return table
+
+
+def analyze_runs(
+    paths: list[str | os.PathLike],
+    *,
+    executor: str = "local",
+    ray_options: RayOptions | None = None,
+    layers: str | None = None,
+    small_world: int = 0,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    save: bool = True,
+) -> pd.DataFrame:
+    """:func:`analyze_run` over many run directories, one job each (``executor="ray"``: in parallel), as one
+    tidy table in the order of ``paths``. Every path is checked to be a run directory before any work starts."""
+    for path in paths:
+        if not is_run_directory(path):
+            raise CheckpointError(f"{path}: not a topo run directory (no run.json); several paths must all be runs")
+    names = [RunReader(path).name for path in paths]
+    if len(set(names)) < len(names):
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        raise ConfigError(f"several runs are named {', '.join(duplicated)}: the table's run column could not "
+                          "tell them apart")
+    here = progress and executor == "local"
+    jobs = [Job(name, _analyze_job, (str(path), layers, small_world, None if device is None else str(device),
+                                     here, save)) for name, path in zip(names, paths, strict=True)]
+    tables = run_jobs(jobs, executor, ray_options, progress=progress,
+                      headline=lambda table: f"{table['epoch'].nunique()} epochs")
+    return pd.concat(tables, ignore_index=True)
+
+
+def _analyze_job(path: str, layers: str | None, small_world: int, device: str | None, progress: bool,
+                 save: bool) -> pd.DataFrame:
+    return analyze_run(path, layers=layers, small_world=small_world, device=device, progress=progress, save=save)

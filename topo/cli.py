@@ -6,7 +6,6 @@ Exit codes: 0 success, 1 failure (one line on stderr; ``--debug`` shows the trac
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import logging
 import re
 import sys
@@ -17,15 +16,6 @@ from pathlib import Path
 import pandas as pd
 
 from topo.errors import ConfigError, TopoError
-
-
-def _select(masks: dict, pattern: str | None, source: Path) -> dict:
-    if pattern is None:
-        return masks
-    chosen = {n: m for n, m in masks.items() if fnmatch.fnmatchcase(n, pattern)}
-    if not chosen:
-        raise ConfigError(f"{source}: no layer matches {pattern!r}; layers: {', '.join(masks)}")
-    return chosen
 
 
 def _wide(table: pd.DataFrame) -> pd.DataFrame:
@@ -44,40 +34,59 @@ def _analysis_device(name: str):
     return None if device.type == "cpu" else device
 
 
+def _ray_options(args: argparse.Namespace):
+    """The Ray options of ``args`` (None with the local executor, where Ray options are refused)."""
+    from topo.executors import RayOptions
+
+    given = [flag for flag, value in (("--address", args.address), ("--gpus-per-run", args.gpus_per_run),
+                                      ("--cpus-per-run", args.cpus_per_run)) if value is not None]
+    if args.executor != "ray":
+        if given:
+            raise ConfigError(f"{', '.join(given)} applies to --executor ray")
+        return None
+    options = RayOptions(address=args.address, gpus_per_run=args.gpus_per_run, max_retries=args.max_retries,
+                         cpus_per_run=1.0 if args.cpus_per_run is None else args.cpus_per_run, force=args.force)
+    options.validate()
+    return options
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from topo.graph import metrics_table
-    from topo.graph.compare import run_topology
-    from topo.record import RunReader
+    from topo.analyze import analyze_runs, is_run_directory
 
     device = _analysis_device(args.device)
-    path = Path(args.path)
+    paths = [Path(p) for p in args.path]
+    if len(paths) == 1 and not is_run_directory(paths[0]):
+        if args.executor != "local":
+            raise ConfigError("--executor ray analyses run directories; a checkpoint is analysed here")
+        return _analyze_checkpoint(args, paths[0], device, args.csv == "-")
+    options = _ray_options(args)
     to_stdout = args.csv == "-"
-    if path.is_dir() and (path / "run.json").exists():
-        reader = RunReader(path)
-        if not reader.epochs:
-            raise TopoError(f"{path}: run directory has no snapshots yet")
-        selected = _select(dict(reader.layers), args.layers, path)
-        timeline = ((e, {n: m for n, m in masks.items() if n in selected}) for e, masks in reader.iter_masks())
-        table = metrics_table(timeline, run=reader.name, small_world_graphs=args.small_world, device=device,
-                              progress=not args.quiet and not to_stdout and not args.json)
-        topology = run_topology(reader, reader.name)
-        table = pd.concat([table, topology[topology["layer"].isin(selected)]], ignore_index=True)
-        out = None if to_stdout else Path(args.csv) if args.csv else path / "graph_metrics.csv"
-        table.to_csv(sys.stdout if out is None else out, index=False)
-        if args.plot:
-            from topo.plot import figure5, save
+    table = analyze_runs(paths, executor=args.executor, ray_options=options, layers=args.layers,
+                         small_world=args.small_world, device=device,
+                         progress=not args.quiet and not to_stdout and not args.json)
+    single = len(paths) == 1
+    out = None if to_stdout else Path(args.csv) if args.csv else paths[0] / "graph_metrics.csv" if single else None
+    if out is None and not to_stdout:
+        raise ConfigError("several runs: --csv FILE names the table they go into")
+    if out is not None and not (single and out == paths[0] / "graph_metrics.csv"):
+        table.to_csv(out, index=False)
+    elif to_stdout:
+        table.to_csv(sys.stdout, index=False)
+    if args.plot:
+        from topo.plot import figure5, save
 
-            save(figure5(table), args.plot)
-        if args.json:
-            print(table.to_json(orient="records"))
-        elif out is not None:
+        save(figure5(table), args.plot)
+    if args.json:
+        print(table.to_json(orient="records"))
+    elif out is not None:
+        epochs = table.groupby("run")["epoch"].nunique()
+        print(f"{', '.join(map(str, paths)) if single else f'{len(paths)} runs'}: {int(epochs.sum())} snapshots, "
+              f"metrics written to {out}" + (f", Figure 5 to {args.plot}" if args.plot else ""))
+        if single:
             last = table[table.epoch == table.epoch.max()]
-            print(f"{path}: {len(reader.epochs)} epochs, metrics written to {out}"
-                  + (f", Figure 5 to {args.plot}" if args.plot else ""))
             print(f"last epoch ({int(table.epoch.max())}):")
             print(_wide(last).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-        return 0
-    return _analyze_checkpoint(args, path, device, to_stdout)
+    return 0
 
 
 def _analyze_checkpoint(args: argparse.Namespace, path: Path, device, to_stdout: bool) -> int:
@@ -225,8 +234,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     base = _train_config(args, args.log_alpha[0], args.k[0])
     base.validate()
     out = Path(args.out)
+    options = _ray_options(args)
     runs = reproduce_table2(base, args.log_alpha, args.k, args.seeds, out / "runs", progress=not args.quiet,
-                            fresh_dir=args.fresh_dir, methods=args.methods)
+                            fresh_dir=args.fresh_dir, methods=args.methods, executor=args.executor,
+                            ray_options=options)
     summary = summarize_table(runs)
     classify = get_model_spec(base.model).task == "classify"
     markdown = to_markdown(summary, "test % error" if classify else "test loss")
@@ -276,6 +287,23 @@ def _training_options(parser: argparse.ArgumentParser, model_default: str = "mlp
     parser.add_argument("--val-max-batches", type=int, help="cap on validation and test batches (of 1024) per epoch")
 
 
+def _executor_options(parser: argparse.ArgumentParser, what: str) -> None:
+    group = parser.add_argument_group("executor", f"where the {what} run (README: Scaling out)")
+    group.add_argument("--executor", choices=["local", "ray"], default="local",
+                       help=f"local: the {what} one after the other here; ray: as Ray tasks, in parallel "
+                            '(pip install "topo[ray]")')
+    group.add_argument("--address", help="Ray: join this cluster (auto, or HOST:PORT); default: start a local "
+                                         "one on this machine")
+    group.add_argument("--cpus-per-run", type=float, help="Ray: CPUs each run asks for (default 1)")
+    group.add_argument("--gpus-per-run", type=float,
+                       help="Ray: GPUs each run asks for, fractions share one (0.25: four runs per GPU; default "
+                            "1 when the cluster has GPUs)")
+    group.add_argument("--max-retries", type=int, default=3,
+                       help="Ray: how often a run whose worker died is started again (it resumes; default 3)")
+    group.add_argument("--force", action="store_true",
+                       help="Ray: accept a relative or /tmp output root on a cluster of several machines")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="topo", description="Adaptive weight sparsity: train, record, analyse.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -284,8 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("analyze", help="graph metrics of a checkpoint or run directory",
                        description="Graph metrics (Figure 5) of every layer of a PyTorch checkpoint or topo run.")
-    p.add_argument("path", help="run directory, or a checkpoint: .pt/.pth/.bin/.ckpt (any layout), .safetensors, "
-                                "a sharded *.index.json or a directory holding one")
+    p.add_argument("path", nargs="+",
+                   help="run directories (several: one tidy table, --csv), or one checkpoint: .pt/.pth/.bin/.ckpt "
+                        "(any layout), .safetensors, a sharded *.index.json or a directory holding one")
     p.add_argument("--key", help="checkpoints: path of the weights inside the file (model_state, a/b), when the "
                                  "largest mapping of tensors is not them")
     p.add_argument("--backbone", metavar="magnitude:F|disparity:A",
@@ -297,7 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="estimate mean shortest paths from N random sources, with their standard error "
                         "(default: exact up to 16,384 nodes, 1,024 sources above)")
     p.add_argument("--json", action="store_true", help="JSON records on stdout")
-    p.add_argument("--csv", help="CSV file ('-' for stdout); for a run directory, where the tidy table goes")
+    p.add_argument("--csv", help="CSV file ('-' for stdout); for run directories, where the tidy table goes "
+                                 "(one run: also RUN/graph_metrics.csv, its default)")
     p.add_argument("--layers", help="glob over layer names, e.g. 'lstm.weight_hh*'")
     p.add_argument("--device", default="cpu",
                    help="cpu (one graph at a time, CPU kernels), or cuda/cuda:N (a whole run in batches on the GPU)")
@@ -305,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also σ and ω against N degree-preserving random graphs")
     p.add_argument("--plot", help="draw a figure into this file: Figure 5 for a run directory, degree "
                                   "distributions and metrics by depth for a checkpoint")
+    _executor_options(p, "runs")
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("compare", help="topology distance (NNSTD) between two runs",
@@ -371,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh-dir", action="store_true",
                    help="runs whose directory holds another configuration go to NAME-2, NAME-3, … instead of "
                         "stopping with the differing fields")
+    _executor_options(p, "runs of the grid")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("demo", help="a few-minute end-to-end run on the bundled digits",

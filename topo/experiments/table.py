@@ -7,6 +7,7 @@ epoch of lowest validation loss, which is also where early stopping looks), and 
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -18,9 +19,19 @@ import pandas as pd
 import scipy.stats
 
 from topo.errors import ConfigError
+from topo.executors import Job, RayOptions, run_jobs
 from topo.experiments.models import get_model_spec
-from topo.experiments.train import TRAIN_METHODS, TrainConfig, TrainResult, fresh_run_dir, train
+from topo.experiments.train import (
+    TRAIN_METHODS,
+    TrainConfig,
+    TrainResult,
+    fresh_run_dir,
+    recorded_result,
+    train,
+)
 from topo.record import RunReader
+
+log = logging.getLogger(__name__)
 
 
 def selected_epoch(history: pd.DataFrame) -> pd.Series:
@@ -63,6 +74,11 @@ def table2_configs(base: TrainConfig, log_alphas: Sequence[float], ks: Sequence[
     return configs
 
 
+def train_job(config: TrainConfig, run_dir: str, progress: bool = False) -> TrainResult:
+    """One run of a grid, as an executor job: train ``config`` into ``run_dir``, resuming what is there."""
+    return train(config, run_dir, resume=True, progress=progress)
+
+
 def reproduce_table2(
     base: TrainConfig,
     log_alphas: Sequence[float],
@@ -72,27 +88,47 @@ def reproduce_table2(
     progress: bool = True,
     fresh_dir: bool = False,
     methods: Sequence[str] | None = None,
+    executor: str = "local",
+    ray_options: RayOptions | None = None,
 ) -> pd.DataFrame:
     """Run every configuration for ``seeds`` seeds under ``out_dir``; returns one row per run.
 
-    Columns: model, method, log_alpha, k, seed, score, run_dir. Finished runs of the same configuration already
-    under ``out_dir`` are reused and interrupted ones resumed, so an interrupted table continues where it stopped.
-    A directory holding a run of another configuration stops the table with the differing fields, or with
-    ``fresh_dir`` the run goes to the first free or matching ``NAME-2``, ``NAME-3``, ….
+    Columns: model, method, log_alpha, k, seed, label, score, run_dir. Finished runs of the same configuration
+    already under ``out_dir`` are reused without being trained again and interrupted ones resumed, so an
+    interrupted table continues where it stopped. A directory holding a run of another configuration stops the
+    table with the differing fields, or with ``fresh_dir`` the run goes to the first free or matching
+    ``NAME-2``, ``NAME-3``, ….
+
+    ``executor="ray"`` trains the runs as Ray tasks (:mod:`topo.executors`; ``ray_options`` sets the cluster and
+    each run's resources); the table is the same as the local executor's for the same seeds.
     """
     task = get_model_spec(base.model).task
-    rows = []
+    planned = []
     for seed in range(seeds):
         for config in table2_configs(replace(base, seed=seed), log_alphas, ks, methods):
             run_dir = Path(out_dir) / config.run_name()
-            if fresh_dir:
-                run_dir = fresh_run_dir(run_dir, config)
-            result = train(config, run_dir, resume=True, progress=progress)
-            rows.append({"model": config.model, "method": config.method,
-                         "log_alpha": 0.0 if config.method == "dense" else config.log_alpha,
-                         "k": config.k if config.method == "adaptive" else float("nan"), "seed": seed,
-                         "label": method_label(config.method, config.k), "score": score(result, task),
-                         "run_dir": str(run_dir)})
+            planned.append((config, fresh_run_dir(run_dir, config) if fresh_dir else run_dir))
+    results: dict[int, TrainResult] = {}
+    jobs, indices = [], []
+    for index, (config, run_dir) in enumerate(planned):
+        recorded = recorded_result(config, run_dir)
+        if recorded is not None:
+            results[index] = recorded
+        else:
+            jobs.append(Job(run_dir.name, train_job, (config, str(run_dir), progress and executor == "local")))
+            indices.append(index)
+    if jobs:
+        log.info("%d of %d runs to train (%d already finished)", len(jobs), len(planned), len(planned) - len(jobs))
+    finished = run_jobs(jobs, executor, ray_options, progress=progress, output_root=out_dir,
+                        headline=lambda result: f"{score(result, task):.4g}")
+    results.update(zip(indices, finished, strict=True))
+    rows = []
+    for index, (config, run_dir) in enumerate(planned):
+        rows.append({"model": config.model, "method": config.method,
+                     "log_alpha": 0.0 if config.method == "dense" else config.log_alpha,
+                     "k": config.k if config.method == "adaptive" else float("nan"), "seed": config.seed,
+                     "label": method_label(config.method, config.k), "score": score(results[index], task),
+                     "run_dir": str(run_dir)})
     return pd.DataFrame(rows)
 
 

@@ -29,6 +29,7 @@ from topo.errors import ConfigError
 from topo.experiments.data import DATASETS, Dataset, load_dataset, shaped_for
 from topo.experiments.models import MODELS, VAE, ModelSpec, get_model_spec
 from topo.record import Recorder, RunReader, restore_checkpoint
+from topo.record.lock import run_lock
 from topo.sparsity import DISTRIBUTIONS, FixedMask, make_sparsifier, match_budget
 from topo.sparsity.base import Sparsifier
 
@@ -243,6 +244,9 @@ def _distributed() -> tuple[int, int]:
 #: Version of the evaluation protocol recorded in ``run.json``: 2 = validation held out from training, test
 #: scored at every epoch (runs of protocol 1 used the test split as their validation split).
 PROTOCOL = 2
+#: Per-layer columns of ``stats.csv`` (the rest are per run: losses and accuracies).
+LAYER_COLUMNS = ("layer", "active", "total", "density", "mean_abs", "low_0.1", "low_0.25", "low_0.5", "pruned",
+                 "grown")
 #: ``TrainConfig`` fields that do not change what a run computes: where data and devices are.
 NOT_DEFINING = ("device", "data_dir")
 
@@ -428,6 +432,12 @@ def train(
     """
     session = setup(config, masks, widths, initial_state)
     run_dir = Path(run_dir)
+    with run_lock(run_dir) if session.rank == 0 else contextlib.nullcontext():
+        return _train_session(session, run_dir, parent, resume, progress)
+
+
+def _train_session(session: Session, run_dir: Path, parent: str | None, resume: bool, progress: bool) -> TrainResult:
+    config = session.config
     wanted = session.record_config(parent)
     existing, extend = _resumable(run_dir, wanted) if resume else (False, False)
     done = existing and not extend and bool(RunReader(run_dir).meta.get("finished"))
@@ -461,7 +471,31 @@ def train(
         recorder.flush()
         recorder.finish(epochs=int(RunReader(run_dir).epochs[-1]) + 1,
                         reason="early stopping" if stopped_early else "epochs done")
-    history = (RunReader(run_dir).stats.groupby("epoch").first().reset_index()
-               .drop(columns=["layer", "active", "total", "density", "mean_abs", "low_0.1", "low_0.25", "low_0.5",
-                              "pruned", "grown"]))
-    return TrainResult(run_dir, history, session.widths)
+    return TrainResult(run_dir, run_history(run_dir), session.widths)
+
+
+def run_history(run_dir: str | os.PathLike) -> pd.DataFrame:
+    """A run's per-epoch history: one row per epoch, the run-level columns of ``stats.csv`` (losses, accuracies)."""
+    stats = RunReader(run_dir).stats.groupby("epoch").first().reset_index()
+    return stats.drop(columns=[c for c in LAYER_COLUMNS if c in stats])
+
+
+def recorded_result(config: TrainConfig, run_dir: str | os.PathLike) -> TrainResult | None:
+    """The result of ``config`` when ``run_dir`` holds it finished, without loading data or models; else None.
+
+    A finished run counts when its recorded configuration equals ``config`` in every field that defines the
+    result (:data:`NOT_DEFINING` aside) and it was trained for the epochs asked (early stopping may have ended
+    it sooner).
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "run.json").exists():
+        return None
+    meta = RunReader(run_dir).meta
+    recorded = meta.get("config", {})
+    same = ({k: v for k, v in recorded.get("train", {}).items() if k not in NOT_DEFINING + ("epochs",)}
+            == {k: v for k, v in asdict(config).items() if k not in NOT_DEFINING + ("epochs",)})
+    wanted_epochs = config.epochs or get_model_spec(config.model).epochs
+    complete = bool(meta.get("finished")) and recorded.get("epochs") == wanted_epochs
+    if not (same and complete and recorded.get("protocol") == PROTOCOL):
+        return None
+    return TrainResult(run_dir, run_history(run_dir), list(recorded.get("widths", [])))

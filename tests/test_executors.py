@@ -1,0 +1,228 @@
+"""Table 2 grids and run analysis on Ray: same table as the local executor, dead workers resumed, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from topo.analyze import analyze_runs
+from topo.errors import CheckpointError, ConfigError
+from topo.executors import Job, RayOptions, check_output_root, run_jobs
+from topo.experiments import table as table_module
+from topo.experiments.table import reproduce_table2, summarize_table
+from topo.experiments.train import TrainConfig, recorded_result
+from topo.record import RunReader
+from topo.record.lock import lock_holder, run_lock
+
+#: 2 methods × 2 seeds on the bundled digits, long enough for the methods to differ.
+BASE = TrainConfig(model="mlp", dataset="digits", epochs=6, batch_size=64, widths=[48, 48])
+GRID = {"log_alphas": [0.5], "ks": [0.5], "seeds": 2, "methods": ["random-fixed", "adaptive"]}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One local Ray cluster with 2 CPUs for the module (the executor uses an initialised Ray as it is)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local_grid(tmp_path_factory):
+    out = tmp_path_factory.mktemp("local")
+    return reproduce_table2(BASE, **GRID, out_dir=out, progress=False), out
+
+
+def _masks(run_dir: Path) -> dict[str, np.ndarray]:
+    reader = RunReader(run_dir)
+    return {name: np.asarray(mask) for name, mask in reader.masks(reader.epochs[-1]).items()}
+
+
+@pytest.mark.slow
+def test_ray_grid_gives_the_local_executors_table(ray_cluster, local_grid, tmp_path):
+    local, _ = local_grid
+    on_ray = reproduce_table2(BASE, **GRID, out_dir=tmp_path, progress=False, executor="ray")
+    assert local.score.nunique() > 1  # the runs learned something that tells them apart
+    columns = ["model", "method", "log_alpha", "k", "seed", "label", "score"]
+    pd.testing.assert_frame_equal(local[columns], on_ray[columns])
+    pd.testing.assert_frame_equal(summarize_table(local), summarize_table(on_ray))
+    for run in on_ray.itertuples():
+        assert lock_holder(run.run_dir).split(":")[-1] != str(os.getpid())  # trained by Ray workers
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_retried_and_resumes_its_run(ray_cluster, local_grid, tmp_path):
+    local, local_root = local_grid
+    victim = tmp_path / "mlp-adaptive-la0.5-k0.5-s0"
+    outcome: dict[str, object] = {}
+
+    def grid() -> None:
+        try:
+            outcome["runs"] = reproduce_table2(BASE, **GRID, out_dir=tmp_path, progress=False, executor="ray",
+                                               ray_options=RayOptions(max_retries=2))
+        except BaseException as exc:  # reported by the assertion below
+            outcome["error"] = exc
+
+    driver = threading.Thread(target=grid)
+    driver.start()
+    killed = None
+    deadline = time.monotonic() + 300
+    while killed is None and time.monotonic() < deadline and driver.is_alive():
+        if (victim / "checkpoint.pt").exists() and not RunReader(victim).meta.get("finished"):
+            holder = lock_holder(victim)
+            if holder:
+                killed = int(holder.split(":")[-1])
+                os.kill(killed, signal.SIGKILL)
+        time.sleep(0.005)
+    driver.join(timeout=600)
+    assert "error" not in outcome, outcome.get("error")
+    assert killed is not None, "the run finished before a checkpoint could be seen mid-run"
+    assert lock_holder(victim).split(":")[-1] != str(killed)  # a new worker finished it
+
+    stats = pd.read_csv(victim / "stats.csv")
+    epochs = stats.groupby("layer")["epoch"].apply(list)
+    assert all(list(e) == list(range(BASE.epochs)) for e in epochs)
+    reference = _masks(local_root / victim.name)
+    resumed = _masks(victim)
+    assert reference.keys() == resumed.keys()
+    for name in reference:
+        np.testing.assert_array_equal(reference[name], resumed[name], err_msg=name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(Path(r).name for r in local.run_dir)
+    assert outcome["runs"].score.tolist() == local.score.tolist()
+
+
+@pytest.mark.slow
+def test_analyze_runs_on_ray_is_one_tidy_table(ray_cluster, local_grid):
+    local, _ = local_grid
+    paths = list(local.run_dir)
+    here = analyze_runs(paths, progress=False, save=False)
+    on_ray = analyze_runs(paths, executor="ray", progress=False, save=False)
+    assert set(on_ray.run) == {Path(p).name for p in paths}
+    pd.testing.assert_frame_equal(here, on_ray)
+
+
+def test_a_restarted_grid_submits_only_unfinished_runs(tmp_path, monkeypatch):
+    base = replace(BASE, epochs=2, max_batches=2)
+    first = reproduce_table2(base, **GRID, out_dir=tmp_path, progress=False)
+    unfinished = Path(first.run_dir[1])
+    meta = RunReader(unfinished).meta
+    del meta["finished"]
+    (unfinished / "run.json").write_text(json.dumps(meta))
+    submitted = []
+    real = table_module.run_jobs
+
+    def spy(jobs, *args, **kwargs):
+        submitted.extend(job.name for job in jobs)
+        return real(jobs, *args, **kwargs)
+
+    monkeypatch.setattr(table_module, "run_jobs", spy)
+    again = reproduce_table2(base, **GRID, out_dir=tmp_path, progress=False)
+    assert submitted == [unfinished.name]
+    assert again.score.tolist() == first.score.tolist()
+
+
+def test_recorded_result_only_for_a_finished_run_of_the_same_configuration(tmp_path):
+    config = replace(BASE, method="random-fixed", epochs=2, max_batches=2)
+    assert recorded_result(config, tmp_path / "none") is None
+    run = reproduce_table2(config, [0.5], [0.5], 1, tmp_path, progress=False, methods=["random-fixed"]).run_dir[0]
+    assert recorded_result(config, run) is not None
+    assert recorded_result(replace(config, device="cpu", data_dir="/elsewhere"), run) is not None
+    assert recorded_result(replace(config, lr=0.01), run) is None
+    assert recorded_result(replace(config, epochs=3), run) is None
+
+
+def test_one_writer_per_run_directory(tmp_path):
+    with run_lock(tmp_path / "run"):
+        assert lock_holder(tmp_path / "run").endswith(f":{os.getpid()}")
+        code = ("import sys; from topo.record.lock import run_lock\n"
+                "try:\n    run_lock(sys.argv[1]).__enter__()\nexcept Exception as e:\n    print(e); sys.exit(3)")
+        other = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, text=True)
+        assert other.returncode == 3 and "another process is training" in other.stdout
+        assert str(os.getpid()) in other.stdout
+    with run_lock(tmp_path / "run"):  # released
+        pass
+
+
+def test_local_jobs_run_in_order_and_failures_are_named():
+    assert run_jobs([Job("a", pow, (2, 3)), Job("b", pow, (3, 2))]) == [8, 9]
+    with pytest.raises(ConfigError, match="unknown executor 'dask'; valid: local, ray"):
+        run_jobs([], "dask")
+
+
+def test_output_root_must_be_shareable_on_a_cluster_of_several_machines(tmp_path):
+    remote = RayOptions(address="10.1.2.3:6379")
+    with pytest.raises(ConfigError, match="relative"):
+        check_output_root("results/grid", remote)
+    with pytest.raises(ConfigError, match="under /tmp"):
+        check_output_root("/tmp/grid", remote)
+    with pytest.raises(ConfigError, match="under /tmp"):
+        check_output_root("/tmp/grid", RayOptions(), nodes=3)
+    check_output_root("/tmp/grid", replace(remote, force=True))
+    check_output_root("results/grid", RayOptions())
+    check_output_root("/srv/shared/grid", remote)
+
+
+def _topo(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "topo.cli", "--quiet", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=120)
+
+
+GRID_ARGS = ("reproduce", "table2", "--model", "mlp-digits", "--epochs", "1", "--seeds", "1", "--methods", "dense")
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (("--executor", "ray", "--gpus-per-run", "0"), "--gpus-per-run must be > 0, got 0.0"),
+    (("--executor", "ray", "--gpus-per-run", "-1"), "--gpus-per-run must be > 0"),
+    (("--executor", "ray", "--gpus-per-run", "64"), "--gpus-per-run 64 but the Ray cluster has"),
+    (("--executor", "ray", "--cpus-per-run", "0"), "--cpus-per-run must be > 0"),
+    (("--executor", "ray", "--address", "127.0.0.1:9"), "--address 127.0.0.1:9: no Ray cluster reachable"),
+    (("--executor", "ray", "--address", "not-an-address"), "is not auto or HOST:PORT"),
+    (("--gpus-per-run", "1"), "--gpus-per-run applies to --executor ray"),
+])
+def test_bad_executor_options_are_one_line_and_write_nothing(tmp_path, extra, message):
+    out = tmp_path / "t2"
+    started = time.monotonic()
+    result = _topo(*GRID_ARGS, "--out", str(out), *extra)
+    assert time.monotonic() - started < 30
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not out.exists()
+
+
+def test_a_relative_output_root_is_refused_for_a_remote_cluster(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "topo.cli", *GRID_ARGS, "--out", "grid", "--executor", "ray",
+                             "--address", "10.1.2.3:6379"], capture_output=True, text=True, cwd=tmp_path,
+                            timeout=60)
+    assert result.returncode == 1 and "is relative" in result.stderr and "--force" in result.stderr
+    assert not (tmp_path / "grid").exists()
+
+
+def test_ray_executor_without_ray_says_how_to_install(tmp_path):
+    blocker = tmp_path / "site"
+    blocker.mkdir()
+    (blocker / "ray.py").write_text("raise ImportError('No module named ray')\n")
+    result = _topo(*GRID_ARGS, "--out", str(tmp_path / "t2"), "--executor", "ray",
+                   env={"PYTHONPATH": f"{blocker}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+    assert result.returncode == 1
+    expected = 'topo: error: the ray executor needs Ray: pip install "topo[ray]" (or pip install ray)'
+    assert result.stderr.strip() == expected
+    assert not (tmp_path / "t2").exists()
+
+
+def test_analyze_refuses_a_mix_of_runs_and_other_paths(tmp_path):
+    with pytest.raises(CheckpointError, match="not a topo run directory"):
+        analyze_runs([tmp_path], progress=False)
