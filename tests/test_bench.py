@@ -38,3 +38,13 @@ def test_graph_benchmark_json_has_the_whole_run_figures(tmp_path):
     assert done.returncode == 0, done.stderr
     figures = json.loads(out.read_text())
     assert figures["one_graph_cpu"][0]["igraph_scipy_s"] > 0 and figures["whole_run"]["graphs"] == 8
+
+
+def test_callback_benchmark_reports_both_ratios(tmp_path):
+    out = tmp_path / "callback.json"
+    done = subprocess.run([sys.executable, "bench/callback_overhead.py", "--width", "32", "--steps", "3", "--rounds",
+                           "1", "--json", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(out.read_text())
+    assert figures["hand_loop_ratio"] > 0 and figures["callback_ratio"] > 0
+    assert len(figures["seconds_per_step"]) == 5

@@ -30,6 +30,7 @@ from topo.graph.backbone import BackboneSpec, GlobalMagnitude, disparity_backbon
 from topo.graph.compare import run_topology
 from topo.record import RunReader
 from topo.record.formats import CheckpointSource, open_checkpoint
+from topo.record.live import read_metrics, reusable_rows
 from topo.record.store import write_atomic
 
 EXACT_PATH_LIMIT = 16384
@@ -156,7 +157,9 @@ def analyze_run(
 
     Columns run, epoch, layer, graph, metric, value. ``layers`` is a glob over layer names; ``device`` analyses
     the whole run in batches there (:mod:`topo.graph.batched`); with ``save`` the table is also written
-    (atomically) to ``RUN/graph_metrics.csv``.
+    (atomically) to ``RUN/graph_metrics.csv``. Epochs whose metrics that file already holds for every selected
+    layer (written live by the recorder, :mod:`topo.record.live`, or by an earlier analysis) are not computed
+    again, unless ``small_world`` asks for more than it holds.
     """
     reader = RunReader(path)
     if not reader.epochs:
@@ -166,9 +169,15 @@ def analyze_run(
         selected = {n: shape for n, shape in selected.items() if fnmatch.fnmatchcase(n, layers)}
         if not selected:
             raise ConfigError(f"{path}: no layer matches {layers!r}; layers: {', '.join(dict(reader.layers))}")
-    timeline = ((e, {n: m for n, m in masks.items() if n in selected}) for e, masks in reader.iter_masks())
+    cached = reusable_rows(read_metrics(path), reader.epochs, list(selected)) if not small_world else None
+    done = set() if cached is None else set(cached.epoch)
+    timeline = ((e, {n: m for n, m in masks.items() if n in selected}) for e, masks in reader.iter_masks()
+                if e not in done)
     table = metrics_table(timeline, run=reader.name, small_world_graphs=small_world, device=device,
                           progress=progress)
+    if done:
+        table = pd.concat([cached.assign(run=reader.name), table], ignore_index=True)
+        table = table.sort_values("epoch", kind="stable", ignore_index=True)
     topology = run_topology(reader, reader.name)
     table = pd.concat([table, topology[topology["layer"].isin(selected)]], ignore_index=True)
     if save:

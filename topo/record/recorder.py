@@ -29,7 +29,8 @@ import pandas as pd
 import torch
 
 import topo
-from topo.errors import CheckpointError
+from topo.errors import CheckpointError, ConfigError
+from topo.record.live import METRICS_FILE, LiveMetrics, read_metrics
 from topo.record.store import (
     FORMAT,
     FULL_SNAPSHOT_EVERY,
@@ -110,6 +111,13 @@ class Recorder:
         Extra JSON-serialisable configuration for ``run.json`` (model, data, training settings).
     resume:
         Continue an existing run: keep its files; call :meth:`resume` to restore the training state.
+    metrics_every:
+        Also compute the graph metrics of every ``metrics_every``-th snapshot (:mod:`topo.record.live`) into
+        ``graph_metrics.csv`` (which ``topo analyze`` then reuses), on the writer thread.
+    tensorboard:
+        Also log those metrics, densities, low-strength counts, the snapshot's ``metrics`` and mask images to
+        TensorBoard: ``True`` for ``RUN/tensorboard``, a log directory, or a ``SummaryWriter``. Implies
+        ``metrics_every=1`` unless given.
     background:
         Write files on a background thread. :meth:`snapshot` gathers everything on the calling thread (masks,
         statistics and the packed checkpoint, in a few device-to-host copies) and returns while the files are
@@ -129,9 +137,17 @@ class Recorder:
         checkpoint: bool = True,
         config: Mapping[str, Any] | None = None,
         resume: bool = False,
+        metrics_every: int | None = None,
+        tensorboard: Any = None,
         background: bool = True,
     ) -> None:
         self.path = Path(run_dir)
+        if tensorboard is True:
+            tensorboard = self.path / "tensorboard"
+        if tensorboard is not None and tensorboard is not False and metrics_every is None:
+            metrics_every = 1
+        self.live = (LiveMetrics(self.path, metrics_every, tensorboard or None)
+                     if metrics_every is not None else None)
         self.sparsifier = sparsifier
         self.every = int(every)
         self.keep_weights = keep_weights
@@ -211,9 +227,20 @@ class Recorder:
         self.flush()
         masks, stats, weights, ever = self._gather()
         self._chain = 0 if self._previous is None or self._chain + 1 >= FULL_SNAPSHOT_EVERY else self._chain + 1
-        previous = self._previous if self.delta and self._chain else None
+        last = self._previous
+        previous = last if self.delta and self._chain else None
         self._previous = (epoch, masks)
+        names = list(self.sparsifier.weights)
+        observe = None
+        if self.live is not None and self.live.due():
+            before = dict(zip(names, last[1], strict=True)) if last is not None else None
+            observe = (epoch, dict(zip(names, masks, strict=True)), stats, before, dict(zip(names, ever, strict=True)),
+                       dict(metrics or {}))
         extra = {k: float(v) for k, v in (metrics or {}).items()}
+        clash = sorted(set(extra) & {"epoch", "layer", *STAT_COLUMNS})
+        if clash:
+            raise ConfigError(f"{self.path}: metric name(s) {clash} are columns the recorder writes itself; "
+                              "rename them")
         self._rows = [r for r in self._rows if r["epoch"] != epoch]
         for name, row in zip(self.sparsifier.weights, stats, strict=True):
             self._rows.append({"epoch": epoch, "layer": name, **dict(zip(STAT_COLUMNS, row.tolist(), strict=True)),
@@ -228,6 +255,8 @@ class Recorder:
             write_atomic(self.path / "stats.csv", lambda f: f.write(frame.to_csv(index=False).encode()))
             if checkpoint is not None:
                 write_atomic(self.path / "checkpoint.pt", lambda f: torch.save(checkpoint, f))
+            if observe is not None:
+                self.live.observe(*observe)
 
         if self.background:
             self._writer = self._writer or ThreadPoolExecutor(1, thread_name_prefix="topo-recorder")
@@ -267,22 +296,40 @@ class Recorder:
     def resume(self) -> int:
         """Restore model, optimizer, sparsifier and RNG states from ``checkpoint.pt``; returns the next epoch.
 
-        Snapshots and stats rows of epochs after the checkpoint (written just before a crash) are dropped, so
-        the resumed run rewrites them. With no checkpoint, returns 0.
+        Snapshots, stats rows and graph metrics of epochs after the checkpoint (written just before a crash) are
+        dropped (:meth:`rewind`), so the resumed run rewrites them. With no checkpoint, returns 0.
         """
         self.flush()
         epoch = restore_checkpoint(self.path, self.sparsifier) - 1
         if epoch < 0:
             return 0
+        self.rewind(epoch)
+        return epoch + 1
+
+    def recorded_epochs(self) -> list[int]:
+        """The epochs that have a snapshot on disk (after the pending write)."""
+        self.flush()
+        return RunReader(self.path).epochs
+
+    def rewind(self, epoch: int) -> None:
+        """Forget what was recorded after epoch ``epoch``: snapshots, stats rows and graph metrics of later epochs
+        are dropped, and the next snapshot's turnover is measured from epoch ``epoch``'s masks. For a training
+        state restored from elsewhere (a Lightning checkpoint of that epoch, say); ``-1`` forgets every epoch."""
+        self.flush()
         reader = RunReader(self.path)
         for later in reader.epochs:
             if later > epoch:
                 snapshot_path(self.path, later).unlink()
         self._rows = [r for r in self._rows if r["epoch"] <= epoch]
+        write_atomic(self.path / "stats.csv", lambda f: f.write(pd.DataFrame(self._rows).to_csv(index=False).encode()))
+        metrics = read_metrics(self.path)
+        if metrics is not None and (metrics.epoch > epoch).any():
+            kept = metrics[metrics.epoch <= epoch]
+            write_atomic(self.path / METRICS_FILE, lambda f: f.write(kept.to_csv(index=False).encode()))
+        self._previous = None
         if epoch in reader.epochs:
             masks = reader.masks(epoch)
             self._previous = (epoch, [masks[n] for n in self.sparsifier.weights])
-        return epoch + 1
 
     def update_config(self, config: Mapping[str, Any]) -> None:
         """Replace the ``config`` stored in ``run.json`` (a resumed run continued with more epochs, say); the file is
@@ -311,6 +358,8 @@ class Recorder:
             if self._writer is not None:
                 self._writer.shutdown(wait=True)
                 self._writer = None
+            if self.live is not None and not self._closed:
+                self.live.close()
             self._closed = True
 
     def __enter__(self) -> Recorder:
