@@ -14,7 +14,10 @@ such and the suite goes on):
 5. ``bench/graph_metrics.py``: the torch backend on one graph of 512 … 8192 nodes, and a whole run (4 gate
    graphs × 200 epochs of a 1024-unit LSTM) batched, unbatched and on the CPU backend;
 6. ``bench/analyze_checkpoint.py --device cuda``: a dense 100 M-parameter safetensors checkpoint through its
-   magnitude backbone (``topo analyze``'s streaming path).
+   magnitude backbone (``topo analyze``'s streaming path);
+7. ``bench/grid_executors.py``: one seed of the MLP Table 2 grid (8 methods, 20 epochs; Fashion-MNIST from
+   ``data/fashion-mnist`` when carried there, else the bundled digits) with the local executor and with Ray at
+   ``--gpus-per-run 0.2`` (needs Ray among the carried wheels).
 
 Everything measured, with the device, the torch and CUDA versions and the commands, is written to
 ``<out>/<device>.md`` and ``<out>/<device>.csv`` after every part, so a run cut short keeps its finished parts.
@@ -131,6 +134,8 @@ def goals(parts: dict[str, Part]) -> list[Goal]:
              higher_is_better=True),
         Goal("analyse a dense 100 M-parameter safetensors checkpoint, magnitude:0.1 (s)", "–", "measured",
              fig("analyze-100m", "seconds"), None),
+        Goal("MLP Table 2 grid, local executor / Ray at 0.2 GPU per run (wall time ratio)", "–", "measured",
+             fig("ray-grid", "speedup"), None),
     ]
 
 
@@ -190,6 +195,13 @@ def plan(args: argparse.Namespace, scratch: Path) -> list[Part]:
         Part("analyze-100m", [py, "bench/analyze_checkpoint.py", "--json", str(scratch / "analyze.json"),
                               *(["--params", "1e6", "--width", "512"] if quick else ["--device", "cuda"])],
              limit(120, 120), scratch / "analyze.json"),
+        Part("ray-grid", [py, "bench/grid_executors.py", "--seeds", "1", "--json", str(scratch / "grid.json"),
+                          *(["--dataset", "digits", "--epochs", "1", "--max-batches", "2", "--methods", "dense",
+                             "set"] if quick else
+                            ["--epochs", "20", "--gpus-per-run", "0.2",
+                             *(["--data-dir", "data"] if (REPO / "data" / "fashion-mnist").exists()
+                               else ["--dataset", "digits"])])],
+             limit(300, 180), scratch / "grid.json"),
     ]
     if args.skip_install:
         parts = parts[2:]
