@@ -226,3 +226,15 @@ def test_ray_executor_without_ray_says_how_to_install(tmp_path):
 def test_analyze_refuses_a_mix_of_runs_and_other_paths(tmp_path):
     with pytest.raises(CheckpointError, match="not a topo run directory"):
         analyze_runs([tmp_path], progress=False)
+
+
+def test_analyze_command_puts_several_runs_into_one_table(local_grid, tmp_path):
+    local, _ = local_grid
+    out = tmp_path / "all.csv"
+    result = _topo("analyze", *local.run_dir, "--csv", str(out))
+    assert result.returncode == 0, result.stderr
+    table = pd.read_csv(out)
+    assert set(table.run) == {Path(p).name for p in local.run_dir}
+    assert {"algebraic_connectivity", "turnover"} <= set(table.metric)
+    missing = _topo("analyze", *local.run_dir)
+    assert missing.returncode == 1 and "several runs: --csv FILE" in missing.stderr

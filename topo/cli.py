@@ -61,13 +61,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         return _analyze_checkpoint(args, paths[0], device, args.csv == "-")
     options = _ray_options(args)
     to_stdout = args.csv == "-"
+    single = len(paths) == 1
+    out = None if to_stdout else Path(args.csv) if args.csv else paths[0] / "graph_metrics.csv" if single else None
+    if out is None and not to_stdout and not args.json:
+        raise ConfigError("several runs: --csv FILE names the table they go into")
     table = analyze_runs(paths, executor=args.executor, ray_options=options, layers=args.layers,
                          small_world=args.small_world, device=device,
                          progress=not args.quiet and not to_stdout and not args.json)
-    single = len(paths) == 1
-    out = None if to_stdout else Path(args.csv) if args.csv else paths[0] / "graph_metrics.csv" if single else None
-    if out is None and not to_stdout:
-        raise ConfigError("several runs: --csv FILE names the table they go into")
     if out is not None and not (single and out == paths[0] / "graph_metrics.csv"):
         table.to_csv(out, index=False)
     elif to_stdout:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from topo.analyze import analyze_run
+from topo.cli import main as cli_main
 from topo.errors import ConfigError
 from topo.integrations.attach import unwrap
 from topo.record import RunReader
@@ -96,7 +97,8 @@ def test_fit_records_a_run_keeps_inactive_weights_zero_and_clips_masked_gradient
     assert reader.epochs == [0, 1, 2] and reader.meta["finished"]["epochs"] == 3
     assert topo.sparsifier.step_count == 24
     assert abs(reader.stats[reader.stats.epoch == 2].density.mean() - 0.3) < 0.01
-    table = analyze_run(tmp_path / "run")
+    assert cli_main(["--quiet", "analyze", str(tmp_path / "run"), "--csv", str(tmp_path / "table.csv")]) == 0
+    table = pd.read_csv(tmp_path / "table.csv")
     assert {"algebraic_connectivity", "turnover", "exploration"} <= set(table.metric)
     assert "train_loss" in reader.stats
 
