@@ -148,13 +148,14 @@ def connect(options: RayOptions, output_root: str | os.PathLike | None = None) -
     if output_root is not None:
         check_output_root(output_root, options)
     started = False
+    if options.address is not None:
+        _check_reachable(options.address)
     if not ray.is_initialized():
         if options.address is None:
             _check_resources({"CPU": float(options.num_cpus or os.cpu_count() or 1),
                               "GPU": float(_local_gpus())}, options)
             ray.init(num_cpus=options.num_cpus, include_dashboard=False, log_to_driver=False)
         else:
-            _check_reachable(options.address)
             try:
                 ray.init(address=options.address, log_to_driver=False)
             except ConnectionError as exc:
