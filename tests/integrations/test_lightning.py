@@ -202,3 +202,18 @@ def test_ddp_ranks_share_masks_and_rank_zero_records(digits, tmp_path):
     reader = RunReader(tmp_path / "run")
     assert reader.epochs == [0, 1] and reader.meta["finished"]["epochs"] == 2
     assert reader.stats[reader.stats.epoch == 1].pruned.gt(0).all()
+
+
+def test_a_second_fit_of_the_same_module_keeps_its_masks(digits):
+    module = Classifier()
+    topo = TopoCallback("set", density=0.3, zeta=0.3)  # masks move away from the initial random ones
+    _trainer([topo], max_epochs=1).fit(module, *_data(digits))
+    first = {n: m.clone() for n, m in topo.sparsifier.masks.items()}
+    seen = {}
+
+    class AtStart(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            seen.update({n: m.clone() for n, m in topo.sparsifier.masks.items()})
+
+    _trainer([topo, AtStart()], max_epochs=1).fit(module, *_data(digits))
+    assert all(torch.equal(first[n], seen[n]) for n in first)

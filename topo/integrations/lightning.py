@@ -14,7 +14,8 @@ logged metrics (:class:`topo.record.Recorder`, with live graph metrics and Tenso
 
 The callback's ``state_dict`` (masks, counters, the method's random generator) goes into Lightning's checkpoint, so
 ``trainer.fit(module, ckpt_path=...)`` resumes with exactly the masks of an uninterrupted fit; the run directory
-is rewound to the checkpoint's epoch. Under the DDP strategy every rank holds the same masks (the methods
+is rewound to the checkpoint's epoch. A later ``fit`` of the same module with the same callback keeps its masks
+(recording it needs another ``record_dir``). Under the DDP strategy every rank holds the same masks (the methods
 broadcast rank 0's after each change) and rank 0 records.
 
 Needs ``pip install "topo[lightning]"``.
@@ -73,14 +74,19 @@ class TopoCallback(pl.Callback):
         hyperparameters = dict(self.hyperparameters)
         if self.method == "rigl":
             hyperparameters.setdefault("total_steps", int(trainer.estimated_stepping_batches))
-        # Lightning has restored the checkpoint's weights by now; a method's initial masks would zero some of them
-        restored_weights = ({k: v.detach().clone() for k, v in pl_module.state_dict().items()}
-                            if self._restored is not None else None)
+        # masks to keep: a Lightning checkpoint's, or this module's from an earlier fit with this callback
+        previous = self.sparsifier if self.sparsifier is not None and self.sparsifier.model is pl_module else None
+        if previous is not None:
+            previous.remove()
+        state = self._restored["sparsifier"] if self._restored is not None else \
+            previous.state_dict() if previous is not None else None
+        # the module's weights are the ones to keep by now; a method's initial masks would zero some of them
+        weights = {k: v.detach().clone() for k, v in pl_module.state_dict().items()} if state is not None else None
         self.sparsifier = build_sparsifier(self.method, pl_module, trainer.optimizers, self.density,
                                            hyperparameters)
-        if self._restored is not None:
-            pl_module.load_state_dict(restored_weights)
-            self.sparsifier.load_state_dict(self._restored["sparsifier"])
+        if state is not None:
+            pl_module.load_state_dict(weights)
+            self.sparsifier.load_state_dict(state)
         self._rewound = False
         if self.record_dir is not None and trainer.is_global_zero:
             resume = (self.record_dir / "run.json").exists() and self._restored is not None
