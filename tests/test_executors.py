@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -19,7 +20,7 @@ import pytest
 from topo.analyze import analyze_runs
 from topo.cli import main as cli_main
 from topo.errors import CheckpointError, ConfigError
-from topo.executors import Job, RayOptions, check_output_root, run_jobs
+from topo.executors import Job, JobsFailed, RayOptions, check_output_root, run_jobs
 from topo.experiments import table as table_module
 from topo.experiments.table import reproduce_table2, summarize_table
 from topo.experiments.train import TrainConfig, recorded_result
@@ -113,6 +114,15 @@ def test_analyze_runs_on_ray_is_one_tidy_table(ray_cluster, local_grid):
     on_ray = analyze_runs(paths, executor="ray", progress=False, save=False)
     assert set(on_ray.run) == {Path(p).name for p in paths}
     pd.testing.assert_frame_equal(here, on_ray)
+
+
+@pytest.mark.slow
+def test_failed_ray_jobs_are_named_after_the_others_finish(ray_cluster):
+    with pytest.raises(JobsFailed, match=r"1 job\(s\) failed: bad: .*mean requires at least one data point"):
+        run_jobs([Job("good", statistics.mean, ([1, 2],)), Job("bad", statistics.mean, ([],))], "ray",
+                 progress=False)
+    assert run_jobs([Job("a", statistics.mean, ([1, 5],)), Job("b", statistics.median, ([1, 2, 9],))], "ray",
+                    progress=False) == [3, 2]
 
 
 def test_a_restarted_grid_submits_only_unfinished_runs(tmp_path, monkeypatch):
