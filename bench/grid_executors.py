@@ -8,8 +8,9 @@ The grid (the MLP of Table 1 at −log α = 1, k = 0.25) is trained twice into f
 ``topo reproduce``'s local executor (runs one after the other, each with all of torch's threads) and by
 ``--executor ray`` (a local Ray cluster started for the grid, its start-up included; each run a task with
 ``--cpus-per-run`` CPUs, so torch uses that many threads, and ``--gpus-per-run`` of a GPU). Reported: both wall
-times, their ratio, and whether the two tables are equal (on the CPU they are, run for run; on a GPU,
-nondeterministic kernels may make them differ in the last digits).
+times, their ratio, whether the two tables are equal and their largest difference. On the CPU they are equal
+when a Ray run has as many threads as a local one (``--cpus-per-run`` = torch's threads here); with fewer,
+floating-point sums run in another order and the runs drift apart (on a GPU, nondeterministic kernels may too).
 """
 
 from __future__ import annotations

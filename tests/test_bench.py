@@ -27,6 +27,7 @@ def test_gpu_suite_quick_mode_runs_every_part_and_writes_its_report(tmp_path):
         rows = list(csv.DictReader(handle))
     assert len(rows) == 10 and all(row["verdict"] in ("met", "not met", "measured", "not measured") for row in rows)
     assert sum(row["measured"] != "" for row in rows) >= 8
+    assert "tables equal: True" in text  # the grid part: Ray's Table 2 is the local executor's
 
 
 def test_graph_benchmark_json_has_the_whole_run_figures(tmp_path):
@@ -48,15 +49,3 @@ def test_callback_benchmark_reports_both_ratios(tmp_path):
     figures = json.loads(out.read_text())
     assert figures["hand_loop_ratio"] > 0 and figures["callback_ratio"] > 0
     assert len(figures["seconds_per_step"]) == 5
-
-
-@pytest.mark.slow
-def test_grid_benchmark_times_both_executors_and_compares_their_tables(tmp_path):
-    out = tmp_path / "grid.json"
-    done = subprocess.run([sys.executable, "bench/grid_executors.py", "--dataset", "digits", "--seeds", "1",
-                           "--epochs", "1", "--max-batches", "2", "--methods", "random-fixed", "set",
-                           "--out", str(tmp_path / "grid"), "--json", str(out)], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    figures = json.loads(out.read_text())
-    assert figures["runs"] == 2 and figures["tables_equal"] and figures["local_s"] > 0 and figures["ray_s"] > 0

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from topo.analyze import analyze_runs
 from topo.cli import main as cli_main
@@ -30,6 +31,8 @@ from topo.record.lock import lock_holder, run_lock
 #: 2 methods × 2 seeds on the bundled digits, long enough for the methods to differ.
 BASE = TrainConfig(model="mlp", dataset="digits", epochs=6, batch_size=64, widths=[48, 48])
 GRID = {"log_alphas": [0.5], "ks": [0.5], "seeds": 2, "methods": ["random-fixed", "adaptive"]}
+#: CPUs per Ray task: the local runs' torch threads (at most the test cluster's 2), so both compute alike
+THREADS = float(min(torch.get_num_threads(), 2))
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +59,9 @@ def _masks(run_dir: Path) -> dict[str, np.ndarray]:
 @pytest.mark.slow
 def test_ray_grid_gives_the_local_executors_table(ray_cluster, local_grid, tmp_path):
     local, _ = local_grid
-    on_ray = reproduce_table2(BASE, **GRID, out_dir=tmp_path, progress=False, executor="ray")
+    # a run computes the same numbers with the same number of threads: give each task the local run's threads
+    same_threads = RayOptions(cpus_per_run=THREADS)
+    on_ray = reproduce_table2(BASE, **GRID, out_dir=tmp_path, progress=False, executor="ray", ray_options=same_threads)
     assert local.score.nunique() > 1  # the runs learned something that tells them apart
     columns = ["model", "method", "log_alpha", "k", "seed", "label", "score"]
     pd.testing.assert_frame_equal(local[columns], on_ray[columns])
@@ -74,7 +79,7 @@ def test_a_killed_worker_is_retried_and_resumes_its_run(ray_cluster, local_grid,
     def grid() -> None:
         try:
             outcome["runs"] = reproduce_table2(BASE, **GRID, out_dir=tmp_path, progress=False, executor="ray",
-                                               ray_options=RayOptions(max_retries=2))
+                                               ray_options=RayOptions(max_retries=2, cpus_per_run=THREADS))
         except BaseException as exc:  # reported by the assertion below
             outcome["error"] = exc
 

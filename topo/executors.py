@@ -6,6 +6,8 @@ resources (``cpus_per_run``, ``gpus_per_run``; a fraction of a GPU lets several 
 ``address`` Ray starts a local cluster on this machine; ``address="auto"`` or ``"HOST:PORT"`` joins a running one
 (``ray start --head`` …). A task whose worker process dies is retried up to ``max_retries`` times; jobs are
 written to resume from their run directory's checkpoint, so a retry continues where the dead worker stopped.
+Ray gives a task as many threads as the CPUs it asks for; on the CPU, a run computes bit for bit what the local
+executor computes when it has the same number of threads (floating-point sums depend on the threads).
 
 On a cluster of several machines every worker must see the same files: the output root must be shared storage
 (NFS, a parallel file system), and topo must be installed on every node. :func:`check_output_root` refuses an
