@@ -380,3 +380,18 @@ def test_rewound_transplant_starts_from_the_parents_initial_weights(tmp_path):
     fresh = transplant(parent.run_dir, progress=False)
     first = next(iter(final_masks))
     assert not torch.equal(RunReader(fresh.run_dir).initial_state()[first], start_child[first])
+
+
+@pytest.mark.parametrize("method", ["rigl", "pruning"])
+def test_a_run_whose_schedule_follows_the_epoch_count_is_not_extended(tmp_path, method):
+    config = TrainConfig(model="mlp", dataset="digits", method=method, epochs=2, batch_size=64, max_batches=2)
+    train(config, tmp_path / "run", progress=False)
+    with pytest.raises(ConfigError, match="cannot extend from 2 to 3 epochs: .* is set from the number of epochs"):
+        train(replace(config, epochs=3), tmp_path / "run", resume=True, progress=False)
+    train(replace(config, method="set"), tmp_path / "set", progress=False)  # SET adapts every epoch: extendable
+    extended = train(replace(config, method="set", epochs=3), tmp_path / "set", resume=True, progress=False)
+    assert len(extended.history) == 3
+    fixed = replace(config, method="pruning", prune_after=[0]) if method == "pruning" else None
+    if fixed is not None:  # an explicit pruning epoch does not move with the epoch count
+        train(fixed, tmp_path / "fixed", progress=False)
+        assert len(train(replace(fixed, epochs=3), tmp_path / "fixed", resume=True, progress=False).history) == 3

@@ -342,7 +342,16 @@ def _resumable(run_dir: Path, wanted: Mapping[str, Any]) -> tuple[bool, bool]:
     if differences:
         raise ConfigError(f"{run_dir} holds a run of another configuration ({'; '.join(differences)}); choose "
                           "another name, or --fresh-dir to train this configuration into a new directory")
-    return True, bool(meta.get("finished")) and wanted["epochs"] > recorded_epochs
+    extend = wanted["epochs"] > recorded_epochs
+    train_config = wanted["train"]
+    scheduled = train_config["method"] == "rigl" or (train_config["method"] == "pruning"
+                                                     and train_config.get("prune_after") is None)
+    if extend and scheduled:
+        what = "RigL's T_end" if train_config["method"] == "rigl" else "the pruning epoch"
+        raise ConfigError(f"{run_dir}: cannot extend from {recorded_epochs} to {wanted['epochs']} epochs: {what} "
+                          "is set from the number of epochs, so the longer run would follow another schedule; "
+                          "train it into a new directory")
+    return True, bool(meta.get("finished")) and extend
 
 
 def fresh_run_dir(run_dir: str | os.PathLike, config: TrainConfig) -> Path:
