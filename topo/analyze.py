@@ -29,9 +29,9 @@ from topo.graph import Graph, layer_graphs, metrics_table, recurrent_gates, summ
 from topo.graph.backbone import BackboneSpec, GlobalMagnitude, disparity_backbone, magnitude_backbone, parse_backbone
 from topo.graph.compare import run_topology
 from topo.record import RunReader
-from topo.record.formats import CheckpointSource, open_checkpoint
-from topo.record.live import read_metrics, reusable_rows
-from topo.record.store import write_atomic
+from topo.record.formats import open_checkpoint
+from topo.record.live import METRICS_FILE, read_metrics, reusable_rows
+from topo.record.store import write_csv
 
 EXACT_PATH_LIMIT = 16384
 DEFAULT_PATH_SOURCES = 1024
@@ -59,12 +59,13 @@ class CheckpointAnalysis:
     degrees: dict[str, tuple[np.ndarray, ...]] = field(default_factory=dict)
 
 
-def _select(source: CheckpointSource, pattern: str | None) -> list[str]:
+def _select(names: list[str], pattern: str | None, where: str | os.PathLike) -> list[str]:
+    """The ``names`` matching the glob ``pattern`` (all without one); ConfigError naming ``where`` if none do."""
     if pattern is None:
-        return source.names
-    chosen = [n for n in source.names if fnmatch.fnmatchcase(n, pattern)]
+        return names
+    chosen = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
     if not chosen:
-        raise ConfigError(f"{source.path}: no layer matches {pattern!r}; layers: {', '.join(source.names[:12])}")
+        raise ConfigError(f"{where}: no layer matches {pattern!r}; layers: {', '.join(names[:12])}")
     return chosen
 
 
@@ -103,7 +104,7 @@ def analyze_checkpoint(
     if path_sources is not None and path_sources < 1:
         raise ConfigError(f"--path-sources must be >= 1, got {path_sources}")
     source = open_checkpoint(path, key)
-    names = _select(source, layers)
+    names = _select(source.names, layers, source.path)
     gates = recurrent_gates({n: source.shape(n) for n in names})
     overall = None
     if global_backbone:
@@ -164,12 +165,8 @@ def analyze_run(
     reader = RunReader(path)
     if not reader.epochs:
         raise CheckpointError(f"{path}: run directory has no snapshots yet")
-    selected = dict(reader.layers)
-    if layers is not None:
-        selected = {n: shape for n, shape in selected.items() if fnmatch.fnmatchcase(n, layers)}
-        if not selected:
-            raise ConfigError(f"{path}: no layer matches {layers!r}; layers: {', '.join(dict(reader.layers))}")
-    cached = reusable_rows(read_metrics(path), reader.epochs, list(selected)) if not small_world else None
+    selected = _select(list(reader.layers), layers, path)
+    cached = reusable_rows(read_metrics(path), reader.epochs, selected) if not small_world else None
     done = set() if cached is None else set(cached.epoch)
     timeline = ((e, {n: m for n, m in masks.items() if n in selected}) for e, masks in reader.iter_masks()
                 if e not in done)
@@ -181,7 +178,7 @@ def analyze_run(
     topology = run_topology(reader, reader.name)
     table = pd.concat([table, topology[topology["layer"].isin(selected)]], ignore_index=True)
     if save:
-        write_atomic(reader.path / "graph_metrics.csv", lambda f: f.write(table.to_csv(index=False).encode()))
+        write_csv(reader.path / METRICS_FILE, table)
     return table
 
 

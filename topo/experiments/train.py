@@ -354,15 +354,20 @@ def _resumable(run_dir: Path, wanted: Mapping[str, Any]) -> tuple[bool, bool]:
     return True, bool(meta.get("finished")) and extend
 
 
+def _defining(train_config: Mapping[str, Any], *also_ignored: str) -> dict[str, Any]:
+    """The fields of a ``TrainConfig`` dict that define a run's result: all but :data:`NOT_DEFINING` (and
+    ``also_ignored``)."""
+    return {k: v for k, v in train_config.items() if k not in NOT_DEFINING + also_ignored}
+
+
 def fresh_run_dir(run_dir: str | os.PathLike, config: TrainConfig) -> Path:
     """``run_dir`` unless it holds a run of another configuration; then the first of ``run_dir-2``, ``-3``, …
     that holds a run of exactly this configuration, or nothing."""
     run_dir = Path(run_dir)
-    wanted = {k: v for k, v in asdict(config).items() if k not in NOT_DEFINING}
+    wanted = _defining(asdict(config))
     candidate, number = run_dir, 1
     while (candidate / "run.json").exists():
-        recorded = RunReader(candidate).meta.get("config", {}).get("train", {})
-        if {k: v for k, v in recorded.items() if k not in NOT_DEFINING} == wanted:
+        if _defining(RunReader(candidate).meta.get("config", {}).get("train", {})) == wanted:
             return candidate
         number += 1
         candidate = run_dir.with_name(f"{run_dir.name}-{number}")
@@ -501,8 +506,7 @@ def recorded_result(config: TrainConfig, run_dir: str | os.PathLike) -> TrainRes
         return None
     meta = RunReader(run_dir).meta
     recorded = meta.get("config", {})
-    same = ({k: v for k, v in recorded.get("train", {}).items() if k not in NOT_DEFINING + ("epochs",)}
-            == {k: v for k, v in asdict(config).items() if k not in NOT_DEFINING + ("epochs",)})
+    same = _defining(recorded.get("train", {}), "epochs") == _defining(asdict(config), "epochs")
     wanted_epochs = config.epochs or get_model_spec(config.model).epochs
     complete = bool(meta.get("finished")) and recorded.get("epochs") == wanted_epochs
     if not (same and complete and recorded.get("protocol") == PROTOCOL):

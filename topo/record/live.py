@@ -23,7 +23,7 @@ import pandas as pd
 from topo.errors import ConfigError
 from topo.graph import metrics_table
 from topo.graph.compare import exploration_rate, mask_turnover
-from topo.record.store import STAT_COLUMNS, write_atomic
+from topo.record.store import STAT_COLUMNS, write_csv
 
 METRICS_FILE = "graph_metrics.csv"
 #: Largest side of a mask image; larger masks are shown as the density of square blocks.
@@ -107,8 +107,7 @@ class LiveMetrics:
         existing = read_metrics(self.path)
         if existing is not None:
             rows = pd.concat([existing[existing.epoch != epoch], rows], ignore_index=True)
-        frame = rows.sort_values("epoch", kind="stable")
-        write_atomic(self.path / METRICS_FILE, lambda f: f.write(frame.to_csv(index=False).encode()))
+        write_csv(self.path / METRICS_FILE, rows.sort_values("epoch", kind="stable"))
 
     def _log(self, epoch: int, table: pd.DataFrame, masks: Mapping[str, np.ndarray], stats: np.ndarray,
              metrics: Mapping[str, float]) -> None:

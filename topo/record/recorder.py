@@ -41,6 +41,7 @@ from topo.record.store import (
     read_json,
     snapshot_path,
     write_atomic,
+    write_csv,
     write_json,
     write_snapshot,
 )
@@ -252,7 +253,7 @@ class Recorder:
         def write() -> None:
             write_snapshot(path, masks, stats, weights, previous=previous[1] if previous else None,
                            previous_epoch=previous[0] if previous else None, ever_active=ever)
-            write_atomic(self.path / "stats.csv", lambda f: f.write(frame.to_csv(index=False).encode()))
+            write_csv(self.path / "stats.csv", frame)
             if checkpoint is not None:
                 write_atomic(self.path / "checkpoint.pt", lambda f: torch.save(checkpoint, f))
             if observe is not None:
@@ -321,11 +322,10 @@ class Recorder:
             if later > epoch:
                 snapshot_path(self.path, later).unlink()
         self._rows = [r for r in self._rows if r["epoch"] <= epoch]
-        write_atomic(self.path / "stats.csv", lambda f: f.write(pd.DataFrame(self._rows).to_csv(index=False).encode()))
+        write_csv(self.path / "stats.csv", pd.DataFrame(self._rows))
         metrics = read_metrics(self.path)
         if metrics is not None and (metrics.epoch > epoch).any():
-            kept = metrics[metrics.epoch <= epoch]
-            write_atomic(self.path / METRICS_FILE, lambda f: f.write(kept.to_csv(index=False).encode()))
+            write_csv(self.path / METRICS_FILE, metrics[metrics.epoch <= epoch])
         self._previous = None
         if epoch in reader.epochs:
             masks = reader.masks(epoch)

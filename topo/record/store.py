@@ -72,6 +72,11 @@ def write_json(path: str | os.PathLike, data: dict[str, Any]) -> Path:
     return write_atomic(path, lambda f: f.write(json.dumps(data, indent=2, sort_keys=True).encode()))
 
 
+def write_csv(path: str | os.PathLike, frame: pd.DataFrame) -> Path:
+    """``frame`` as CSV (no index), written atomically (:func:`write_atomic`)."""
+    return write_atomic(path, lambda f: f.write(frame.to_csv(index=False).encode()))
+
+
 def snapshot_path(run_dir: str | os.PathLike, epoch: int) -> Path:
     return Path(run_dir) / "snapshots" / f"epoch-{epoch:04d}.npz"
 
