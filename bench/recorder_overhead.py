@@ -58,11 +58,11 @@ def main() -> None:
             loss.backward()
             opt.step()
             sparsifier.step()
-        sparsifier.end_epoch(index)
         if record:
             recorder.snapshot(index, {"train_loss": loss.item()})
         else:
             loss.item()
+        sparsifier.end_epoch(index)
         if cuda:
             torch.cuda.synchronize()
         return time.perf_counter() - start

@@ -97,6 +97,33 @@ def test_analyze_run_directory_writes_csv_and_figure(recorded_run, tmp_path):
     assert (tmp_path / "f5.png").stat().st_size > 10_000
 
 
+def test_analyze_of_some_layers_merges_into_the_runs_table_and_never_drops_rows(recorded_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(recorded_run, run)
+    assert topo("analyze", str(run)).returncode == 0
+    everything = pd.read_csv(run / "graph_metrics.csv")
+    assert set(everything.layer) == {"lstm.weight_ih_l0", "lstm.weight_hh_l0", "fc.weight"}
+    result = topo("analyze", str(run), "--layers", "fc.*", "--csv", str(tmp_path / "fc.csv"))
+    assert result.returncode == 0, result.stderr
+    assert set(pd.read_csv(tmp_path / "fc.csv").layer) == {"fc.weight"}
+    merged = pd.read_csv(run / "graph_metrics.csv")
+    assert len(merged) == len(everything)
+    keys = ["epoch", "layer", "graph", "metric"]
+    pd.testing.assert_frame_equal(merged.sort_values(keys).reset_index(drop=True)[keys],
+                                  everything.sort_values(keys).reset_index(drop=True)[keys])
+
+
+@pytest.mark.parametrize("where", ["missing-dir/x.csv", "a-directory"])
+def test_unwritable_csv_fails_before_anything_is_rewritten(recorded_run, tmp_path, where):
+    run = tmp_path / "run"
+    shutil.copytree(recorded_run, run)
+    (run / "graph_metrics.csv").unlink(missing_ok=True)
+    (tmp_path / "a-directory").mkdir()
+    result = topo("analyze", str(run), "--layers", "fc.*", "--csv", str(tmp_path / where))
+    assert result.returncode == 1 and "--csv" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (run / "graph_metrics.csv").exists()
+
+
 def test_plot_figures_from_run(recorded_run, tmp_path):
     for figure in ("3", "4", "5"):
         out = tmp_path / f"fig{figure}.png"
@@ -153,7 +180,7 @@ def test_usage_error_exits_2():
 
 
 def test_reproduce_table2_and_train_and_transplant_commands(tmp_path):
-    result = topo("reproduce", "table2", "--model", "mlp-digits", "--epochs", "1", "--max-batches", "2",
+    result = topo("reproduce", "table2", "--model", "mlp-digits", "--epochs", "2", "--max-batches", "2",
                   "--batch-size", "32", "--seeds", "1", "--log-alpha", "0.5", "--k", "0.5", "--out",
                   str(tmp_path / "t2"))
     assert result.returncode == 0, result.stderr

@@ -174,8 +174,33 @@ def test_one_writer_per_run_directory(tmp_path):
 
 def test_local_jobs_run_in_order_and_failures_are_named():
     assert run_jobs([Job("a", pow, (2, 3)), Job("b", pow, (3, 2))]) == [8, 9]
+    done = []
+
+    def record(value):
+        done.append(value)
+        return value
+
+    with pytest.raises(JobsFailed, match=r"2 job\(s\) failed: bad: .*mean requires at least one data point; "
+                                         r"worse: .*by zero") as failed:
+        run_jobs([Job("good", record, (1,)), Job("bad", statistics.mean, ([],)), Job("after", record, (2,)),
+                  Job("worse", divmod, (1, 0)), Job("last", record, (3,))])
+    assert done == [1, 2, 3] and set(failed.value.failures) == {"bad", "worse"}  # the same semantics as Ray's
     with pytest.raises(ConfigError, match="unknown executor 'dask'; valid: local, ray"):
         run_jobs([], "dask")
+
+
+def test_no_ray_cluster_is_started_when_every_run_is_finished(tmp_path, monkeypatch):
+    import topo.executors as executors
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("connected to Ray with nothing to run")
+
+    monkeypatch.setattr(executors, "connect", refuse)
+    assert run_jobs([], "ray") == []
+    base = replace(BASE, epochs=1, max_batches=1)
+    first = reproduce_table2(base, **{**GRID, "seeds": 1}, out_dir=tmp_path, progress=False)
+    again = reproduce_table2(base, **{**GRID, "seeds": 1}, out_dir=tmp_path, progress=False, executor="ray")
+    assert again.score.tolist() == first.score.tolist()
 
 
 def test_output_root_must_be_shareable_on_a_cluster_of_several_machines(tmp_path):

@@ -157,10 +157,11 @@ def analyze_run(
     """Tidy graph metrics of every snapshot of the run directory at ``path``, with turnover and exploration.
 
     Columns run, epoch, layer, graph, metric, value. ``layers`` is a glob over layer names; ``device`` analyses
-    the whole run in batches there (:mod:`topo.graph.batched`); with ``save`` the table is also written
-    (atomically) to ``RUN/graph_metrics.csv``. Epochs whose metrics that file already holds for every selected
-    layer (written live by the recorder, :mod:`topo.record.live`, or by an earlier analysis) are not computed
-    again, unless ``small_world`` asks for more than it holds.
+    the whole run in batches there (:mod:`topo.graph.batched`); with ``save`` the table is also merged
+    (atomically) into ``RUN/graph_metrics.csv``: the rows of the analysed layers are replaced, and those of every
+    other layer kept, so analysing some layers never drops what was recorded for the others. Epochs whose metrics
+    that file already holds for every selected layer (written live by the recorder, :mod:`topo.record.live`, or by
+    an earlier analysis) are not computed again, unless ``small_world`` asks for more than it holds.
     """
     reader = RunReader(path)
     if not reader.epochs:
@@ -178,7 +179,11 @@ def analyze_run(
     topology = run_topology(reader, reader.name)
     table = pd.concat([table, topology[topology["layer"].isin(selected)]], ignore_index=True)
     if save:
-        write_csv(reader.path / METRICS_FILE, table)
+        recorded = read_metrics(path)
+        others = recorded[~recorded["layer"].isin(selected)] if recorded is not None else None
+        merged = table if others is None or others.empty else \
+            pd.concat([others.assign(run=reader.name), table], ignore_index=True).sort_values("epoch", kind="stable")
+        write_csv(reader.path / METRICS_FILE, merged)
     return table
 
 

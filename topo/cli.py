@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 import traceback
@@ -50,11 +51,29 @@ def _ray_options(args: argparse.Namespace):
     return options
 
 
+def check_output(path: str | os.PathLike | None, option: str) -> None:
+    """Raise :class:`ConfigError` naming ``option`` when ``path`` cannot be written (its folder is missing or not
+    writable, or it is a folder): checked before any work, so a bad output path changes nothing."""
+    if path is None or str(path) == "-":
+        return
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise ConfigError(f"{option} {path}: is a directory, not a file")
+    if not folder.is_dir():
+        raise ConfigError(f"{option} {path}: no such directory {folder}")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ConfigError(f"{option} {path}: not writable")
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     from topo.analyze import analyze_runs, is_run_directory
+    from topo.record.store import write_csv
 
     device = _analysis_device(args.device)
     paths = [Path(p) for p in args.path]
+    check_output(args.csv, "--csv")
+    check_output(args.plot, "--plot")
     if len(paths) == 1 and not is_run_directory(paths[0]):
         if args.executor != "local":
             raise ConfigError("--executor ray analyses run directories; a checkpoint is analysed here")
@@ -69,7 +88,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                          small_world=args.small_world, device=device,
                          progress=not args.quiet and not to_stdout and not args.json)
     if out is not None and not (single and out == paths[0] / "graph_metrics.csv"):
-        table.to_csv(out, index=False)
+        write_csv(out, table)
     elif to_stdout:
         table.to_csv(sys.stdout, index=False)
     if args.plot:
@@ -93,6 +112,7 @@ def _analyze_checkpoint(args: argparse.Namespace, path: Path, device, to_stdout:
     import json
 
     from topo.analyze import analyze_checkpoint
+    from topo.record.store import write_csv
 
     result = analyze_checkpoint(path, key=args.key, layers=args.layers, backbone=args.backbone,
                                 global_backbone=args.global_backbone, path_sources=args.path_sources,
@@ -112,8 +132,10 @@ def _analyze_checkpoint(args: argparse.Namespace, path: Path, device, to_stdout:
         save(layer_figure(result.table, degrees), args.plot)
     if args.json:
         print(json.dumps(result.records, allow_nan=True))
+    elif to_stdout:
+        result.table.to_csv(sys.stdout, index=False)
     elif args.csv:
-        result.table.to_csv(sys.stdout if to_stdout else args.csv, index=False)
+        write_csv(args.csv, result.table)
     else:
         print(result.table.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep=""))
     return 0

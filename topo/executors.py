@@ -215,15 +215,18 @@ def run_jobs(
     """Each job's result, in the order of ``jobs``.
 
     ``local`` runs them here one after the other. ``ray`` submits them all as tasks and shows one bar over jobs
-    (done, running, queued, failed) with the ``headline`` of each finished job's result. When some jobs fail the
-    others still finish, then :class:`JobsFailed` names the failed ones. Interrupting the driver cancels the
-    tasks still running (their run directories keep their last checkpoint). ``output_root`` is where the jobs
-    write, checked with :func:`check_output_root`.
+    (done, running, queued, failed) with the ``headline`` of each finished job's result. Both run every job: when
+    some fail, the others still finish, then :class:`JobsFailed` names the failed ones with their errors.
+    Interrupting the driver (Ctrl-C) stops at once; under Ray it cancels the tasks still running (their run
+    directories keep their last checkpoint). With no jobs nothing is started (no Ray cluster). ``output_root`` is
+    where the jobs write, checked with :func:`check_output_root`.
     """
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
+    if not jobs:
+        return []
     if executor == "local":
-        return [job.function(*job.args) for job in jobs]
+        return _run_here(jobs)
     options = ray_options or RayOptions()
     ray, started = connect(options, output_root)
     try:
@@ -231,6 +234,22 @@ def run_jobs(
     finally:
         if started:
             ray.shutdown()
+
+
+def _run_here(jobs: Sequence[Job]) -> list[Any]:
+    """Every job here, in order; failures are collected and named at the end (:class:`JobsFailed`)."""
+    results: list[Any] = []
+    failures: dict[str, str] = {}
+    for job in jobs:
+        try:
+            results.append(job.function(*job.args))
+        except Exception as exc:  # noqa: BLE001 - any job's error is reported, the other jobs still run
+            log.warning("%s failed: %s", job.name, exc)
+            failures[job.name] = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+            results.append(None)
+    if failures:
+        raise JobsFailed(failures)
+    return results
 
 
 def _run_on_ray(ray: Any, jobs: Sequence[Job], options: RayOptions, progress: bool,

@@ -284,6 +284,11 @@ def test_bad_config_is_rejected():
         TrainConfig(val_max_batches=0).validate()
     with pytest.raises(ConfigError, match="--lr must be > 0"):
         TrainConfig(lr=0.0).validate()
+    with pytest.raises(ConfigError, match="pruning after epoch 0 of 1 leaves no epoch to fine-tune"):
+        TrainConfig(method="pruning", epochs=1).validate()
+    with pytest.raises(ConfigError, match="pruning after epoch 4 of 5"):
+        TrainConfig(method="pruning", epochs=5, prune_after=[1, 4]).validate()
+    TrainConfig(method="pruning", epochs=2).validate()
 
 
 def test_validation_cap_evaluates_only_the_first_batches():
@@ -395,3 +400,62 @@ def test_a_run_whose_schedule_follows_the_epoch_count_is_not_extended(tmp_path, 
     if fixed is not None:  # an explicit pruning epoch does not move with the epoch count
         train(fixed, tmp_path / "fixed", progress=False)
         assert len(train(replace(fixed, epochs=3), tmp_path / "fixed", resume=True, progress=False).history) == 3
+
+
+@pytest.mark.parametrize("method", ["set", "adaptive", "pruning"])
+def test_each_epoch_is_scored_and_recorded_before_its_topology_change(tmp_path, monkeypatch, method):
+    import topo.experiments.train as train_module
+
+    evaluated = []
+    real = train_module.evaluate
+
+    def spy(spec, model, x, y, device, **kwargs):
+        if x is session_data["val"]:
+            evaluated.append({n: m.clone() for n, m in session_data["sparsifier"].masks.items()})
+        return real(spec, model, x, y, device, **kwargs)
+
+    session_data = {}
+    real_setup = train_module.setup
+
+    def keep(*args, **kwargs):
+        session = real_setup(*args, **kwargs)
+        session_data.update(val=session.data.val_x, sparsifier=session.sparsifier)
+        return session
+
+    monkeypatch.setattr(train_module, "evaluate", spy)
+    monkeypatch.setattr(train_module, "setup", keep)
+    extra = {"prune_after": [0]} if method == "pruning" else {"adapt_every": 1}
+    config = TrainConfig(model="mlp", dataset="digits", method=method, epochs=3, batch_size=64, max_batches=4,
+                         **extra)
+    result = train(config, tmp_path / "run", progress=False)
+    reader = RunReader(tmp_path / "run")
+    assert len(evaluated) == 3
+    for epoch, masks in enumerate(evaluated):  # the snapshot holds the masks that were scored
+        for name, mask in reader.masks(epoch).items():
+            np.testing.assert_array_equal(mask, masks[name].numpy(), err_msg=f"{name} epoch {epoch}")
+    assert session_data["sparsifier"].epochs_done == 2  # changes after epochs 0 and 1, none after the last
+    if method != "adaptive":  # the adaptive rule changes at the first step after end_epoch, inside the next epoch
+        assert any(not np.array_equal(reader.masks(0)[n], reader.masks(1)[n]) for n in reader.layers)
+    state = read_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    for name, mask in reader.masks(2).items():
+        np.testing.assert_array_equal(state["masks"][name].numpy(), mask)
+    spec = get_model_spec("mlp")
+    model = _factory(spec, load_dataset("digits"))(result.widths)
+    model.load_state_dict(state["model"])
+    data = shaped_for(load_dataset("digits"), spec.inputs, "mlp")
+    val_loss, _ = real(spec, model, data.val_x, data.val_y, torch.device("cpu"))
+    assert val_loss == pytest.approx(result.final["val_loss"], rel=1e-6)  # the final checkpoint is what was scored
+
+
+def test_table2_never_selects_an_epoch_before_the_last_pruning(tmp_path):
+    config = TrainConfig(model="mlp", dataset="digits", method="pruning", epochs=4, batch_size=64, max_batches=3,
+                         prune_after=[1])
+    result = train(config, tmp_path / "run", progress=False)
+    assert result.history.at_target.tolist() == [0.0, 0.0, 1.0, 1.0]
+    history = result.history.copy()
+    history.loc[history.epoch == 0, "val_loss"] = -1.0  # the dense epochs are never chosen, however good
+    from topo.experiments.table import selected_epoch
+
+    assert int(selected_epoch(history).epoch) in (2, 3)
+    with pytest.raises(ConfigError, match="never reached its target density"):
+        selected_epoch(history.assign(at_target=0.0))

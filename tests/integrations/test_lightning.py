@@ -129,6 +129,28 @@ def test_resume_from_a_lightning_checkpoint_gives_the_uninterrupted_masks(digits
     assert whole.sparsifier.pop_changes() == resumed.sparsifier.pop_changes()
 
 
+def test_a_fit_after_a_resumed_fit_keeps_the_current_masks_not_the_checkpoints(digits, tmp_path):
+    checkpoints = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, every_n_epochs=1,
+                                               filename="{epoch}")
+    _trainer([TopoCallback("set", density=0.3, zeta=0.3), checkpoints], max_epochs=2, enable_checkpointing=True,
+             num_sanity_val_steps=0).fit(Classifier(), *_data(digits, validation=True))
+    module, topo = Classifier(), TopoCallback("set", density=0.3, zeta=0.3)
+    _trainer([topo], max_epochs=4, num_sanity_val_steps=0).fit(module, *_data(digits, validation=True),
+                                                               ckpt_path=tmp_path / "ckpt" / "epoch=0.ckpt")
+    after = {n: m.clone() for n, m in topo.sparsifier.masks.items()}
+    weights = {n: w.detach().clone() for n, w in topo.sparsifier.weights.items()}
+    seen = {}
+
+    class AtStart(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            seen.setdefault("masks", {n: m.clone() for n, m in topo.sparsifier.masks.items()})
+
+    _trainer([topo, AtStart()], max_epochs=1).fit(module, *_data(digits))
+    assert all(torch.equal(after[n], seen["masks"][n]) for n in after)
+    for name, weight in topo.sparsifier.weights.items():  # trained on from where the resumed fit ended
+        assert torch.count_nonzero(weight.detach()[~after[name]]) == 0 and not torch.equal(weight, weights[name])
+
+
 def test_tensorboard_logger_of_the_trainer_receives_the_live_metrics(digits, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -207,7 +229,8 @@ def test_ddp_ranks_share_masks_and_rank_zero_records(digits, tmp_path):
 def test_a_second_fit_of_the_same_module_keeps_its_masks(digits):
     module = Classifier()
     topo = TopoCallback("set", density=0.3, zeta=0.3)  # masks move away from the initial random ones
-    _trainer([topo], max_epochs=1).fit(module, *_data(digits))
+    _trainer([topo], max_epochs=2).fit(module, *_data(digits))
+    assert topo.sparsifier.epochs_done == 1  # one change, after epoch 0; none after the last
     first = {n: m.clone() for n, m in topo.sparsifier.masks.items()}
     seen = {}
 

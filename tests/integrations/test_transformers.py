@@ -54,10 +54,10 @@ class InactiveStayZero(transformers.TrainerCallback):
 
 
 def _train(tmp_path, callbacks, optimizers=(None, None), model=None, **arguments):
-    args = transformers.TrainingArguments(
-        output_dir=str(tmp_path / "hf"), num_train_epochs=2, per_device_train_batch_size=8, report_to=[],
-        save_strategy="no", logging_steps=2, use_cpu=True, disable_tqdm=True, gradient_accumulation_steps=2,
-        max_grad_norm=1.0, **arguments)
+    args = transformers.TrainingArguments(**{
+        "output_dir": str(tmp_path / "hf"), "num_train_epochs": 2, "per_device_train_batch_size": 8, "report_to": [],
+        "save_strategy": "no", "logging_steps": 2, "use_cpu": True, "disable_tqdm": True,
+        "gradient_accumulation_steps": 2, "max_grad_norm": 1.0, **arguments})
     trainer = transformers.Trainer(model=model or tiny_bert(), args=args, train_dataset=Tokens(), callbacks=callbacks,
                                    optimizers=optimizers)
     trainer.train()
@@ -86,7 +86,54 @@ def test_every_n_steps_adapts_and_records_by_optimizer_step(tmp_path):
     reader = RunReader(tmp_path / "run")
     assert reader.epochs == [0, 1, 2, 3]
     assert reader.stats.groupby("epoch").global_step.first().tolist() == [2, 4, 6, 8]
-    assert topo.sparsifier.epochs_done == 4
+    assert topo.sparsifier.epochs_done == 3  # adapted at the start of steps 3, 5 and 7; nothing after the last
+
+
+def test_resume_from_a_trainer_checkpoint_gives_the_uninterrupted_masks(tmp_path):
+    whole = TopoTrainerCallback("set", density=0.3, zeta=0.3, record_dir=tmp_path / "whole", seed=0)
+    _train(tmp_path / "a", [whole], save_strategy="steps", save_steps=4)
+    assert (tmp_path / "a" / "hf" / "checkpoint-4" / "topo_sparsifier.pt").exists()
+    resumed = TopoTrainerCallback("set", density=0.3, zeta=0.3, record_dir=tmp_path / "resumed", seed=0)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "b"), num_train_epochs=2, per_device_train_batch_size=8, report_to=[],
+        save_strategy="no", logging_steps=2, use_cpu=True, disable_tqdm=True, gradient_accumulation_steps=2,
+        max_grad_norm=1.0)
+    trainer = transformers.Trainer(model=tiny_bert(), args=args, train_dataset=Tokens(), callbacks=[resumed])
+    trainer.train(resume_from_checkpoint=str(tmp_path / "a" / "hf" / "checkpoint-4"))
+    assert resumed.sparsifier.step_count == 8  # 4 restored from the checkpoint, 4 trained after it
+    for name, mask in whole.sparsifier.masks.items():
+        assert torch.equal(mask, resumed.sparsifier.masks[name]), name
+        weight = resumed.sparsifier.weights[name].detach()
+        assert torch.count_nonzero(weight[~mask]) == 0 and torch.count_nonzero(weight[mask]) > 0.9 * int(mask.sum())
+
+
+def test_resuming_a_checkpoint_saved_without_the_callback_is_an_error(tmp_path):
+    _train(tmp_path, [], save_strategy="steps", save_steps=4)
+    args = transformers.TrainingArguments(output_dir=str(tmp_path / "hf"), num_train_epochs=2, report_to=[],
+                                          per_device_train_batch_size=8, use_cpu=True, disable_tqdm=True,
+                                          gradient_accumulation_steps=2, save_strategy="no")
+    trainer = transformers.Trainer(model=tiny_bert(), args=args, train_dataset=Tokens(),
+                                   callbacks=[TopoTrainerCallback("set", density=0.3)])
+    with pytest.raises(ConfigError, match="no topo_sparsifier.pt of that step"):
+        trainer.train(resume_from_checkpoint=str(tmp_path / "hf" / "checkpoint-4"))
+
+
+def test_a_second_train_keeps_the_masks_and_hooks_the_optimizer_once(tmp_path):
+    topo = TopoTrainerCallback("set", density=0.3, zeta=0.3, seed=0)
+    trainer = _train(tmp_path, [topo])
+    masks = {n: m.clone() for n, m in topo.sparsifier.masks.items()}
+    first = topo.sparsifier
+    seen = {}
+
+    class AtStart(transformers.TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            seen.setdefault("masks", {n: m.clone() for n, m in topo.sparsifier.masks.items()})
+
+    trainer.add_callback(AtStart())
+    trainer.train()
+    assert topo.sparsifier is not first and first._hook is None
+    assert len(unwrap(trainer.optimizer)._optimizer_step_pre_hooks) == 1
+    assert all(torch.equal(masks[n], seen["masks"][n]) for n in masks)
 
 
 def test_an_unhookable_optimizer_fails_at_train_begin(tmp_path):

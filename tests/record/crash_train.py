@@ -36,8 +36,9 @@ def main() -> None:
             loss.backward()
             opt.step()
             sparsifier.step()
-        sparsifier.end_epoch(epoch)
-        recorder.snapshot(epoch, {"train_loss": loss.item()})
+        recorder.snapshot(epoch, {"train_loss": loss.item()})  # the masks trained, before the epoch's change
+        if epoch + 1 < epochs:
+            sparsifier.end_epoch(epoch)
         time.sleep(delay)
     recorder.close()
 

@@ -37,6 +37,25 @@ def test_weights_found_at_any_depth_never_in_optimizer_state(tmp_path):
     assert "run/ema/weights" in deep.description and "lstm.weight_hh_l2" in deep.names
 
 
+@pytest.mark.parametrize("key", ["opt_state_dict", "o", "training/state"])
+def test_optimizer_state_keyed_by_parameter_names_is_recognised_by_its_structure(tmp_path, key):
+    # torch.distributed.checkpoint.state_dict.get_optimizer_state_dict's layout: slots keyed by parameter names.
+    # The first layer's two Adam slots hold more values than the whole model: only the structure tells them apart.
+    model = nn.Sequential(nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 2))
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.randn(4, 100)).sum().backward()
+    optimizer.step()
+    names = dict(model.named_parameters())
+    by_name = {"state": {n: optimizer.state[p] for n, p in names.items()},
+               "param_groups": [{**g, "params": list(names)} for g in optimizer.state_dict()["param_groups"]]}
+    node: dict = by_name
+    for part in reversed(key.split("/")):
+        node = {part: node}
+    torch.save({"model": model.state_dict(), **node}, tmp_path / "dcp.pt")
+    source = open_checkpoint(tmp_path / "dcp.pt")
+    assert source.names == ["0.weight", "2.weight"] and "'model'" in source.description
+
+
 def test_key_picks_the_mapping_explicitly(tmp_path):
     small, large = nn.Linear(3, 2), nn.Linear(30, 20)
     torch.save({"student": {"net": small.state_dict()}, "teacher": large.state_dict()}, tmp_path / "two.pt")

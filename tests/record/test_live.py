@@ -17,22 +17,30 @@ from topo.record.live import METRICS_FILE, mask_image, read_metrics, summary_wri
 from topo.sparsity import Adaptive
 
 
-def _train(run_dir, epochs: int, **recorder_options) -> Adaptive:
+def _train(run_dir, epochs: int, resume: bool = False, **recorder_options) -> Adaptive:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 5), nn.LSTM(5, 6))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     sparsifier = Adaptive(model, optimizer, density=0.3, k=0.5, every=1, seed=1)
-    with Recorder(run_dir, sparsifier, **recorder_options) as recorder:
-        for epoch in range(epochs):
+    with Recorder(run_dir, sparsifier, resume=resume, **recorder_options) as recorder:
+        start = recorder.resume() if resume else 0
+        for epoch in range(start, epochs):
             for _ in range(3):
                 out, _ = model[3](model[:3](torch.randn(8, 20)).unsqueeze(0))
                 optimizer.zero_grad()
                 out.square().mean().backward()
                 optimizer.step()
                 sparsifier.step()
-            sparsifier.end_epoch(epoch)
             recorder.snapshot(epoch, {"train_loss": float(epoch)})
+            if epoch + 1 < epochs:
+                sparsifier.end_epoch(epoch)
     return sparsifier
+
+
+def test_a_resumed_run_keeps_which_snapshots_get_metrics(tmp_path):
+    _train(tmp_path / "run", 3, metrics_every=2)  # epochs 0, 1, 2: metrics at 0 and 2
+    _train(tmp_path / "run", 6, resume=True, metrics_every=2)  # then 3, 4, 5: metrics at 4 only
+    assert sorted(read_metrics(tmp_path / "run").epoch.unique()) == [0, 2, 4]
 
 
 def test_every_nth_snapshot_gets_the_table_analyze_would_compute(tmp_path):

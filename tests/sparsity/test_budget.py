@@ -66,3 +66,22 @@ def test_small_model_matches_as_closely_as_integer_widths_allow(caplog):
     assert "closest integer widths [56]" in caplog.text
     for other in ([55], [57]):  # no integer width does better
         assert abs(nonzero_count(factory(other), 10**-0.5) - match.target) > abs(match.nonzeros - match.target)
+
+
+@pytest.mark.parametrize("log_alpha", [0.5, 1.0])
+def test_dense_first_and_last_layers_count_inside_the_budget(log_alpha):
+    import torch
+
+    from topo.sparsity import make_sparsifier
+
+    density = 10 ** -log_alpha
+    match = match_budget(mnist_mlp, [64, 64, 64], density, dense_first_last=True)
+    assert match.relative_error <= 0.01
+    model = mnist_mlp(match.widths)
+    sp = make_sparsifier("random-fixed", model, density=density, dense_first_last=True, seed=0)
+    nonzeros = sum(int(torch.count_nonzero(p)) for p in model.parameters())
+    assert abs(nonzeros - match.target) / match.target <= 0.01  # what the model really holds, not a formula
+    plain = match_budget(mnist_mlp, [64, 64, 64], density)
+    assert sum(match.widths) < sum(plain.widths)  # the dense first layer leaves less budget for widening
+    assert match.nonzeros == nonzero_count(model, density, dense_first_last=True)
+    assert sp.masks["0.weight" if "0.weight" in sp.masks else next(iter(sp.masks))].all()

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from topo.errors import ConfigError
-from topo.sparsity import SET, SNIP, RigL, layer_densities, make_sparsifier
+from topo.sparsity import SET, SNIP, RigL, active_count, layer_densities, make_sparsifier, select_parameters
 
 from ..conftest import mlp
 
@@ -21,20 +21,100 @@ def one_layer(rows: int = 40, cols: int = 50) -> nn.Module:
     return nn.Sequential(nn.Linear(cols, rows, bias=False))
 
 
-def test_set_drops_the_smallest_zeta_and_regrows_as_many_at_zero():
-    model = one_layer()
-    sp = SET(model, density=0.2, zeta=0.3)
-    weight, mask = sp.weights["0.weight"], sp.masks["0.weight"]
-    before = mask.clone()
-    magnitudes = weight.detach().abs()[before]
-    threshold = magnitudes.sort().values[round(0.3 * 400) - 1]
+def hand_layer(values: list[float], inactive: int) -> nn.Module:
+    """One 1×n Linear layer whose first len(values) weights are ``values`` and the last ``inactive`` are zero."""
+    model = nn.Sequential(nn.Linear(len(values) + inactive, 1, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([values + [0.0] * inactive]))
+    return model
+
+
+def with_mask(sp, mask: torch.Tensor, values: list[float]):
+    """``sp`` with its one layer's weights set to ``values`` (zeros beyond) and its mask to ``mask``."""
+    with torch.no_grad():
+        weight = sp.weights["0.weight"]
+        weight.zero_()
+        weight[0, : len(values)] = torch.tensor(values)
+    sp.masked.set_mask("0.weight", mask.view(1, -1))
+    sp.pop_changes()
+    return sp
+
+
+# ζ = 0.3 of these 12 active weights, by the SET authors' thresholds worked by hand: the value nearest zero is 0.01
+# at sorted position 5 (f = 5, z = 6); the negative threshold is v[⌊0.7·5⌋] = v[3] = −0.2 and the positive one
+# v[⌊6 + 0.3·6⌋] = v[7] = 0.2. Dropped: −0.2, −0.05 (2 of the 5 negatives) and 0.01, 0.1, 0.2 (3 of 7 positives).
+SET_VALUES = [-0.9, 0.6, -0.5, 0.2, -0.3, 0.01, -0.2, 0.1, -0.05, 0.4, 0.8, 1.0]
+SET_DROPPED_PER_SIGN = {3, 5, 6, 7, 8}
+SET_DROPPED_MAGNITUDE = {5, 8, 7, 3}  # round(0.3·12) = 4 smallest |w|; −0.2 and 0.2 tie, the lower position wins
+
+
+@pytest.mark.parametrize("drop,expected", [("per-sign", SET_DROPPED_PER_SIGN), ("magnitude", SET_DROPPED_MAGNITUDE)])
+def test_set_drops_by_the_authors_thresholds_or_by_magnitude(drop, expected):
+    model = hand_layer(SET_VALUES, inactive=30)
+    sp = with_mask(SET(model, density=0.5, zeta=0.3, drop=drop, seed=0), torch.arange(42) < 12, SET_VALUES)
+    before = model[0].weight.detach().clone().flatten()
     sp.adapt()
-    dropped, grown = before & ~mask, mask & ~before
-    assert int(mask.sum()) == 400 and int(dropped.sum()) == int(grown.sum()) <= 120
-    assert sp.pop_changes()["0.weight"] == (120, 120)  # regrowth may land on a just-dropped position
-    kept = before & mask
-    assert (weight.detach().abs()[before & ~kept] <= threshold).all()
-    assert torch.count_nonzero(weight.detach()[grown]) == 0
+    mask = sp.masks["0.weight"].flatten()
+    kept = set(range(12)) - expected
+    assert all(mask[i] for i in kept) and int(mask.sum()) == 12
+    weight = model[0].weight.detach().flatten()
+    assert torch.equal(weight[sorted(kept)], before[sorted(kept)])
+    regrown_same = [i for i in expected if mask[i]]
+    assert torch.equal(weight[regrown_same], before[regrown_same])  # dropped and regrown at once: kept as it was
+    gone = [i for i in expected if not mask[i]]
+    assert (weight[gone] == 0).all()
+    new = [i for i in range(12, 42) if mask[i]]
+    assert len(new) == len(expected) - len(regrown_same) and (weight[new] != 0).all()
+    assert sp.pop_changes()["0.weight"] == (len(gone), len(new))
+
+
+def test_set_per_sign_rule_on_a_large_asymmetric_layer_matches_a_direct_restatement():
+    torch.manual_seed(3)
+    model = one_layer(100, 100)
+    with torch.no_grad():
+        model[0].weight.add_(0.02)  # more positive than negative weights: the two rules part ways
+    sp = SET(model, density=0.3, zeta=0.3, seed=1)
+    mask = sp.masks["0.weight"].clone()
+    w = model[0].weight.detach().clone()
+    values = np.sort(w[mask].numpy().astype(np.float64))
+    first = int(np.argmin(np.abs(values)))
+    after_last = len(values) - int(np.argmin(np.abs(values)[::-1]))
+    low = values[int((1 - 0.3) * first)]
+    high = values[int(min(len(values) - 1, after_last + 0.3 * (len(values) - after_last)))]
+    keep = mask & ((w.double() < low) | (w.double() > high))
+    sp.adapt()
+    assert (sp.masks["0.weight"] & keep).sum() == keep.sum()
+    negatives, positives = int((mask & (w < 0)).sum()), int((mask & (w > 0)).sum())
+    dropped_neg, dropped_pos = int((mask & ~keep & (w < 0)).sum()), int((mask & ~keep & (w > 0)).sum())
+    assert abs(dropped_neg - 0.3 * negatives) <= 2 and abs(dropped_pos - 0.3 * positives) <= 2
+
+
+def test_set_regrown_values_follow_the_authors_normal_or_the_options():
+    torch.manual_seed(0)
+    for init, check in (("normal", lambda v: abs(v.std().item() - 0.1) < 0.01 and abs(v.mean().item()) < 0.01),
+                        ("uniform", lambda v: v.abs().max() <= 0.05 and v.abs().max() > 0.045),
+                        ("zero", lambda v: bool((v == 0).all()))):
+        model = one_layer(200, 200)
+        sp = SET(model, density=0.3, zeta=0.5, init=init, init_scale=0.1 if init == "normal" else 0.05, seed=0)
+        before = sp.masks["0.weight"].clone()
+        sp.adapt()
+        new = sp.masks["0.weight"] & ~before
+        assert new.sum() > 4000 and check(model[0].weight.detach()[new]), init
+
+
+def test_set_reinit_when_same_gives_regrown_positions_new_values_as_the_authors_code():
+    model = hand_layer(SET_VALUES, inactive=0)  # no inactive position: every dropped weight is regrown in place
+    sp = SET(model, density=0.5, zeta=0.3, seed=0, reinit_when_same=True)
+    sp = with_mask(sp, torch.ones(12, dtype=bool), SET_VALUES)
+    before = model[0].weight.detach().clone().flatten()
+    sp.adapt()
+    after = model[0].weight.detach().flatten()
+    changed = {i for i in range(12) if after[i] != before[i]}
+    assert changed == SET_DROPPED_PER_SIGN and sp.pop_changes()["0.weight"] == (5, 5)
+    model = hand_layer(SET_VALUES, inactive=0)
+    sp = with_mask(SET(model, density=0.5, zeta=0.3, seed=0), torch.ones(12, dtype=bool), SET_VALUES)
+    sp.adapt()
+    assert torch.equal(model[0].weight.detach().flatten(), before) and sp.pop_changes()["0.weight"] == (0, 0)
 
 
 def test_set_regrowth_is_uniform_over_inactive_positions():
@@ -70,22 +150,42 @@ def test_rigl_grows_where_the_dense_gradient_is_largest_and_resets_state():
     opt.step()
     weights_after_step = model[0].weight.detach().clone()
     before = sp.masks["0.weight"].clone()
-    sp.step()  # update at step t = 1: drop fraction (0.5/2)(1 + cos(π/100))
-    count = round(sp.drop_fraction(1) * 400)
+    sp.step()  # update at step t = 1: drop ⌊(0.5/2)(1 + cos(π/100)) · 400⌋ = ⌊199.95⌋ = 199, truncated
+    count = 199
+    assert sp.drop_count(1, 400) == count
     mask = sp.masks["0.weight"]
-    dropped, grown = before & ~mask, mask & ~before
-    assert int(mask.sum()) == 400 and sp.pop_changes()["0.weight"] == (count, count)
     order = torch.where(before, weights_after_step.abs(), math.inf).flatten().sort(stable=True).indices[:count]
     expected_drop = torch.zeros(2000, dtype=torch.bool)
     expected_drop[order] = True
-    not_kept = ~(before & ~expected_drop.view(40, 50))
+    expected_drop = expected_drop.view(40, 50)
+    not_kept = ~(before & ~expected_drop)
     best = torch.where(not_kept, dense_grad.abs(), -math.inf).flatten().sort(descending=True, stable=True)
-    expected_mask = (before & ~expected_drop.view(40, 50)).flatten().clone()
-    expected_mask[best.indices[:count]] = True
-    assert torch.equal(mask.flatten(), expected_mask)
-    assert torch.count_nonzero(model[0].weight.detach()[grown]) == 0
+    regrown = torch.zeros(2000, dtype=torch.bool)
+    regrown[best.indices[:count]] = True
+    regrown = regrown.view(40, 50)
+    assert torch.equal(mask, (before & ~expected_drop) | regrown)
+    pruned, new = expected_drop & ~regrown, regrown & ~expected_drop
+    assert int(mask.sum()) == 400 and sp.pop_changes()["0.weight"] == (int(pruned.sum()), int(new.sum()))
+    assert torch.count_nonzero(model[0].weight.detach()[new]) == 0
     state = opt.state[model[0].weight]
-    assert torch.count_nonzero(state["exp_avg"][dropped | grown]) == 0
+    assert torch.count_nonzero(state["exp_avg"][pruned | new]) == 0
+
+
+def test_rigl_position_dropped_and_regrown_keeps_weight_and_optimizer_state():
+    # active [0.1, 0.5, −0.9, 0.05] and two inactive; ⌊0.3·(1 + cos(π/1000)) · 4⌋ = 2 dropped: positions 3 and 0
+    model = hand_layer([0.1, 0.5, -0.9, 0.05], inactive=2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
+    sp = with_mask(RigL(model, opt, density=0.5, alpha_drop=0.6, delta_t=1, t_end=1000, seed=0),
+                   torch.tensor([True, True, True, True, False, False]), [0.1, 0.5, -0.9, 0.05])
+    model[0].weight.grad = torch.tensor([[9.0, 0.0, 0.0, 1.0, 7.0, 0.0]])  # grow 0 (just dropped) and 4
+    opt.step()
+    buffer = opt.state[model[0].weight]["momentum_buffer"].clone()
+    sp.step()
+    assert sp.masks["0.weight"].flatten().tolist() == [True, True, True, False, True, False]
+    assert model[0].weight.detach().flatten().tolist() == pytest.approx([0.1, 0.5, -0.9, 0.0, 0.0, 0.0])
+    state = opt.state[model[0].weight]["momentum_buffer"].flatten()
+    assert state[0] == buffer.flatten()[0] != 0 and state[3] == 0 and state[4] == 0
+    assert sp.pop_changes()["0.weight"] == (1, 1)  # position 0 counts as neither pruned nor grown
 
 
 def test_rigl_keeps_dense_gradients_only_on_update_steps():
@@ -96,8 +196,14 @@ def test_rigl_keeps_dense_gradients_only_on_update_steps():
     for _ in range(6):
         opt.zero_grad()
         model(torch.randn(4, 50)).sum().backward()
+        dense = model[0].weight.grad.clone()
         sp.mask_grads()
         kept.append(sp._stashed is not None)
+        if sp._stashed is not None:  # the unmasked gradient, inactive positions included, not the masked one
+            inactive = ~sp.masks["0.weight"]
+            assert torch.equal(sp._stashed["0.weight"], dense)
+            assert torch.count_nonzero(sp._stashed["0.weight"][inactive]) == int(inactive.sum())
+            assert torch.count_nonzero(model[0].weight.grad[inactive]) == 0
         opt.step()
         sp.step()
     assert kept == [False, False, True, False, False, True]
@@ -121,10 +227,27 @@ def test_snip_global_and_per_layer_scopes():
     batch = (torch.randn(16, 64), torch.randint(0, 10, (16,)))
     per_layer = SNIP(model, density=0.2, batch=batch, scope="layer", distribution="erk")
     for name, mask in per_layer.masks.items():
-        assert int(mask.sum()) == round(per_layer.layer_density[name] * mask.numel())
+        assert int(mask.sum()) == active_count(mask.numel(), per_layer.layer_density[name])
     model = mlp((32,))
     overall = SNIP(model, density=0.2, batch=batch)
-    assert sum(int(m.sum()) for m in overall.masks.values()) == round(0.2 * (32 * 64 + 10 * 32))
+    assert sum(int(m.sum()) for m in overall.masks.values()) == active_count(32 * 64 + 10 * 32, 0.2)
+    with pytest.raises(ConfigError, match="scope='layer'"):
+        SNIP(mlp((32,)), density=0.2, batch=batch, distribution="erk")
+
+
+def test_snip_scoring_leaves_the_model_as_it_was():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Dropout(0.5), nn.Linear(16, 3))
+    model.eval()
+    model[1].train()  # a mixed mode, to be kept as it is
+    batch = (torch.randn(32, 8) * 5 + 3, torch.randint(0, 3, (32,)))
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    modes = [m.training for m in model.modules()]
+    rng = torch.get_rng_state()
+    SNIP(model, density=0.3, batch=batch, seed=0)
+    assert all(torch.equal(v, buffers[k]) for k, v in model.named_buffers())
+    assert [m.training for m in model.modules()] == modes
+    assert torch.equal(torch.get_rng_state(), rng)
 
 
 def test_erk_worked_by_hand_with_a_layer_made_dense():
@@ -152,14 +275,125 @@ def test_distributions_keep_the_uniform_budget_on_conv_and_linear_stacks(distrib
             assert len(ratios) <= 1  # one ε for every layer that is not dense
 
 
-def test_dense_first_last_and_distribution_on_every_sparse_method():
-    for method in ("random-fixed", "adaptive", "set", "random-channelwise"):
+def reference_erdos_renyi(shapes: dict, sparsity: float, custom: set, include_kernel: bool) -> dict:
+    """google-research/rigl's ``get_sparsities_erdos_renyi`` restated from its rules (our own code): shapes in the
+    reference's TensorFlow layout (kernel dims first, then in, out); whole zeros ⌊sparsity·n⌋ per layer; returns
+    sparsities."""
+    dense: set = set()
+    while True:
+        divisor, rhs, raw = 0.0, 0, {}
+        for name, shape in shapes.items():
+            n = int(np.prod(shape))
+            zeros = int(np.floor(sparsity * n))
+            if name in dense:
+                rhs -= zeros
+            elif name not in custom:
+                rhs += n - zeros
+                raw[name] = np.sum(shape) / np.prod(shape) if include_kernel else \
+                    (shape[-2] + shape[-1]) / (shape[-2] * shape[-1])
+                divisor += raw[name] * n
+        eps = rhs / divisor
+        peak = max(raw.values())
+        if peak * eps > 1:
+            dense |= {name for name, p in raw.items() if p == peak}
+        else:
+            break
+    return {name: 0.0 if name in custom or name in dense else 1.0 - eps * raw[name] for name in shapes}
+
+
+def tf_layout(shape: tuple) -> tuple:
+    """A torch weight shape (out, in, *kernel) in TensorFlow's layout (*kernel, in, out)."""
+    return (*shape[2:], shape[1], shape[0])
+
+
+@pytest.mark.parametrize("distribution", ["er", "erk"])
+def test_er_and_erk_densities_equal_google_research_rigl_for_every_model_and_density(distribution):
+    from topo.experiments.models import CNN, MLP, VAE, CharLSTM, ResNet
+
+    models = [MLP((64, 64, 64)), MLP((300, 100)), VAE((256, 10, 256)), CharLSTM((512,)), CNN((32, 64, 64)),
+              ResNet(depth=20), ResNet(depth=110)]
+    cases = 0
+    for model in models:
+        shapes = {n: tuple(p.shape) for n, p in select_parameters(model).items()}
+        names = list(shapes)
+        for density in (0.01, 0.05, 10 ** -1.5, 0.1, 0.2, 10 ** -0.5, 0.5, 0.9):
+            for ends in (set(), {names[0], names[-1]}):
+                ours = layer_densities(shapes, density, distribution, dense=ends)
+                theirs = reference_erdos_renyi({n: tf_layout(s) for n, s in shapes.items()}, 1.0 - density, ends,
+                                               include_kernel=distribution == "erk")
+                for name, shape in shapes.items():
+                    n = math.prod(shape)
+                    assert ours[name] == pytest.approx(1.0 - theirs[name], rel=1e-12, abs=1e-15), (name, density)
+                    assert active_count(n, ours[name]) == n - math.floor(theirs[name] * n) or \
+                        abs(theirs[name] * n - round(theirs[name] * n)) < 1e-9  # float ties at whole counts
+                cases += 1
+    assert cases == len(models) * 16
+
+
+def test_every_sparse_method_leaves_its_dense_layers_dense_through_training():
+    from ..sparsity.test_common import train as run_steps
+
+    batch = (torch.randn(16, 64), torch.randint(0, 10, (16,)))
+    erk = {"distribution": "erk"}
+    cases = [("random-fixed", erk), ("adaptive", {**erk, "every": 1, "unit": "step"}), ("set", erk),
+             ("rigl", {**erk, "delta_t": 2, "t_end": 100}), ("pruning", {**erk, "prune_after": [0, 1]}),
+             ("pruning", {"prune_after": [0, 1], "scope": "global"}), ("snip", {"batch": batch}),
+             ("snip", {**erk, "batch": batch, "scope": "layer"})]
+    for method, kwargs in cases:
+        torch.manual_seed(0)
         model = mlp((32, 32))
-        sp = make_sparsifier(method, model, density=0.2, distribution="erk", dense_first_last=True)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        sp = make_sparsifier(method, model, opt, density=0.2, dense_first_last=True, seed=0, **kwargs)
         names = sp.masked.names
-        assert sp.masks[names[0]].all() and sp.masks[names[-1]].all()
-        assert int(sp.masks[names[1]].sum()) == round(sp.layer_density[names[1]] * sp.masks[names[1]].numel())
-        assert sp.config()["distribution"] == "erk"
+        first, last, middle = names[0], names[-1], names[1:-1]
+        assert sp.sparse_layers == middle
+        start = sp.weights[first].detach().clone()
+        for epoch in range(3):
+            run_steps(model, opt, sp, 6, data_seed=epoch, epoch_every=1000)
+            sp.end_epoch(epoch)
+            for name in (first, last):
+                assert sp.masks[name].all(), (method, name, epoch)
+                assert torch.count_nonzero(sp.weights[name]) == sp.weights[name].numel(), (method, name)
+        changes = sp.pop_changes()
+        assert changes[first] == (0, 0) and changes[last] == (0, 0), method
+        assert not torch.equal(start, sp.weights[first].detach())  # trained, not frozen
+        active = sum(int(sp.masks[n].sum()) for n in middle)
+        if kwargs.get("scope") == "global":
+            assert active == active_count(sum(sp.masks[n].numel() for n in middle), 0.2), method
+        else:
+            assert active == sum(active_count(sp.masks[n].numel(), sp.layer_density[n]) for n in middle), method
+
+
+def test_adaptive_never_adapts_a_dense_layer():
+    torch.manual_seed(0)
+    model = mlp((32, 32))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sp = make_sparsifier("adaptive", model, opt, density=0.2, dense_first_last=True, every=1, unit="step", seed=0)
+    first = sp.masked.names[0]
+    before = sp.weights[first].detach().clone()
+    model(torch.randn(8, 64)).sum().backward()
+    opt.step()
+    stepped = sp.weights[first].detach().clone()
+    sp.step()  # an adaptation: the dense first layer keeps every value the optimizer gave it
+    assert torch.equal(sp.weights[first].detach(), stepped) and not torch.equal(stepped, before)
+
+
+def test_global_scope_with_a_distribution_is_an_error():
+    with pytest.raises(ConfigError, match="scope='layer'"):
+        make_sparsifier("pruning", mlp((8,)), density=0.3, scope="global", distribution="erk")
+
+
+def test_a_sparsifier_without_seed_follows_torch_manual_seed_and_records_it():
+    masks, seeds = [], []
+    for seed in (1, 2, 1):
+        torch.manual_seed(seed)
+        sp = make_sparsifier("random-fixed", mlp((32,)), density=0.2)
+        masks.append(sp.masks["0.weight"].clone())
+        seeds.append(sp.config()["seed"])
+    assert not torch.equal(masks[0], masks[1]) and torch.equal(masks[0], masks[2])
+    assert seeds[0] != seeds[1] and seeds[0] == seeds[2] and seeds[0] != 0
+    again = make_sparsifier("random-fixed", mlp((32,)), density=0.2, seed=seeds[0])
+    assert torch.equal(again.masks["0.weight"], masks[0])
 
 
 @pytest.mark.parametrize("make,message", [

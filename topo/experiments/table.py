@@ -35,10 +35,17 @@ log = logging.getLogger(__name__)
 
 
 def selected_epoch(history: pd.DataFrame) -> pd.Series:
-    """The row of ``history`` at the epoch of lowest validation loss (the first such epoch on ties)."""
+    """The row of ``history`` at the epoch of lowest validation loss (the first such epoch on ties), among the
+    epochs at the method's target density (``at_target``: magnitude pruning's dense epochs before its last pruning
+    never count)."""
     if "test_loss" not in history:
         raise ConfigError("run recorded before topo held out a validation split (no test_loss column); "
                           "train it again")
+    if "at_target" in history:
+        history = history[history["at_target"] > 0]
+        if history.empty:
+            raise ConfigError("the run never reached its target density (its pruning comes after its last "
+                              "epoch); train it longer or prune earlier")
     return history.loc[history["val_loss"].idxmin()]
 
 

@@ -39,6 +39,11 @@ TRAIN_METHODS = ("dense", "wide-dense", "random-fixed", "random-channelwise", "a
                  "snip")
 
 
+def default_prune_epoch(epochs: int) -> int:
+    """Magnitude pruning's default: after two thirds of the epochs (0-based index), then fine-tune the rest."""
+    return max(0, (2 * epochs) // 3 - 1)
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a training run (serialised into ``run.json``).
@@ -97,6 +102,13 @@ class TrainConfig:
             raise ConfigError(f"--lr must be > 0, got {self.lr}")
         if self.distribution not in DISTRIBUTIONS:
             raise ConfigError(f"unknown --distribution {self.distribution!r}; valid: {', '.join(DISTRIBUTIONS)}")
+        if self.method == "pruning":
+            epochs = self.epochs or spec.epochs
+            last = max(self.prune_after or [default_prune_epoch(epochs)])
+            if last >= epochs - 1:
+                raise ConfigError(f"pruning after epoch {last} of {epochs} leaves no epoch to fine-tune and score "
+                                  "(no topology changes after the last epoch): train 2 epochs or more, or prune "
+                                  "earlier")
         pick_device(self.device)
 
     @property
@@ -168,7 +180,8 @@ def resolve_widths(config: TrainConfig, spec: ModelSpec, data: Dataset) -> list[
     if config.method == "dense":
         widths = base
     else:
-        widths = match_budget(_factory(spec, data), base, config.density).widths
+        widths = match_budget(_factory(spec, data), base, config.density,
+                              dense_first_last=config.dense_first_last).widths
     return [widths[0], 10, widths[-1]] if spec.name == "vae" else widths
 
 
@@ -197,7 +210,7 @@ def make_sparsifier_for(
     if config.method == "adaptive":
         kwargs.update({"k": config.k, "every": config.adapt_every or spec.adapt_every, **config.adaptive})
     if config.method == "pruning":
-        kwargs["prune_after"] = config.prune_after or [max(0, (2 * epochs) // 3 - 1)]
+        kwargs["prune_after"] = config.prune_after or [default_prune_epoch(epochs)]
     if config.method == "set":
         kwargs["every"] = config.adapt_every or 1
     if config.method == "rigl":
@@ -241,9 +254,11 @@ def _distributed() -> tuple[int, int]:
     return 0, 1
 
 
-#: Version of the evaluation protocol recorded in ``run.json``: 2 = validation held out from training, test
-#: scored at every epoch (runs of protocol 1 used the test split as their validation split).
-PROTOCOL = 2
+#: Version of the evaluation protocol recorded in ``run.json``: 3 = each epoch is scored and snapshotted with the
+#: weights the optimizer trained, before that epoch's topology change, and no topology change follows the last
+#: epoch; 2 = validation held out from training (scores taken after the epoch's change); 1 = the test split was
+#: the validation split.
+PROTOCOL = 3
 #: Per-layer columns of ``stats.csv`` (the rest are per run: losses and accuracies).
 LAYER_COLUMNS = ("layer", "active", "total", "density", "mean_abs", "low_0.1", "low_0.25", "low_0.5", "pruned",
                  "grown")
@@ -390,7 +405,10 @@ class EarlyStopping:
 
 
 def train_epoch(session: Session, epoch: int, autocast: Any) -> dict[str, float]:
-    """One epoch over this rank's shard of a fresh permutation; returns the training loss (and accuracy)."""
+    """One epoch over this rank's shard of a fresh permutation; returns the training loss (and accuracy).
+
+    The epoch's topology change (``end_epoch``) is not part of it: :func:`train` scores and records the epoch
+    first."""
     s = session
     order = torch.randperm(len(s.data.train_x))[s.rank::s.world]
     loss_sum, correct, seen = 0.0, 0, 0
@@ -405,7 +423,6 @@ def train_epoch(session: Session, epoch: int, autocast: Any) -> dict[str, float]
         loss_sum += loss.detach() * len(batch)
         correct += right.detach() if right is not None else 0
         seen += len(batch)
-    s.sparsifier.end_epoch(epoch)
     metrics = {"train_loss": float(loss_sum) / seen}
     if s.spec.task == "classify":
         metrics["train_acc"] = float(correct) / seen
@@ -443,6 +460,11 @@ def train(
     recorded configuration is the same (else :class:`ConfigError` names the differing fields); a finished run is
     returned as recorded, or continued when ``config`` asks for more epochs than it has. Early stopping and the
     choice of epoch use the validation split; the test split is evaluated every epoch and never selects.
+
+    The protocol (:data:`PROTOCOL`): each epoch trains, is scored on validation and test and snapshotted (masks,
+    statistics, checkpoint) with the weights the optimizer trained, and only then changes its topology
+    (``end_epoch``); the last epoch changes nothing, as the SET authors' code does. A checkpoint holds the state
+    before its epoch's change, which resuming makes first (:func:`topo.record.restore_checkpoint`).
     """
     session = setup(config, masks, widths, initial_state)
     run_dir = Path(run_dir)
@@ -473,7 +495,8 @@ def _train_session(session: Session, run_dir: Path, parent: str | None, resume: 
     bar = tqdm(range(start, session.epochs), desc=run_dir.name, unit="epoch",
                disable=not progress or session.rank != 0)
     for epoch in bar:
-        metrics = {**train_epoch(session, epoch, autocast), **evaluate_splits(session)}
+        metrics = {**train_epoch(session, epoch, autocast), **evaluate_splits(session),
+                   "at_target": float(session.sparsifier.at_target)}
         if recorder is not None:
             recorder.snapshot(epoch, metrics, force=True)
         bar.set_postfix({k: f"{v:.4f}" for k, v in metrics.items() if k in ("train_loss", "val_loss", "val_acc")})
@@ -481,6 +504,8 @@ def _train_session(session: Session, run_dir: Path, parent: str | None, resume: 
             log.info("early stopping after epoch %d (no improvement for %d epochs)", epoch, config.patience)
             stopped_early = True
             break
+        if epoch + 1 < session.epochs:
+            session.sparsifier.end_epoch(epoch)
     if recorder is not None and not done:
         recorder.flush()
         recorder.finish(epochs=int(RunReader(run_dir).epochs[-1]) + 1,

@@ -9,13 +9,15 @@ At fit start the callback builds the sparsity method on the optimizer that steps
 this hook after unscaling mixed-precision gradients and before clipping them, so clipping sees the masked
 gradient, and with gradient accumulation it runs once per optimizer step. After each training batch it re-zeroes
 inactive weights (``Sparsifier.step``, which counts only batches whose optimizer stepped); at the end of each
-training epoch it adapts (``end_epoch``) and, on the global rank-zero process, records a snapshot with the epoch's
-logged metrics (:class:`topo.record.Recorder`, with live graph metrics and TensorBoard when asked).
+training epoch (after Lightning's validation of that epoch) it records, on the global rank-zero process, a snapshot
+with the epoch's logged metrics (:class:`topo.record.Recorder`, with live graph metrics and TensorBoard when
+asked), and then adapts (``end_epoch``), except after the last epoch or when the trainer is stopping.
 
 The callback's ``state_dict`` (masks, counters, the method's random generator) goes into Lightning's checkpoint, so
 ``trainer.fit(module, ckpt_path=...)`` resumes with exactly the masks of an uninterrupted fit; the run directory
-is rewound to the checkpoint's epoch. A later ``fit`` of the same module with the same callback keeps its masks
-(recording it needs another ``record_dir``). Under the DDP strategy every rank holds the same masks (the methods
+is rewound to the checkpoint's epoch. The checkpoint's state is restored by the fit that loads it only: a later
+``fit`` of the same module with the same callback keeps the masks it has (recording it needs another
+``record_dir``). Under the DDP strategy every rank holds the same masks (the methods
 broadcast rank 0's after each change) and rank 0 records.
 
 Needs ``pip install "topo[lightning]"``.
@@ -80,6 +82,7 @@ class TopoCallback(pl.Callback):
             previous.remove()
         state = self._restored["sparsifier"] if self._restored is not None else \
             previous.state_dict() if previous is not None else None
+        resuming, self._restored = self._restored is not None, None  # a checkpoint's state is used by one fit only
         # the module's weights are the ones to keep by now; a method's initial masks would zero some of them
         weights = {k: v.detach().clone() for k, v in pl_module.state_dict().items()} if state is not None else None
         self.sparsifier = build_sparsifier(self.method, pl_module, trainer.optimizers, self.density,
@@ -89,7 +92,7 @@ class TopoCallback(pl.Callback):
             self.sparsifier.load_state_dict(state)
         self._rewound = False
         if self.record_dir is not None and trainer.is_global_zero:
-            resume = (self.record_dir / "run.json").exists() and self._restored is not None
+            resume = (self.record_dir / "run.json").exists() and resuming
             self.recorder = Recorder(self.record_dir, self.sparsifier, checkpoint=False, resume=resume,
                                      keep_weights=self.keep_weights, metrics_every=self.metrics_every,
                                      tensorboard=self._tensorboard(trainer),
@@ -115,9 +118,9 @@ class TopoCallback(pl.Callback):
         and rewind the run directory to the last finished epoch."""
         finished = trainer.current_epoch - 1
         if self.sparsifier.epochs_done <= finished:
-            self.sparsifier.end_epoch(finished)
             if self.recorder is not None and finished not in self.recorder.recorded_epochs():
                 self.recorder.snapshot(finished, force=True)
+            self.sparsifier.end_epoch(finished)
         if self.recorder is not None and not self._rewound:
             self.recorder.rewind(finished)
             self._rewound = True
@@ -132,10 +135,14 @@ class TopoCallback(pl.Callback):
 
     # -- every epoch -------------------------------------------------------------------------------------------
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Record the epoch (its validation ran before this hook, on the weights the optimizer trained), then
+        change the topology, except after the last epoch."""
         epoch = trainer.current_epoch
-        self.sparsifier.end_epoch(epoch)
         if self.recorder is not None:
             self.recorder.snapshot(epoch, loggable(trainer.callback_metrics), force=True)
+        last = trainer.max_epochs is not None and trainer.max_epochs >= 0 and epoch + 1 >= trainer.max_epochs
+        if not (last or trainer.should_stop):
+            self.sparsifier.end_epoch(epoch)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.recorder is not None:

@@ -4,10 +4,10 @@
 
 * PyTorch files (``.pt``, ``.pth``, ``.bin``, Lightning's ``.ckpt``), read with ``torch.load(weights_only=True)``
   and memory-mapped where the file format allows, so tensors are paged in as layers are read. The weights are
-  found at any depth and under any key: every mapping of names to tensors is a candidate, except those under
-  optimizer, scheduler or scaler state (or under integer keys, as optimizer state is), and the largest candidate
-  by number of values wins; ``key`` picks one by its path (``model_state`` or ``a/b``). topo checkpoints give
-  their stored masks;
+  found at any depth and under any key: every mapping of names to tensors is a candidate, except those inside
+  optimizer state (recognised by its structure, :func:`is_optimizer_state`, whatever key holds it) or under a key
+  naming optimizer, scheduler or scaler state, and the largest candidate by number of values wins; ``key``
+  picks one by its path (``model_state`` or ``a/b``). topo checkpoints give their stored masks;
 * ``.safetensors`` files, read lazily: only the header until a layer is asked for, one tensor at a time;
 * sharded Hugging Face checkpoints: a ``*.index.json`` with a ``weight_map``, or a directory holding one (or one
   ``model.safetensors`` / ``pytorch_model.bin``).
@@ -179,6 +179,17 @@ class _SafetensorsSource(CheckpointSource):
             return handle.get_tensor(key).clone()
 
 
+def is_optimizer_state(node: Any) -> bool:
+    """Whether ``node`` is an optimizer's state dict, by its structure rather than the key it is stored under:
+    a mapping with ``state`` (a mapping) and ``param_groups`` (a list of mappings that name their ``params``), as
+    ``torch.optim.Optimizer.state_dict()`` and ``torch.distributed.checkpoint.state_dict.get_optimizer_state_dict``
+    (keyed by parameter names) both write it."""
+    if not isinstance(node, Mapping) or "param_groups" not in node or not isinstance(node.get("state"), Mapping):
+        return False
+    groups = node["param_groups"]
+    return isinstance(groups, (list, tuple)) and all(isinstance(g, Mapping) and "params" in g for g in groups)
+
+
 def _find_weights(obj: Any, key: str | None, source: str) -> tuple[Mapping[str, torch.Tensor], str]:
     """The mapping of weights in a loaded checkpoint, and a description of where it was."""
     if key is not None:
@@ -206,6 +217,8 @@ def _find_weights(obj: Any, key: str | None, source: str) -> tuple[Mapping[str, 
     candidates: list[tuple[int, str, dict[str, torch.Tensor]]] = []
 
     def walk(node: Any, path: tuple[str, ...]) -> None:
+        if is_optimizer_state(node):
+            return
         if isinstance(node, Mapping):
             tensors = {k: v for k, v in node.items() if isinstance(k, str) and torch.is_tensor(v)}
             values = sum(v.numel() for v in tensors.values() if v.is_floating_point())

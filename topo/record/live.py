@@ -80,12 +80,14 @@ class LiveMetrics:
         self.every = int(every)
         self._owns_writer = isinstance(tensorboard, (str, os.PathLike))
         self.writer = summary_writer(tensorboard) if self._owns_writer else tensorboard
-        self._seen = 0
+        self.seen = 0
 
     def due(self) -> bool:
-        """Whether the next snapshot is one to observe (counts it)."""
-        self._seen += 1
-        return (self._seen - 1) % self.every == 0
+        """Whether the next snapshot is one to observe (counts it). :attr:`seen` counts the run's snapshots so
+        far, the recorded ones of a resumed run included (the recorder sets it), so a resume does not shift
+        which snapshots are observed."""
+        self.seen += 1
+        return (self.seen - 1) % self.every == 0
 
     def observe(self, epoch: int, masks: Mapping[str, np.ndarray], stats: np.ndarray,
                 previous: Mapping[str, np.ndarray] | None, ever_active: Mapping[str, np.ndarray],

@@ -2,8 +2,13 @@
 
 >>> with Recorder("runs/mlp-adaptive", sparsifier) as recorder:          # doctest: +SKIP
 ...     for epoch in range(start, epochs):
-...         train_one_epoch(); sparsifier.end_epoch(epoch)
-...         recorder.snapshot(epoch, {"val_loss": val_loss, "val_acc": val_acc})
+...         train_one_epoch(); val_loss, val_acc = evaluate()
+...         recorder.snapshot(epoch, {"val_loss": val_loss, "val_acc": val_acc})   # the masks just evaluated
+...         if epoch + 1 < epochs:
+...             sparsifier.end_epoch(epoch)                                      # then the topology changes
+
+Score, snapshot, then change: the recorded masks and metrics are those of the weights the optimizer trained, and
+the checkpoint written with a snapshot precedes the epoch's change, which :meth:`Recorder.resume` makes.
 
 Each snapshot moves everything it needs from the device in one transfer: per-layer statistics are computed
 there for all layers at once (:func:`layer_stats`), and they, the boolean masks (bit-packed on the host) and the
@@ -162,7 +167,10 @@ class Recorder:
         self._writer: ThreadPoolExecutor | None = None
         self._pending: Future | None = None
         if resume and (self.path / "run.json").exists():
-            self._rows = RunReader(self.path).stats.to_dict("records")  # also validates run.json
+            reader = RunReader(self.path)  # also validates run.json
+            self._rows = reader.stats.to_dict("records")
+            if self.live is not None:
+                self.live.seen = len(reader.epochs)
         else:
             if (self.path / "run.json").exists():
                 raise CheckpointError(f"{self.path}: already holds a run; pass resume=True or choose another name")
@@ -327,6 +335,8 @@ class Recorder:
         if metrics is not None and (metrics.epoch > epoch).any():
             write_csv(self.path / METRICS_FILE, metrics[metrics.epoch <= epoch])
         self._previous = None
+        if self.live is not None:
+            self.live.seen = len([e for e in reader.epochs if e <= epoch])
         if epoch in reader.epochs:
             masks = reader.masks(epoch)
             self._previous = (epoch, [masks[n] for n in self.sparsifier.weights])

@@ -158,6 +158,10 @@ def restore_checkpoint(run_dir: str | os.PathLike, sparsifier: Any) -> int:
 
     Returns the next epoch (0 without a checkpoint). Reads only: the DDP ranks that record nothing resume with
     it, while rank 0 resumes through :meth:`topo.record.Recorder.resume`, which also tidies the run directory.
+
+    A checkpoint is written with its epoch's snapshot, after the epoch was scored and before its topology change
+    (``end_epoch``); when the restored method has not made that change yet, it is made here, so the state is the
+    one the next epoch of an uninterrupted run starts from.
     """
     path = Path(run_dir) / "checkpoint.pt"
     if not path.exists():
@@ -168,4 +172,7 @@ def restore_checkpoint(run_dir: str | os.PathLike, sparsifier: Any) -> int:
         sparsifier.optimizer.load_state_dict(state["optimizer"])
     sparsifier.load_state_dict(state["sparsifier"])
     set_rng_state(state["rng"])
-    return int(state["epoch"]) + 1
+    epoch = int(state["epoch"])
+    if sparsifier.epochs_done <= epoch:
+        sparsifier.end_epoch(epoch)
+    return epoch + 1

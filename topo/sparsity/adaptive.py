@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from topo.errors import ConfigError, TopoError
-from topo.sparsity.base import Sparsifier, check_density, random_mask
+from topo.sparsity.base import Sparsifier, change_topology, check_density, random_mask
 from topo.sparsity.masks import ParamFilter
 
 
@@ -173,8 +173,10 @@ def adapt_layer(
 
     Every statistic, threshold and new value is computed in float32 whatever the weight's dtype (a float16
     mean over millions of weights overflows), and new values are rounded to the weight's dtype only when
-    written. Returns the boolean tensors (pruned, grown) of the positions that changed. A weight can be pruned
-    and then regrown at the same adaptation (it is then counted in both and receives a fresh value).
+    written. Returns the boolean tensors (pruned, grown) of the positions that changed. A weight pruned and
+    regrown at the same adaptation (growth reads the inactive weights after pruning, so it may pick one just
+    pruned) keeps its value and optimizer state and counts as neither, the convention of RigL's reference
+    implementations (:func:`~topo.sparsity.base.change_topology`); the paper does not say.
     """
     total = mask.numel()
     weight_abs = weight.abs().float()
@@ -182,25 +184,22 @@ def adapt_layer(
 
     sampled = _sample(mask, cfg.beta1, generator)
     mean_abs = _masked_mean(weight_abs, sampled)
-    pruned = sampled & _decide(prune_exponent(weight_abs, mean_abs, active_fraction, cfg), cfg.g, generator)
-    mask &= ~pruned
+    dropped = sampled & _decide(prune_exponent(weight_abs, mean_abs, active_fraction, cfg), cfg.g, generator)
+    remaining = mask & ~dropped
 
     grad = grad.float()
     grad_abs = grad.abs()
-    candidates = _sample(~mask, cfg.beta0, generator)
+    candidates = _sample(~remaining, cfg.beta0, generator)
     if math.isinf(cfg.s):
-        grown = _grow_count(grad_abs, candidates, mask, int(pruned.sum().item()), generator, cfg.beta0 >= 1)
+        grown = _grow_count(grad_abs, candidates, remaining, int(dropped.sum().item()), generator, cfg.beta0 >= 1)
     else:
         mean_grad = _masked_mean(grad_abs, candidates)
-        after_prune = mask.sum() / total
+        after_prune = remaining.sum() / total
         grown = candidates & _decide(grow_exponent(grad_abs, mean_grad, after_prune, cfg), cfg.g, generator)
 
     radius = 2.0 * cfg.k * mean_abs if cfg.r is None else torch.tensor(cfg.r, device=weight.device)
     noise = torch.rand(weight.shape, generator=generator, device=weight.device) * 2 - 1
-    new_values = (cfg.cg * grad + noise * radius).to(weight.dtype)
-    weight.copy_(torch.where(grown, new_values, weight * ~pruned))
-    mask |= grown
-    return pruned, grown
+    return change_topology(weight, mask, dropped, grown, cfg.cg * grad + noise * radius)
 
 
 def _grow_count(
@@ -245,7 +244,7 @@ class Adaptive(Sparsifier):
         *,
         density: float,
         params: Iterable[str] | ParamFilter | None = None,
-        seed: int = 0,
+        seed: int | None = None,
         distribution: str = "uniform",
         dense_first_last: bool = False,
         **hyperparameters: Any,
@@ -276,9 +275,8 @@ class Adaptive(Sparsifier):
     def mask_grads(self) -> None:
         """Zero inactive gradients; when an adaptation is due, first keep the dense gradient (once per step)."""
         if self.adaptation_due and self._stashed_grads is None:
-            self._stashed_grads = {
-                n: self.true_grad(p.grad) for n, p in self.masked.params.items() if p.grad is not None
-            }
+            self._stashed_grads = {n: self.true_grad(self.masked.params[n].grad) for n in self.sparse_layers
+                                   if self.masked.params[n].grad is not None}
         super().mask_grads()
 
     def _after_step(self) -> None:
@@ -297,12 +295,14 @@ class Adaptive(Sparsifier):
 
     @torch.no_grad()
     def adapt(self, grads: dict[str, torch.Tensor]) -> bool:
-        """Run the prune/grow rule on every layer that has a gradient in ``grads`` (dense, unmasked).
+        """Run the prune/grow rule on every sparse layer that has a gradient in ``grads`` (dense, unmasked);
+        layers at density 1 (:attr:`~topo.sparsity.base.Sparsifier.sparse_layers`) are never adapted.
 
         Returns False, changing nothing, when a gradient holds inf/NaN (with a warning naming the layer; with
         ``unit="epoch"`` the adaptation stays pending for the next step). Raises :class:`~topo.errors.TopoError`
         naming the layer when its weights are not finite (training has diverged: no rule can read them).
         """
+        grads = {name: grad for name, grad in grads.items() if self.layer_density[name] < 1.0}
         checks = [t for name, grad in grads.items()
                   for t in (torch.isfinite(grad).all(), torch.isfinite(self.masked.params[name].detach()).all())]
         finite = torch.stack(checks).view(-1, 2).tolist() if grads else []  # one host synchronisation
@@ -314,7 +314,7 @@ class Adaptive(Sparsifier):
                               RuntimeWarning, stacklevel=2)
                 return False
         for name, grad in grads.items():
-            weight, mask = self.masked.params[name], self.masked.masks[name]
+            weight, mask = self.masked.params[name], self.masked.masks[name]  # only sparse layers were stashed
             pruned, grown = adapt_layer(weight.data, mask, grad, self._layer_cfg[name], self.generator)
             self._record_change(name, pruned, grown)
         self._masks_changed()

@@ -5,7 +5,7 @@ A method object wraps a model (and, usually, its optimizer) and is driven from a
     sparsifier = topo.sparsity.Adaptive(model, optimizer, density=0.3, k=0.25)
     ...
     loss.backward(); optimizer.step(); sparsifier.step()     # every training step
-    sparsifier.end_epoch(epoch)                              # after every epoch (0-based index)
+    sparsifier.end_epoch(epoch)                              # after every epoch but the last, once it is scored
 
 Given the optimizer, the method zeroes inactive gradients in an optimizer step pre-hook (after DDP's all-reduce
 and after AMP unscaling; with a fused optimizer under ``GradScaler``, which unscales inside ``step()``, the
@@ -42,8 +42,42 @@ def check_density(density: float) -> float:
 
 
 def active_count(total: int, density: float) -> int:
-    """How many of ``total`` weights are active at ``density``: round(density·total), at least one."""
-    return max(1, min(total, round(density * total)))
+    """How many of ``total`` weights are active at ``density``: total − ⌊(1 − density)·total⌋, at least one.
+
+    The inactive count is ⌊(1 − α)·n⌋ as google-research/rigl (``sparse_utils.get_n_zeros``) and rigl-torch
+    (``random_sparsify``) count it, for every topo method, so that a mask of any method at α holds as many
+    weights as these references' (one more than round(α·n) where α·n has a fractional part below ½).
+    """
+    return max(1, min(total, total - math.floor((1.0 - density) * total)))
+
+
+def draw_seed() -> int:
+    """A seed drawn from torch's global generator: a method built without ``seed=`` follows
+    ``torch.manual_seed``, so two seeds give two initial masks, and the seed drawn is the one recorded."""
+    return int(torch.randint(0, 2**31 - 1, (), dtype=torch.int64))
+
+
+@torch.no_grad()
+def change_topology(weight: torch.Tensor, mask: torch.Tensor, dropped: torch.Tensor, grown: torch.Tensor,
+                    new_values: torch.Tensor, *, reinit_when_same: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop ``dropped`` and grow ``grown`` in one layer, in place on ``weight`` and ``mask``; returns the
+    (pruned, grown) positions whose state changed.
+
+    ``dropped`` are active positions; ``grown`` are positions inactive once ``dropped`` are removed, so a
+    position may be in both: dropped and regrown at the same update. By default
+    (``reinit_when_same=False``, the default of google-research/rigl's ``SparseRigLOptimizer`` and
+    ``SparseSETOptimizer`` and the only behaviour of rigl-torch's ``RigLScheduler``) such a position keeps its
+    weight and its optimizer state and counts as neither pruned nor grown. With ``reinit_when_same=True`` it
+    counts as both and takes its new value, as the SET authors' ``set_mlp.py`` does. Newly grown positions
+    take ``new_values`` there; pruned positions are zeroed.
+    """
+    if reinit_when_same:
+        pruned, added = dropped, grown
+    else:
+        pruned, added = dropped & ~grown, grown & ~dropped
+    weight.copy_(torch.where(added, new_values.to(weight.dtype), weight * ~pruned))
+    mask.copy_((mask & ~pruned) | added)
+    return pruned, added
 
 
 def random_mask(shape: torch.Size, density: float, generator: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -70,12 +104,18 @@ class Sparsifier:
     params:
         Which weights to sparsify (see :func:`topo.sparsity.masks.select_parameters`).
     seed:
-        Seed of the method's own random generator (initial masks, sampling, new weights).
+        Seed of the method's own random generator (initial masks, sampling, new weights). ``None`` (the default)
+        draws one from torch's global generator (:func:`draw_seed`), so ``torch.manual_seed`` decides it;
+        :attr:`seed` and ``config()`` hold the seed used.
     distribution:
         How α is spread over layers (:func:`topo.sparsity.layer_densities`): ``"uniform"`` (every layer at α, the
         paper's setting), ``"er"`` or ``"erk"``; :attr:`layer_density` holds the result.
     dense_first_last:
         Keep the first and the last sparsified layer dense (outside the budget), as the DST papers do.
+
+    Which layers are sparse is decided here, once, for every method: :attr:`sparse_layers`, the layers whose
+    density (:attr:`layer_density`) is below 1. The others (``dense_first_last``, or layers a distribution made
+    dense) keep an all-True mask that no method ever changes.
     """
 
     method: ClassVar[str] = "base"
@@ -87,14 +127,14 @@ class Sparsifier:
         *,
         density: float = 1.0,
         params: Iterable[str] | ParamFilter | None = None,
-        seed: int = 0,
+        seed: int | None = None,
         distribution: str = "uniform",
         dense_first_last: bool = False,
     ) -> None:
         self.density = check_density(density)
         self.model = model
         self.optimizer = optimizer
-        self.seed = int(seed)
+        self.seed = draw_seed() if seed is None else int(seed)
         self.masked = MaskedParams(model, params)
         self.distribution = distribution
         self.dense_first_last = bool(dense_first_last)
@@ -114,6 +154,17 @@ class Sparsifier:
         self._hook = optimizer.register_step_pre_hook(self._before_optimizer_step) if optimizer else None
 
     # -- the interface --------------------------------------------------------------------------------------
+    @property
+    def sparse_layers(self) -> list[str]:
+        """The layers a method sparsifies and may change: those at a density below 1, in model order."""
+        return [name for name in self.masked.names if self.layer_density[name] < 1.0]
+
+    @property
+    def at_target(self) -> bool:
+        """Whether the masks are at the method's final density (a schedule that prunes later says False before
+        its last pruning); model selection considers only epochs at the target."""
+        return True
+
     def exploration(self) -> dict[str, float]:
         """Per layer, the fraction of positions that were ever active (in-time over-parameterisation, Liu et al.
         2021): the layer's density for a fixed mask, growing towards 1 as adaptation explores."""
@@ -150,7 +201,9 @@ class Sparsifier:
         self._after_step()
 
     def end_epoch(self, epoch: int) -> None:
-        """Call after every epoch; ``epoch`` is the 0-based index of the epoch just finished."""
+        """Call after every epoch but the last, once it is scored and recorded; ``epoch`` is the 0-based index of
+        the epoch just finished. Methods that adapt per epoch change their topology here (SET, pruning) or at the
+        next optimizer step (the adaptive rule)."""
         self.epochs_done = epoch + 1
 
     def config(self) -> dict[str, Any]:

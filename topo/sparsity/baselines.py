@@ -30,7 +30,7 @@ class Dense(Sparsifier):
         *,
         density: float = 1.0,
         params: Iterable[str] | ParamFilter | None = None,
-        seed: int = 0,
+        seed: int | None = None,
     ) -> None:
         if density != 1.0:
             raise ConfigError(f"the dense baseline has density 1.0, got {density!r}")
@@ -56,7 +56,7 @@ class RandomFixed(Sparsifier):
         *,
         density: float,
         params: Iterable[str] | ParamFilter | None = None,
-        seed: int = 0,
+        seed: int | None = None,
         distribution: str = "uniform",
         dense_first_last: bool = False,
     ) -> None:
@@ -81,7 +81,7 @@ class FixedMask(Sparsifier):
         optimizer: torch.optim.Optimizer | None = None,
         *,
         masks: dict[str, torch.Tensor],
-        seed: int = 0,
+        seed: int | None = None,
     ) -> None:
         if not masks:
             raise ConfigError("fixed-mask: `masks` is empty; give a boolean mask for each layer to hold fixed")
@@ -111,7 +111,7 @@ class RandomChannelwise(Sparsifier):
         *,
         density: float,
         params: Iterable[str] | ParamFilter | None = None,
-        seed: int = 0,
+        seed: int | None = None,
         distribution: str = "uniform",
         dense_first_last: bool = False,
     ) -> None:
@@ -133,8 +133,13 @@ class MagnitudePruning(Sparsifier):
     training (fine-tuning) with the mask fixed. With one entry this is one-shot pruning to α; with several, the
     density falls geometrically, α^(i/m) after the i-th of m prunings (iterative pruning), reaching α at the last.
 
-    ``scope="layer"`` keeps exactly round(α_i·n) weights in every layer (the same budget as the other methods);
-    ``scope="global"`` ranks all sparsified weights together and keeps the same total.
+    ``scope="layer"`` keeps exactly :func:`~topo.sparsity.base.active_count` (α_i, n) weights in every sparse layer
+    (the same budget as the other methods); ``scope="global"`` ranks the weights of all sparse layers together and
+    keeps the same total (``distribution`` must then be ``"uniform"``: a global ranking sets the layer densities
+    itself). Layers kept dense (``dense_first_last``) are never pruned, in either scope.
+
+    Model selection: epochs before the last pruning are not at the target density (:attr:`at_target` is False
+    then), so Table 2 picks the epoch among those after it.
     """
 
     method = "pruning"
@@ -148,7 +153,7 @@ class MagnitudePruning(Sparsifier):
         prune_after: Sequence[int] = (0,),
         scope: str = "layer",
         params: Iterable[str] | ParamFilter | None = None,
-        seed: int = 0,
+        seed: int | None = None,
         distribution: str = "uniform",
         dense_first_last: bool = False,
     ) -> None:
@@ -158,6 +163,9 @@ class MagnitudePruning(Sparsifier):
             raise ConfigError(f"prune_after must be a non-empty list of epoch indices >= 0, got {prune_after!r}")
         if scope not in ("layer", "global"):
             raise ConfigError(f"scope must be 'layer' or 'global', got {scope!r}")
+        if scope == "global" and distribution != "uniform":
+            raise ConfigError(f"pruning: scope='global' ranks all layers together, which sets the layer densities "
+                              f"itself; distribution={distribution!r} needs scope='layer'")
         self.prune_after = sorted(set(prune_after))
         self.scope = scope
 
@@ -171,6 +179,11 @@ class MagnitudePruning(Sparsifier):
         final = self.density if density is None else density
         return 1.0 if done == 0 else final ** (done / len(self.prune_after))
 
+    @property
+    def at_target(self) -> bool:
+        """True once the last scheduled pruning has been done."""
+        return self.epochs_done > self.prune_after[-1]
+
     def end_epoch(self, epoch: int) -> None:
         super().end_epoch(epoch)
         if epoch in self.prune_after:
@@ -182,8 +195,10 @@ class MagnitudePruning(Sparsifier):
 
         Per layer, each layer's target follows its own density from the distribution (the same schedule step).
         """
-        names = self.masked.names
+        names = self.sparse_layers
         weights = [self.masked.params[n].detach() for n in names]
+        if not names:
+            return
         if self.scope == "layer":
             step = math.log(density) / math.log(self.density) if self.density < 1 and density < 1 else 0.0
             keeps = [active_count(w.numel(), self.layer_density[n] ** step if step else density)

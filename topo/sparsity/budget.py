@@ -27,11 +27,18 @@ ModelFactory = Callable[[Sequence[int]], nn.Module]
 log = logging.getLogger(__name__)
 
 
-def nonzero_count(model: nn.Module, density: float, params: Iterable[str] | ParamFilter | None = None) -> int:
-    """Non-zero parameters of ``model`` when its sparsified weights are at ``density`` (the rest dense)."""
+def nonzero_count(model: nn.Module, density: float, params: Iterable[str] | ParamFilter | None = None, *,
+                  dense_first_last: bool = False) -> int:
+    """Non-zero parameters of ``model`` when its sparsified weights are at ``density`` (the rest dense).
+
+    With ``dense_first_last`` the first and the last sparsified weight count in full, as the methods keep them
+    (:class:`~topo.sparsity.base.Sparsifier`).
+    """
     density = check_density(density)
     selected = select_parameters(model, params)
-    sparse = sum(active_count(p.numel(), density) for p in selected.values())
+    names = list(selected)
+    kept_dense = {names[0], names[-1]} if dense_first_last else set()
+    sparse = sum(p.numel() if n in kept_dense else active_count(p.numel(), density) for n, p in selected.items())
     dense = sum(p.numel() for n, p in model.named_parameters() if n not in selected)
     return sparse + dense
 
@@ -72,6 +79,7 @@ def match_budget(
     *,
     params: Iterable[str] | ParamFilter | None = None,
     tolerance: float = 0.01,
+    dense_first_last: bool = False,
 ) -> BudgetMatch:
     """Widen ``widths`` so that ``factory(widths)`` at ``density`` has the non-zeros of ``factory(base)`` dense.
 
@@ -85,6 +93,8 @@ def match_budget(
         α in (0, 1].
     tolerance:
         Largest accepted relative difference of non-zero counts.
+    dense_first_last:
+        The sparse model keeps its first and last sparsified weight dense; they count in full inside the budget.
 
     Raises
     ------
@@ -100,7 +110,7 @@ def match_budget(
     target = nonzero_count(_build(factory, base), 1.0, params)
 
     def count(ws: Sequence[int]) -> int:
-        return nonzero_count(_build(factory, ws), density, params)
+        return nonzero_count(_build(factory, ws), density, params, dense_first_last=dense_first_last)
 
     def scaled(c: float) -> list[int]:
         return [max(1, round(w * c)) for w in base]

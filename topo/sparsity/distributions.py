@@ -7,9 +7,12 @@ gives larger layers lower densities: a layer's density is ε·p with
 * ``er``:  p = (n_in + n_out) / (n_in · n_out), from a weight's first two dimensions (out, in);
 * ``erk``: p = Σ dims / Π dims over all of a weight's dimensions (a convolution's kernel included).
 
-ε is chosen so that the active weights add up to the uniform budget Σ α·nᵢ. A layer whose density would exceed 1
-is made dense and taken out of the scaling, and ε is solved again for the rest — RigL's procedure. Layers named
-in ``dense`` (e.g. the first and last, as the DST papers keep them) are dense and outside the budget.
+ε is chosen as google-research/rigl's ``sparse_utils.get_sparsities_erdos_renyi`` chooses it, counting whole
+weights: the budget is Σ (nᵢ − ⌊(1 − α)·nᵢ⌋) over the scaled layers, less ⌊(1 − α)·nⱼ⌋ for every layer made dense,
+and ε = budget / Σ pᵢ·nᵢ. Whenever ε·p exceeds 1 for the layers of the largest p, those layers are made dense and
+ε is solved again for the rest. Layers named in ``dense`` (e.g. the first and last, as the DST papers keep them)
+are dense and outside the budget (the reference's ``custom_sparsity_map``). The densities returned equal the
+reference's 1 − sparsity for every layer (tested against a hand-derived re-statement of its rule).
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ def layer_densities(
 ) -> dict[str, float]:
     """Layer name → density for a model (its default sparsified weights) or a mapping of names to shapes.
 
-    The active weights Σ round(dᵢ·nᵢ) equal the uniform budget round-off aside (within one weight per layer).
+    The active weights Σ :func:`~topo.sparsity.base.active_count` (dᵢ, nᵢ) equal the uniform budget round-off aside
+    (within one weight per layer).
 
     Raises
     ------
@@ -64,18 +68,21 @@ def layer_densities(
     unknown = forced - set(shapes)
     if unknown:
         raise ConfigError(f"dense layer(s) {sorted(unknown)} are not among the layers {list(shapes)[:8]}")
-    made_dense = set(forced)
+    if distribution == "uniform":
+        return {n: 1.0 if n in forced else float(density) for n in shapes}
+    made_dense: set[str] = set()
+    zeros = {n: math.floor((1.0 - density) * math.prod(s)) for n, s in shapes.items()}
+    epsilon = 1.0
     while True:
-        scaled = {n: s for n, s in shapes.items() if n not in made_dense}
-        budget = sum(density * math.prod(s) for n, s in shapes.items() if n not in forced)
-        budget -= sum(math.prod(shapes[n]) for n in made_dense - forced)
-        weight = sum(_raw(s, distribution) * math.prod(s) for s in scaled.values())
-        if not scaled or weight == 0:
+        scaled = {n: s for n, s in shapes.items() if n not in forced and n not in made_dense}
+        if not scaled:
             break
-        epsilon = budget / weight
-        over = [n for n, s in scaled.items() if epsilon * _raw(s, distribution) > 1]
-        if not over:
+        budget = sum(math.prod(s) - zeros[n] for n, s in scaled.items()) - sum(zeros[n] for n in made_dense)
+        divisor = sum(_raw(s, distribution) * math.prod(s) for s in scaled.values())
+        epsilon = budget / divisor
+        peak = max(_raw(s, distribution) for s in scaled.values())
+        if peak * epsilon <= 1:
             break
-        peak = max(_raw(scaled[n], distribution) for n in over)
-        made_dense |= {n for n in over if _raw(scaled[n], distribution) == peak}
-    return {n: 1.0 if n in made_dense else min(1.0, epsilon * _raw(s, distribution)) for n, s in shapes.items()}
+        made_dense |= {n for n, s in scaled.items() if _raw(s, distribution) == peak}
+    dense_now = forced | made_dense
+    return {n: 1.0 if n in dense_now else epsilon * _raw(s, distribution) for n, s in shapes.items()}
