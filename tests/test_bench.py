@@ -49,3 +49,15 @@ def test_callback_benchmark_reports_both_ratios(tmp_path):
     figures = json.loads(out.read_text())
     assert figures["hand_loop_ratio"] > 0 and figures["callback_ratio"] > 0
     assert len(figures["seconds_per_step"]) == 5
+
+
+def test_transformer_benchmark_reports_both_reads(tmp_path):
+    out = tmp_path / "transformer.json"
+    done = subprocess.run([sys.executable, "bench/analyze_transformer.py", "--hidden", "64", "--intermediate", "128",
+                           "--blocks", "2", "--heads", "4", "--json", str(out)], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(out.read_text())
+    backbone, two_four = figures["magnitude backbone"], figures["2:4"]
+    assert backbone["matrices"] == 14 and backbone["graphs"] == 2 * (4 * 4 + 3)  # q/k/v/o per head, then the MLP
+    assert two_four["n_m"] == ["2:4"] and two_four["peak_rss_mib"] > 0

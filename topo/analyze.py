@@ -25,13 +25,16 @@ from tqdm.auto import tqdm
 
 from topo.errors import CheckpointError, ConfigError
 from topo.executors import Job, RayOptions, run_jobs
+from topo.families import Family, detect, detect_model, oriented, read_config
 from topo.graph import Graph, layer_graphs, metrics_table, recurrent_gates, summarize
 from topo.graph.backbone import BackboneSpec, GlobalMagnitude, disparity_backbone, magnitude_backbone, parse_backbone
+from topo.graph.build import CONV_VIEWS
 from topo.graph.compare import run_topology
 from topo.record import RunReader
-from topo.record.formats import open_checkpoint
+from topo.record.formats import CheckpointSource, open_checkpoint, state_dict_source
 from topo.record.live import METRICS_FILE, read_metrics, reusable_rows
 from topo.record.store import write_csv
+from topo.sparsity.structure import nm_pattern
 
 EXACT_PATH_LIMIT = 16384
 DEFAULT_PATH_SOURCES = 1024
@@ -43,13 +46,16 @@ class CheckpointAnalysis:
 
     Attributes
     ----------
-    table: one row per graph (layer, graph, kind, shape, mask_density, then every metric that applies to any
-        graph; cells of metrics that do not apply to a graph's kind are empty).
+    table: one row per graph (layer, graph, kind, shape (out × in, a Conv1D weight read transposed),
+        mask_density, ``n_m`` for N:M layers (:func:`topo.sparsity.structure.nm_pattern`), then every metric that
+        applies to any graph; cells of metrics that do not apply to a graph's kind are empty).
     records: the same rows as dicts holding only the metrics that apply.
     source: where the weights were found (e.g. ``"weights under 'model_state' (…)"``).
     dense: every analysed layer is dense and no backbone was taken: its graphs are complete.
     degrees: graph name → (degrees of its first part, of its second part) for bipartite graphs, or (degrees,)
         for square ones, for the per-layer figure.
+    reading: how the weights were read (:func:`describe_reading`): which were transposed, which embedding
+        tables were left out, what stayed fused; empty when nothing needed saying.
     """
 
     table: pd.DataFrame
@@ -57,6 +63,22 @@ class CheckpointAnalysis:
     source: str
     dense: bool
     degrees: dict[str, tuple[np.ndarray, ...]] = field(default_factory=dict)
+    reading: str = ""
+
+
+def describe_reading(family: Family, names: list[str], left_out: list[str]) -> str:
+    """One line on how a model's weights were read: the family, the weights read transposed, the embedding
+    tables left out and anything left fused."""
+    parts = []
+    transposed = [n for n in names if n in family.transposed]
+    if transposed:
+        parts.append(f"{len(transposed)} Conv1D weight(s) stored (in, out) read transposed (found by "
+                     f"{family.found_by}: {', '.join(transposed[:3])}{', …' if len(transposed) > 3 else ''})")
+    if left_out:
+        parts.append(f"embedding table(s) left out: {', '.join(left_out[:4])}{', …' if len(left_out) > 4 else ''} "
+                     "(--embeddings analyses them)")
+    parts += list(family.notes)
+    return "; ".join(parts)
 
 
 def _select(names: list[str], pattern: str | None, where: str | os.PathLike) -> list[str]:
@@ -85,8 +107,15 @@ def analyze_checkpoint(
     small_world: int = 0,
     device: str | torch.device | None = None,
     progress: bool = True,
+    heads: bool = False,
+    embeddings: bool = False,
+    conv: str = "auto",
+    num_heads: int | None = None,
 ) -> CheckpointAnalysis:
     """Summarise every graph of every layer of the checkpoint at ``path`` (see the module docstring).
+
+    What the weights mean (Conv1D orientation, fused q/k/v, heads, embeddings) is read from the ``config.json``
+    beside the checkpoint when there is one, else from the names (:mod:`topo.families`).
 
     Parameters
     ----------
@@ -97,14 +126,54 @@ def analyze_checkpoint(
     path_sources: estimate mean shortest paths from this many sources (default: exact up to
         :data:`EXACT_PATH_LIMIT` nodes, :data:`DEFAULT_PATH_SOURCES` sources above).
     device: run each graph's kernels there (``cuda``), else the CPU backend.
+    heads: split attention projections into one graph per head (``…[q.h3]``).
+    embeddings: analyse embedding tables too (left out by default).
+    conv: convolutions as ``"channel"`` or ``"kernel"`` graphs, or ``"auto"`` (:func:`topo.graph.conv_view`).
+    num_heads: the number of attention heads, where no ``config.json`` says it.
     """
+    source = open_checkpoint(path, key)
+    family = detect({n: source.shape(n) for n in source.names}, read_config(path), heads=num_heads)
+    return _analyze_source(source, family, layers=layers, backbone=backbone, global_backbone=global_backbone,
+                           path_sources=path_sources, small_world=small_world, device=device, progress=progress,
+                           heads=heads, embeddings=embeddings, conv=conv)
+
+
+def analyze_model(model: torch.nn.Module, **options) -> CheckpointAnalysis:
+    """:func:`analyze_checkpoint` of a model at hand, its layers in module order and what they mean read from its
+    module classes (``Conv1D``, ``nn.Embedding``, ``nn.MultiheadAttention``) and its ``config``
+    (:func:`topo.families.detect_model`). Takes the options of :func:`analyze_checkpoint` but ``key``."""
+    source = state_dict_source(model.state_dict(), type(model).__name__)
+    return _analyze_source(source, detect_model(model), **options)
+
+
+def _analyze_source(
+    source: CheckpointSource,
+    family: Family,
+    *,
+    layers: str | None = None,
+    backbone: str | BackboneSpec | None = None,
+    global_backbone: bool = False,
+    path_sources: int | None = None,
+    small_world: int = 0,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    heads: bool = False,
+    embeddings: bool = False,
+    conv: str = "auto",
+) -> CheckpointAnalysis:
     spec = parse_backbone(backbone) if isinstance(backbone, str) else backbone
     if global_backbone and (spec is None or spec.kind != "magnitude"):
         raise ConfigError("--global applies to the magnitude backbone (--backbone magnitude:F)")
     if path_sources is not None and path_sources < 1:
         raise ConfigError(f"--path-sources must be >= 1, got {path_sources}")
-    source = open_checkpoint(path, key)
+    if conv not in CONV_VIEWS:
+        raise ConfigError(f"--conv must be one of {', '.join(CONV_VIEWS)}, got {conv!r}")
     names = _select(source.names, layers, source.path)
+    left_out = [] if embeddings else [n for n in names if family.role(n, source.shape(n)).kind == "embedding"]
+    names = [n for n in names if n not in left_out]
+    if not names:
+        raise ConfigError(f"{source.path}: every selected layer is an embedding table ({', '.join(left_out[:4])}); "
+                          "--embeddings analyses them")
     gates = recurrent_gates({n: source.shape(n) for n in names})
     overall = None
     if global_backbone:
@@ -124,20 +193,26 @@ def analyze_checkpoint(
         else:
             mask = layer.mask
         del layer, weight  # only the mask is needed from here on
-        density = int(torch.count_nonzero(mask)) / mask.numel()
-        dense = dense and density == 1.0
-        shape = "×".join(map(str, mask.shape))
+        dense = dense and bool(mask.all())
+        role = family.role(name, tuple(mask.shape))
+        shape = "×".join(map(str, oriented(mask, role).shape))
+        pattern = nm_pattern(oriented(mask, role)) if mask.ndim == 2 else None
         on_device = mask.to(device) if device is not None else mask
-        for graph_name, graph in layer_graphs({name: on_device}, gates).items():
+        for graph_name, graph in layer_graphs({name: on_device}, gates, family=family, heads=heads,
+                                              conv=conv).items():
             sources = path_sources if path_sources else (
                 DEFAULT_PATH_SOURCES if graph.n_nodes > EXACT_PATH_LIMIT else None)
             summary = summarize(graph, "auto", small_world_graphs=small_world, path_sources=sources)
-            records.append({"layer": name, "graph": graph_name, "kind": graph.kind, "shape": shape,
-                            "mask_density": density, **summary})
+            record = {"layer": name, "graph": graph_name, "kind": graph.kind, "shape": shape,
+                      "mask_density": summary.pop("mask_density")}
+            if pattern is not None:
+                record["n_m"] = pattern
+            records.append({**record, **summary})
             degrees[graph_name] = _degrees(graph)
         del mask, on_device
     table = pd.DataFrame(records)
-    return CheckpointAnalysis(table, records, source.description, dense, degrees)
+    return CheckpointAnalysis(table, records, source.description, dense, degrees,
+                              describe_reading(family, names, left_out))
 
 
 def is_run_directory(path: str | os.PathLike) -> bool:
@@ -153,8 +228,14 @@ def analyze_run(
     device: str | torch.device | None = None,
     progress: bool = False,
     save: bool = True,
+    heads: bool = False,
+    conv: str = "auto",
 ) -> pd.DataFrame:
     """Tidy graph metrics of every snapshot of the run directory at ``path``, with turnover and exploration.
+
+    The run's weights are read as its model meant them (the family ``run.json`` records: Conv1D orientation,
+    fused projections); ``heads`` splits attention projections per head and ``conv`` picks the convolution view
+    (:func:`topo.graph.layer_graphs`).
 
     Columns run, epoch, layer, graph, metric, value. ``layers`` is a glob over layer names; ``device`` analyses
     the whole run in batches there (:mod:`topo.graph.batched`); with ``save`` the table is also merged
@@ -167,12 +248,13 @@ def analyze_run(
     if not reader.epochs:
         raise CheckpointError(f"{path}: run directory has no snapshots yet")
     selected = _select(list(reader.layers), layers, path)
-    cached = reusable_rows(read_metrics(path), reader.epochs, selected) if not small_world else None
+    cached = reusable_rows(read_metrics(path), reader.epochs, selected) \
+        if not small_world and not heads and conv == "auto" else None
     done = set() if cached is None else set(cached.epoch)
     timeline = ((e, {n: m for n, m in masks.items() if n in selected}) for e, masks in reader.iter_masks()
                 if e not in done)
     table = metrics_table(timeline, run=reader.name, small_world_graphs=small_world, device=device,
-                          progress=progress)
+                          progress=progress, family=reader.family, heads=heads, conv=conv)
     if done:
         table = pd.concat([cached.assign(run=reader.name), table], ignore_index=True)
         table = table.sort_values("epoch", kind="stable", ignore_index=True)
@@ -197,6 +279,8 @@ def analyze_runs(
     device: str | torch.device | None = None,
     progress: bool = True,
     save: bool = True,
+    heads: bool = False,
+    conv: str = "auto",
 ) -> pd.DataFrame:
     """:func:`analyze_run` over many run directories, one job each (``executor="ray"``: in parallel), as one
     tidy table in the order of ``paths``. Every path is checked to be a run directory before any work starts."""
@@ -210,12 +294,13 @@ def analyze_runs(
                           "tell them apart")
     here = progress and executor == "local"
     jobs = [Job(name, _analyze_job, (str(path), layers, small_world, None if device is None else str(device),
-                                     here, save)) for name, path in zip(names, paths, strict=True)]
+                                     here, save, heads, conv)) for name, path in zip(names, paths, strict=True)]
     tables = run_jobs(jobs, executor, ray_options, progress=progress,
                       headline=lambda table: f"{table['epoch'].nunique()} epochs")
     return pd.concat(tables, ignore_index=True)
 
 
 def _analyze_job(path: str, layers: str | None, small_world: int, device: str | None, progress: bool,
-                 save: bool) -> pd.DataFrame:
-    return analyze_run(path, layers=layers, small_world=small_world, device=device, progress=progress, save=save)
+                 save: bool, heads: bool = False, conv: str = "auto") -> pd.DataFrame:
+    return analyze_run(path, layers=layers, small_world=small_world, device=device, progress=progress, save=save,
+                       heads=heads, conv=conv)

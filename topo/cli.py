@@ -85,7 +85,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if out is None and not to_stdout and not args.json:
         raise ConfigError("several runs: --csv FILE names the table they go into")
     table = analyze_runs(paths, executor=args.executor, ray_options=options, layers=args.layers,
-                         small_world=args.small_world, device=device,
+                         small_world=args.small_world, device=device, heads=args.heads, conv=args.conv,
                          progress=not args.quiet and not to_stdout and not args.json)
     if out is not None and not (single and out == paths[0] / "graph_metrics.csv"):
         write_csv(out, table)
@@ -116,8 +116,10 @@ def _analyze_checkpoint(args: argparse.Namespace, path: Path, device, to_stdout:
 
     result = analyze_checkpoint(path, key=args.key, layers=args.layers, backbone=args.backbone,
                                 global_backbone=args.global_backbone, path_sources=args.path_sources,
-                                small_world=args.small_world, device=device, progress=not args.quiet)
-    print(f"topo: {path}: {result.source}", file=sys.stderr)
+                                small_world=args.small_world, device=device, progress=not args.quiet,
+                                heads=args.heads, embeddings=args.embeddings, conv=args.conv,
+                                num_heads=args.num_heads)
+    print(f"topo: {path}: {result.source}" + (f"; {result.reading}" if result.reading else ""), file=sys.stderr)
     if result.dense:
         print(f"topo: note: every analysed layer of {path} is dense, so its graphs are complete and their metrics "
               "trivial; --backbone magnitude:F or disparity:A keeps the connections that carry its structure",
@@ -221,7 +223,7 @@ def _train_config(args: argparse.Namespace, log_alpha: float, k: float):
                        bf16=args.bf16, patience=args.patience, data_dir=args.data_dir, max_batches=args.max_batches,
                        val_max_batches=args.val_max_batches, widths=args.widths,
                        adapt_every=args.adapt_every, distribution=args.distribution,
-                       dense_first_last=args.dense_first_last)
+                       dense_first_last=args.dense_first_last, keep_weights=args.keep_weights)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -307,6 +309,8 @@ def _training_options(parser: argparse.ArgumentParser, model_default: str = "mlp
     parser.add_argument("--patience", type=int, help="early stopping after this many epochs without improvement")
     parser.add_argument("--max-batches", type=int, help="cap on training batches per epoch (quick trials)")
     parser.add_argument("--val-max-batches", type=int, help="cap on validation and test batches (of 1024) per epoch")
+    parser.add_argument("--keep-weights", action="store_true",
+                        help="store every snapshot's weights (float16) too, for weighted measures over training")
 
 
 def _executor_options(parser: argparse.ArgumentParser, what: str) -> None:
@@ -351,6 +355,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", help="CSV file ('-' for stdout); for run directories, where the tidy table goes "
                                  "(one run: also RUN/graph_metrics.csv, its default)")
     p.add_argument("--layers", help="glob over layer names, e.g. 'lstm.weight_hh*'")
+    p.add_argument("--heads", action="store_true",
+                   help="split attention projections into one graph per head ([q.h3]; heads from config.json or "
+                        "--num-heads)")
+    p.add_argument("--num-heads", type=int, metavar="H", help="attention heads, where no config.json says it")
+    p.add_argument("--embeddings", action="store_true", help="analyse embedding tables too (left out by default)")
+    p.add_argument("--conv", choices=["auto", "channel", "kernel"], default="auto",
+                   help="convolutions as channel graphs, kernel graphs ((in channel, tap) → out channel), or auto: "
+                        "the kernel view where the channel graph would be nearly complete")
     p.add_argument("--device", default="cpu",
                    help="cpu (one graph at a time, CPU kernels), or cuda/cuda:N (a whole run in batches on the GPU)")
     p.add_argument("--small-world", type=int, default=0, metavar="N",

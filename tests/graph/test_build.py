@@ -135,7 +135,10 @@ def test_metrics_table_is_tidy_and_matches_summarize():
     row = table[(table.epoch == 1) & (table.graph == "rnn.weight_hh_l0[r]") & (table.metric == "degree_gini")]
     expected = summarize(recurrent_gate_graphs(snapshots[1][1]["rnn.weight_hh_l0"], "x")["x[r]"])
     assert row["value"].item() == pytest.approx(expected["degree_gini"])
-    assert isinstance(table, pd.DataFrame) and len(table) == 3 * (3 * 8 + 9)  # gates: 8 metrics; fc: 9
+    # gates: 10 metrics and their mask density; fc: 13 and its mask density
+    assert isinstance(table, pd.DataFrame) and len(table) == 3 * (3 * 11 + 14)
+    density = table[(table.epoch == 1) & (table.graph == "fc.weight") & (table.metric == "mask_density")]
+    assert density.value.item() == pytest.approx(snapshots[1][1]["fc.weight"].mean())
 
 
 def test_graph_names_are_unique_and_name_the_layer_and_gate():

@@ -50,7 +50,8 @@ class TrainConfig:
 
     ``log_alpha`` is −log10 α as in Table 2 (0.5 → α ≈ 0.316). ``None`` fields take the Table 1 value of the
     model. ``max_batches`` caps the training batches per epoch and ``val_max_batches`` the validation batches
-    (of 1024 examples), for quick trials and for long corpora on slow machines.
+    (of 1024 examples), for quick trials and for long corpora on slow machines. ``keep_weights`` also stores every
+    snapshot's weights (float16), which weighted measures over training need; it changes nothing trained.
     """
 
     model: str = "mlp"
@@ -75,6 +76,7 @@ class TrainConfig:
     distribution: str = "uniform"
     dense_first_last: bool = False
     method_options: dict[str, Any] = field(default_factory=dict)
+    keep_weights: bool = False
 
     def __post_init__(self) -> None:
         """Accept Table 1's "model-dataset" names (``mlp-mnist``, ``cnn-cifar10``, ``mlp-fashion-mnist``)."""
@@ -263,7 +265,7 @@ PROTOCOL = 3
 LAYER_COLUMNS = ("layer", "active", "total", "density", "mean_abs", "low_0.1", "low_0.25", "low_0.5", "pruned",
                  "grown")
 #: ``TrainConfig`` fields that do not change what a run computes: where data and devices are.
-NOT_DEFINING = ("device", "data_dir")
+NOT_DEFINING = ("device", "data_dir", "keep_weights")
 
 
 @dataclass
@@ -479,7 +481,8 @@ def _train_session(session: Session, run_dir: Path, parent: str | None, resume: 
     done = existing and not extend and bool(RunReader(run_dir).meta.get("finished"))
     recorder = None
     if session.rank == 0:
-        recorder = Recorder(run_dir, session.sparsifier, config=wanted, resume=existing)
+        recorder = Recorder(run_dir, session.sparsifier, config=wanted, resume=existing,
+                            keep_weights=config.keep_weights)
         if existing:
             recorder.update_config(wanted)
     start = 0

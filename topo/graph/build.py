@@ -11,26 +11,41 @@ diagonal, as a numpy array (CPU backends) or a torch tensor (the torch backend, 
 * A feed-forward weight (out × in) is a bipartite graph of in + out neurons (:func:`bipartite_graph`); a stack of
   them is a layered graph whose nodes are all neurons (:func:`layered_graph`).
 * A convolution (out, in, *kernel) is the bipartite channel graph, with an edge where any kernel weight of the
-  channel pair is active (:func:`channel_graph`).
+  channel pair is active (:func:`channel_graph`), or the bipartite kernel graph of (input channel, tap) → output
+  channel, the weight read as out × in·kh·kw (:func:`kernel_graph`). The channel graph of a pruned convolution is
+  nearly complete whenever most channel pairs keep one tap of their kernel, so ``conv="auto"`` takes the kernel
+  view when the channel graph's density is at least :data:`NEAR_COMPLETE` and the mask's is below it.
+* What a transformer's weights mean (Conv1D orientation, fused q/k/v, heads, embeddings) comes from
+  :mod:`topo.families`; :func:`layer_graphs` takes a :class:`~topo.families.Family`.
+
+Every graph built from a mask carries that mask's density (:attr:`Graph.mask_density`: active weights over
+weights, for the block the graph is made of), which tables print beside the graph's own density.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from topo.errors import MaskError
+from topo.errors import ConfigError, MaskError
+from topo.families import Family, views
 
 LSTM_GATES = ("i", "f", "g", "o")
 #: Where a graph comes from: a recurrent gate block (hidden → hidden, the paper's Figure 5), another square mask,
 #: a feed-forward layer (bipartite: inputs → outputs), a convolution's channel graph (bipartite), one gate of a
 #: recurrent input weight (bipartite), or a whole stack of layers.
-KINDS = ("recurrent", "square", "bipartite", "channel", "recurrent-input", "layered")
+KINDS = ("recurrent", "square", "bipartite", "channel", "kernel", "recurrent-input", "attention", "embedding",
+         "layered")
+#: Convolution views: the channel graph, the kernel graph, or the kernel graph where the channel graph is
+#: nearly complete.
+CONV_VIEWS = ("auto", "channel", "kernel")
+#: A channel graph at least this dense is "nearly complete" (``conv="auto"``).
+NEAR_COMPLETE = 0.9
 GRU_GATES = ("r", "z", "n")
 
 Array = np.ndarray | torch.Tensor
@@ -50,6 +65,7 @@ class Graph:
     name: str = ""
     parts: tuple[int, ...] | None = None
     kind: str = "square"
+    mask_density: float | None = None
 
     def __post_init__(self) -> None:
         """Refuse what is not an undirected simple graph: a directed or self-looped matrix would give wrong metrics.
@@ -107,12 +123,13 @@ class Graph:
         """The same graph with a numpy adjacency."""
         if not self.is_torch:
             return self
-        return Graph(self.adjacency.detach().cpu().numpy(), self.name, self.parts, self.kind)
+        return Graph(self.adjacency.detach().cpu().numpy(), self.name, self.parts, self.kind, self.mask_density)
 
     def torch(self, device: str | torch.device | None = None) -> Graph:
         """The same graph with a torch adjacency on ``device`` (default: where it is, or the CPU)."""
         adjacency = self.adjacency if self.is_torch else torch.from_numpy(np.ascontiguousarray(self.adjacency))
-        return Graph(adjacency.to(device) if device is not None else adjacency, self.name, self.parts, self.kind)
+        return Graph(adjacency.to(device) if device is not None else adjacency, self.name, self.parts, self.kind,
+                     self.mask_density)
 
     def edges(self) -> np.ndarray:
         """(m, 2) array of edges (i < j)."""
@@ -169,12 +186,19 @@ def _symmetrise(block: Array) -> Array:
     return sym
 
 
+def _density(block: Array) -> float:
+    """Active entries over entries of a boolean mask."""
+    total = int(np.prod(tuple(block.shape)))
+    active = int(torch.count_nonzero(block)) if torch.is_tensor(block) else int(np.count_nonzero(block))
+    return active / total if total else float("nan")
+
+
 def square_graph(mask: Any, name: str = "", kind: str = "square") -> Graph:
     """The graph of a square (recurrent) mask: edge i–j if mask[i, j] or mask[j, i]; self-loops dropped."""
     block = as_mask(mask, name)
     if block.ndim != 2 or block.shape[0] != block.shape[1]:
         raise MaskError(f"mask {name!r} must be square for a recurrent graph, got shape {tuple(block.shape)}")
-    return Graph(_symmetrise(block), name, kind=kind)
+    return Graph(_symmetrise(block), name, kind=kind, mask_density=_density(block))
 
 
 def recurrent_gate_graphs(mask: Any, name: str = "", gates: Sequence[str] | None = None) -> dict[str, Graph]:
@@ -205,7 +229,15 @@ def bipartite_graph(mask: Any, name: str = "", kind: str = "bipartite") -> Graph
     block = as_mask(mask, name)
     if block.ndim != 2:
         raise MaskError(f"mask {name!r} must be 2-D, got shape {tuple(block.shape)}")
-    return layered_graph([block], name, kind=kind)
+    return _with_density(layered_graph([block], name, kind=kind), block)
+
+
+def _with_density(graph: Graph, block: Array) -> Graph:
+    return Graph(graph.adjacency, graph.name, graph.parts, graph.kind, _density(block))
+
+
+def _channels(block: Array) -> Array:
+    return block.flatten(2).any(-1) if torch.is_tensor(block) else block.reshape(*block.shape[:2], -1).any(-1)
 
 
 def channel_graph(mask: Any, name: str = "") -> Graph:
@@ -213,8 +245,28 @@ def channel_graph(mask: Any, name: str = "") -> Graph:
     block = as_mask(mask, name)
     if block.ndim < 3:
         raise MaskError(f"mask {name!r} must be a convolution weight (out, in, *kernel), got {tuple(block.shape)}")
-    reduced = block.flatten(2).any(-1) if torch.is_tensor(block) else block.reshape(*block.shape[:2], -1).any(-1)
-    return layered_graph([reduced], name, kind="channel")
+    return _with_density(layered_graph([_channels(block)], name, kind="channel"), block)
+
+
+def kernel_graph(mask: Any, name: str = "") -> Graph:
+    """A convolution mask (out, in, *kernel) as the bipartite graph of (input channel, tap) → output channel: the
+    weight read as an out × in·kh·kw matrix, inputs numbered channel by channel, taps within a channel."""
+    block = as_mask(mask, name)
+    if block.ndim < 3:
+        raise MaskError(f"mask {name!r} must be a convolution weight (out, in, *kernel), got {tuple(block.shape)}")
+    flat = block.reshape(block.shape[0], -1)
+    return _with_density(layered_graph([flat], name, kind="kernel"), block)
+
+
+def conv_view(mask: Array, conv: str = "auto") -> str:
+    """``"channel"`` or ``"kernel"``: the view :func:`layer_graphs` takes of a convolution mask (see the module
+    docstring for ``"auto"``)."""
+    if conv not in CONV_VIEWS:
+        raise ConfigError(f"conv view must be one of {', '.join(CONV_VIEWS)}, got {conv!r}")
+    if conv != "auto":
+        return conv
+    channels = _channels(mask)
+    return "kernel" if _density(channels) >= NEAR_COMPLETE > _density(mask) else "channel"
 
 
 def layered_graph(masks: Sequence[Any], name: str = "network", kind: str | None = None) -> Graph:
@@ -239,7 +291,8 @@ def layered_graph(masks: Sequence[Any], name: str = "network", kind: str | None 
         adjacency[rows, cols] = block
         adjacency[cols, rows] = block.T
     kind = kind or ("bipartite" if len(blocks) == 1 else "layered")
-    return Graph(adjacency, name, tuple(int(size) for size in sizes), kind)
+    return Graph(adjacency, name, tuple(int(size) for size in sizes), kind,
+                 _density(blocks[0]) if len(blocks) == 1 else None)
 
 
 #: Recurrent weights as PyTorch and real code name them: ``rnn.weight_hh_l0``, ``lstm.layers.0.weight_hh``,
@@ -270,33 +323,66 @@ def recurrent_gates(shapes: Mapping[str, Sequence[int]]) -> dict[str, tuple[str,
     return gates
 
 
-def layer_graphs(masks: Mapping[str, Any], gates: Mapping[str, Sequence[str]] | None = None) -> dict[str, Graph]:
-    """The graphs of every layer of a model's masks, by graph name.
+#: Where a graph comes from: its 2-D mask block and the builder that turns a block of that shape into the graph (a
+#: null model randomises the block and builds again, :mod:`topo.graph.null`).
+GraphSource = tuple[Array, Callable[[Array], Graph]]
 
-    Graph names are unique and readable: the layer's name for a layer that is one graph (``"fc.weight"``), and
-    the layer's name with the gate for a recurrent block (``"lstm.weight_hh_l0[f]"``); tables and figures use them.
 
-    Recurrent hidden-to-hidden weights are split into their gate graphs (square, kind ``recurrent``) and their
-    input-to-hidden siblings into one bipartite graph per gate (kind ``recurrent-input``), gates found by
-    :func:`recurrent_gates` (``gates`` adds or overrides, e.g. when masks arrive one layer at a time);
-    convolutions give channel graphs; other 2-D weights give bipartite layer graphs. 1-D masks (biases) are
-    skipped.
+def graph_sources(masks: Mapping[str, Any], gates: Mapping[str, Sequence[str]] | None = None, *,
+                  family: Family | None = None, heads: bool = False, conv: str = "auto") -> dict[str, GraphSource]:
+    """Graph name → (2-D mask block, builder) for every graph of every layer; see :func:`layer_graphs`.
+
+    The blocks: a recurrent gate block (h × h, directed, symmetrised by its builder), one gate of a recurrent input
+    weight, a convolution as out × in·kh·kw (its builder reduces it to channels or reads it as kernels), and the
+    (out, in) views of other 2-D weights (:func:`topo.families.views`).
     """
     known = {**recurrent_gates({n: tuple(np.shape(m)) for n, m in masks.items()}), **dict(gates or {})}
-    graphs: dict[str, Graph] = {}
+    family = family or Family()
+    sources: dict[str, GraphSource] = {}
     for name, mask in masks.items():
         block = as_mask(mask, name)
         if block.ndim < 2:
             continue
         if block.ndim == 2 and name in known and _HIDDEN.search(name):
-            graphs.update(recurrent_gate_graphs(block, name, tuple(known[name])))
+            hidden = block.shape[1]
+            for index, gate in enumerate(known[name]):
+                label = f"{name}[{gate}]" if gate else name
+                sources[label] = (block[index * hidden:(index + 1) * hidden],
+                                  lambda b, label=label: square_graph(b, label, kind="recurrent"))
         elif block.ndim == 2 and name in known and _INPUT.search(name):
             rows = block.shape[0] // len(known[name])
             for index, gate in enumerate(known[name]):
                 label = f"{name}[{gate}]" if gate else name
-                graphs[label] = bipartite_graph(block[index * rows : (index + 1) * rows], label, "recurrent-input")
+                sources[label] = (block[index * rows:(index + 1) * rows],
+                                  lambda b, label=label: bipartite_graph(b, label, "recurrent-input"))
         elif block.ndim > 2:
-            graphs[name] = channel_graph(block, name)
+            shape = tuple(block.shape)
+            flat = block.reshape(shape[0], -1)
+            if conv_view(block, conv) == "kernel":
+                sources[name] = (flat, lambda b, name=name, shape=shape: kernel_graph(b.reshape(shape), name))
+            else:
+                sources[name] = (flat, lambda b, name=name, shape=shape: channel_graph(b.reshape(shape), name))
         else:
-            graphs[name] = bipartite_graph(block, name)
-    return graphs
+            for label, matrix, kind in views(name, block, family, heads=heads):
+                sources[label] = (matrix, lambda b, label=label, kind=kind: bipartite_graph(b, label, kind))
+    return sources
+
+
+def layer_graphs(masks: Mapping[str, Any], gates: Mapping[str, Sequence[str]] | None = None, *,
+                 family: Family | None = None, heads: bool = False, conv: str = "auto") -> dict[str, Graph]:
+    """The graphs of every layer of a model's masks, by graph name.
+
+    Graph names are unique and readable: the layer's name for a layer that is one graph (``"fc.weight"``), and
+    the layer's name with the gate, projection or head in brackets otherwise (``"lstm.weight_hh_l0[f]"``,
+    ``"h.0.attn.c_attn.weight[q]"``, ``"…q_proj.weight[q.h3]"``); tables and figures use them.
+
+    Recurrent hidden-to-hidden weights are split into their gate graphs (square, kind ``recurrent``) and their
+    input-to-hidden siblings into one bipartite graph per gate (kind ``recurrent-input``), gates found by
+    :func:`recurrent_gates` (``gates`` adds or overrides, e.g. when masks arrive one layer at a time);
+    convolutions give channel or kernel graphs (``conv``, :func:`conv_view`); other 2-D weights give bipartite
+    graphs read as ``family`` says (:func:`topo.families.views`: Conv1D weights transposed, fused projections
+    split, attention projections of kind ``attention`` and, with ``heads``, split per head; embedding tables of
+    kind ``embedding``). 1-D masks (biases) are skipped.
+    """
+    return {label: build(block) for label, (block, build) in
+            graph_sources(masks, gates, family=family, heads=heads, conv=conv).items()}

@@ -8,6 +8,7 @@ where a metric is undefined are given in each docstring; such a value is NaN wit
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import warnings
@@ -24,10 +25,12 @@ import torch
 from tqdm.auto import tqdm
 
 from topo.errors import ConfigError, EmptyGraphWarning
+from topo.families import Family
 from topo.graph.backends import CPUBackend, PathCounts, TorchBackend, pick_backend
 from topo.graph.batched import batch_size, count_batch
 from topo.graph.build import Graph, layer_graphs, recurrent_gates, square_graph
 from topo.graph.compare import run_topology
+from topo.graph.singular import graph_spectrum
 
 
 def _as_graph(graph: Graph | Any) -> Graph:
@@ -248,9 +251,10 @@ def small_world(graph: Graph | Any, n_random: int = 10, seed: int = 0) -> dict[s
 #: The metrics :func:`summarize` reports for each graph structure (a metric that does not apply is absent).
 METRICS = {
     "square": ("n_nodes", "n_edges", "density", "algebraic_connectivity", "degree_gini", "global_clustering",
-               "mean_shortest_path", "reachable_fraction"),
+               "mean_shortest_path", "reachable_fraction", "spectral_gap", "ramanujan_gap"),
     "bipartite": ("n_nodes", "n_edges", "density", "algebraic_connectivity", "fan_in_gini", "fan_out_gini",
-                  "bipartite_clustering", "mean_shortest_path", "reachable_fraction"),
+                  "bipartite_clustering", "mean_shortest_path", "reachable_fraction", "spectral_gap",
+                  "ramanujan_gap", "dead_inputs", "dead_outputs"),
     "layered": ("n_nodes", "n_edges", "density", "algebraic_connectivity", "degree_gini", "mean_shortest_path",
                 "reachable_fraction"),
 }
@@ -274,6 +278,7 @@ class RawCounts:
     bipartite_cycles: Callable[[], tuple[float, float]]
     path_length: Callable[[], PathLength]
     sampled_paths: bool = False
+    spectrum: Callable[[], dict[str, float]] | None = None
 
 
 def _summary(graph: Graph, raw: RawCounts) -> dict[str, float]:
@@ -281,6 +286,7 @@ def _summary(graph: Graph, raw: RawCounts) -> dict[str, float]:
     kind = structure(graph)
     path = raw.path_length()
     split = graph.parts[0] if graph.is_bipartite else 0
+    spectrum = functools.cache(raw.spectrum or (lambda: graph_spectrum(graph)))
     values: dict[str, Callable[[], float]] = {
         "n_nodes": lambda: graph.n_nodes,
         "n_edges": lambda: int(np.asarray(raw.degrees).sum()) // 2,
@@ -293,8 +299,12 @@ def _summary(graph: Graph, raw: RawCounts) -> dict[str, float]:
         "bipartite_clustering": lambda: _robins_alexander(graph, raw.bipartite_cycles),
         "mean_shortest_path": lambda: path.mean,
         "reachable_fraction": lambda: path.reachable_fraction,
+        **{name: (lambda name=name: spectrum()[name])
+           for name in ("spectral_gap", "ramanujan_gap", "dead_inputs", "dead_outputs")},
     }
     result = {metric: values[metric]() for metric in METRICS[kind]}
+    if graph.mask_density is not None:
+        result["mask_density"] = graph.mask_density
     if raw.sampled_paths:
         result["mean_shortest_path_se"] = path.standard_error
     return result
@@ -309,7 +319,9 @@ def summarize(graph: Graph | Any, backend: str = "auto", *, small_world_graphs: 
     recurrent input weight), where transitivity is always 0, get λ2 and path length too, with the Robins–Alexander
     :func:`bipartite_clustering` and the Gini of fan-in and of fan-out instead. Layered graphs get λ2, degree Gini
     and path length. All report nodes, edges, ``density`` (:attr:`Graph.density`: edges over the edges the
-    graph's kind allows; a full Linear layer has density 1) and the reachable fraction.
+    graph's kind allows; a full Linear layer has density 1) and the reachable fraction; graphs built from a mask
+    also its ``mask_density`` (active weights over weights of the block), which differs from ``density`` for
+    square graphs (an edge joins two entries) and convolution channel graphs (an edge is any active tap).
 
     With ``small_world_graphs > 0`` also σ and ω (:func:`small_world`) against that many random graphs. With
     ``path_sources`` below the number of nodes, the mean shortest path is estimated from that many sources
@@ -344,12 +356,13 @@ def _snapshots(source: Any) -> tuple[Iterable[tuple[int | None, Snapshot]], int 
 
 
 def _rows_per_graph(
-    snapshots: Iterable[tuple[int | None, Snapshot]], backend: str, small_world_graphs: int, seed: int
+    snapshots: Iterable[tuple[int | None, Snapshot]], backend: str, small_world_graphs: int, seed: int,
+    reading: Mapping[str, Any],
 ) -> Iterator[Row]:
     for epoch, masks in snapshots:
         gates = recurrent_gates({layer: tuple(np.shape(mask)) for layer, mask in masks.items()})
         for layer, mask in masks.items():
-            for graph_name, graph in layer_graphs({layer: mask}, gates).items():
+            for graph_name, graph in layer_graphs({layer: mask}, gates, **reading).items():
                 yield epoch, layer, graph_name, summarize(graph, backend, small_world_graphs=small_world_graphs,
                                                           seed=seed)
 
@@ -380,7 +393,7 @@ def _ratio(closed_walks: float, degrees: np.ndarray) -> float:
 
 def _rows_batched(
     snapshots: Iterable[tuple[int | None, Snapshot]], device: torch.device, batch_bytes: int,
-    small_world_graphs: int, seed: int,
+    small_world_graphs: int, seed: int, reading: Mapping[str, Any],
 ) -> Iterator[Row]:
     """Rows of every graph, computed in batches of equal-size graphs on ``device``.
 
@@ -409,7 +422,7 @@ def _rows_batched(
         on_device = {layer: torch.as_tensor(mask).to(device) for layer, mask in masks.items()}
         gates = recurrent_gates({layer: tuple(mask.shape) for layer, mask in on_device.items()})
         for layer, mask in on_device.items():
-            for graph_name, graph in layer_graphs({layer: mask}, gates).items():
+            for graph_name, graph in layer_graphs({layer: mask}, gates, **reading).items():
                 index = len(keys)
                 keys.append((epoch, layer, graph_name))
                 graphs[index] = graph
@@ -441,6 +454,9 @@ def metrics_table(
     small_world_graphs: int = 0,
     seed: int = 0,
     progress: bool = True,
+    family: Family | None = None,
+    heads: bool = False,
+    conv: str = "auto",
 ) -> pd.DataFrame:
     """Tidy table of :func:`summarize` over every graph of every snapshot.
 
@@ -460,6 +476,9 @@ def metrics_table(
         Memory one batch may use on ``device`` (default: :func:`default_batch_bytes`).
     small_world_graphs:
         With N > 0, also σ and ω against N random graphs (on the CPU, per graph).
+    family, heads, conv:
+        How weights are read into graphs (:func:`topo.graph.layer_graphs`); ``family`` defaults to the source's own
+        (a run directory records its model's, :attr:`topo.record.RunReader.family`).
 
     Returns
     -------
@@ -467,13 +486,15 @@ def metrics_table(
     (a :class:`~topo.record.RunReader`) also, per layer (``graph`` = the layer), ``turnover`` since the previous
     snapshot and ``exploration`` (:mod:`topo.graph.compare`).
     """
+    reading = {"family": family or getattr(source, "family", None), "heads": heads, "conv": conv}
     snapshots, total = _snapshots(source)
     snapshots = tqdm(snapshots, total=total, desc="graph metrics", unit="snapshot", disable=not progress)
     if device is None:
-        rows = _rows_per_graph(snapshots, backend, small_world_graphs, seed)
+        rows = _rows_per_graph(snapshots, backend, small_world_graphs, seed, reading)
     else:
         device = torch.device(device)
-        rows = _rows_batched(snapshots, device, batch_bytes or default_batch_bytes(device), small_world_graphs, seed)
+        rows = _rows_batched(snapshots, device, batch_bytes or default_batch_bytes(device), small_world_graphs, seed,
+                             reading)
     table = []
     for epoch, layer, graph_name, metrics in rows:
         table.extend((run, epoch, layer, graph_name, metric, float(value)) for metric, value in metrics.items())

@@ -12,9 +12,12 @@
 * sharded Hugging Face checkpoints: a ``*.index.json`` with a ``weight_map``, or a directory holding one (or one
   ``model.safetensors`` / ``pytorch_model.bin``).
 
-Layers are the floating-point tensors with two or more dimensions. ``x.weight_orig`` + ``x.weight_mask``
-(``torch.nn.utils.prune``) give layer ``x.weight``, and a ``x.weight_mask`` beside ``x.weight`` is its mask;
-otherwise the mask is the non-zero, finite weights. Reading never executes code.
+Layers are the floating-point tensors with two or more dimensions, in model order: a PyTorch file's own order,
+and for safetensors (whose headers sort names alphabetically) shard by shard and, within a shard, by
+:func:`topo.families.natural_key` (layer 2 before layer 10). float8 weights are read as float32, one layer at a
+time; an int8 or otherwise quantized weight is one error naming it ("dequantize first").
+``x.weight_orig`` + ``x.weight_mask`` (``torch.nn.utils.prune``) give layer ``x.weight``, and a ``x.weight_mask``
+beside ``x.weight`` is its mask; otherwise the mask is the non-zero, finite weights. Reading never executes code.
 """
 
 from __future__ import annotations
@@ -33,11 +36,17 @@ from typing import Any
 import torch
 
 from topo.errors import CheckpointError, ConfigError
+from topo.families import natural_key
 from topo.record.training_state import is_topo_checkpoint, safe_load, unpack_state
 
 #: Keys under which a mapping of tensors is optimizer (or similar) state, never weights.
 NOT_WEIGHTS = re.compile(r"optim|scheduler|scaler|lr_sched", re.IGNORECASE)
 _FLOAT_SAFETENSORS = {"F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2"}
+_FLOAT8 = tuple(getattr(torch, name) for name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")
+                if hasattr(torch, name))
+_INTEGER_SAFETENSORS = {"I8", "U8", "I16", "U16", "I32", "U32", "I64", "U64"}
+#: A tensor of two or more dimensions with one of these names is a weight (quantized when it is not floating).
+_WEIGHT_NAME = re.compile(r"(^|\.|_)(q?weight|weight_orig)$")
 SAFETENSORS_HINT = 'reading .safetensors needs the safetensors package: pip install "topo[formats]"'
 
 
@@ -55,6 +64,23 @@ class _Entry:
     weight: str  # the tensor holding the weight (``x.weight`` or ``x.weight_orig``)
     mask: str | None  # a stored mask tensor, if any
     shape: tuple[int, ...]
+
+
+def _number_format(dtype: Any) -> str:
+    """``"float"``, ``"integer"`` or ``"quantized"`` for a torch dtype or a safetensors dtype string."""
+    if isinstance(dtype, str):
+        return "float" if dtype in _FLOAT_SAFETENSORS else "integer" if dtype in _INTEGER_SAFETENSORS else "other"
+    if dtype.is_floating_point:
+        return "float"
+    return "quantized" if dtype in (torch.qint8, torch.quint8, torch.qint32, torch.quint4x2) else "integer"
+
+
+def _refuse_quantized(keys: Mapping[str, tuple[tuple[int, ...], Any]], source: str) -> None:
+    """One line naming the first quantized weight (int8 or a quantized dtype where a weight is expected)."""
+    for key, (shape, dtype) in keys.items():
+        if len(shape) >= 2 and _number_format(dtype) != "float" and _WEIGHT_NAME.search(key):
+            raise CheckpointError(f"{source}: layer {key!r} is stored as {dtype} (quantized); topo reads floating "
+                                  "point weights: dequantize first")
 
 
 def _layers_of(keys: Mapping[str, tuple[tuple[int, ...], bool]]) -> dict[str, _Entry]:
@@ -111,9 +137,11 @@ class CheckpointSource:
         raise NotImplementedError
 
     def load(self, name: str) -> Layer:
-        """Read one layer: its weight and its mask."""
+        """Read one layer: its weight (float8 upcast to float32, a layer at a time) and its mask."""
         entry = self._entries[name]
         weight = self._tensor(entry.weight)
+        if weight.dtype in _FLOAT8:
+            weight = weight.float()
         stored = self._tensor(entry.mask) if entry.mask is not None else None
         mask = _mask_of(name, weight, stored, str(self.path))
         if stored is not None:  # the weight as the model uses it: zero where the stored mask is
@@ -132,6 +160,7 @@ class _MappingSource(CheckpointSource):
         if masks is not None:  # a topo checkpoint: its masks name the layers
             entries = {n: _Entry(n, f"{n}\0mask", tuple(m.shape)) for n, m in masks.items()}
         else:
+            _refuse_quantized({k: (tuple(v.shape), v.dtype) for k, v in self._tensors.items()}, str(path))
             keys = {k: (tuple(v.shape), v.is_floating_point()) for k, v in self._tensors.items()}
             entries = _layers_of(keys)
         super().__init__(path, description, entries)
@@ -153,7 +182,8 @@ class _SafetensorsSource(CheckpointSource):
         self._safe_open = safe_open
         self._files = dict(files)
         keys: dict[str, tuple[tuple[int, ...], bool]] = {}
-        for file in sorted(set(self._files.values())):
+        dtypes: dict[str, tuple[tuple[int, ...], str]] = {}
+        for file in sorted(set(self._files.values()), key=lambda f: natural_key(f.name)):
             if not file.exists():
                 raise CheckpointError(f"{path}: shard {file.name} is missing (looked for {file})")
             try:
@@ -163,6 +193,7 @@ class _SafetensorsSource(CheckpointSource):
                             continue
                         info = handle.get_slice(key)
                         keys[key] = (tuple(info.get_shape()), info.get_dtype() in _FLOAT_SAFETENSORS)
+                        dtypes[key] = (keys[key][0], info.get_dtype())
                         self._files[key] = file
             except (SafetensorError, OSError, ValueError) as exc:
                 raise CheckpointError(f"{file}: not a readable safetensors file ({exc})") from None
@@ -170,8 +201,11 @@ class _SafetensorsSource(CheckpointSource):
         if absent:
             raise CheckpointError(f"{path}: the index maps {absent[0]!r} (and {len(absent) - 1} more) to "
                                   f"{self._files[absent[0]].name}, which does not hold it")
+        _refuse_quantized(dtypes, str(path))
         shards = len(set(self._files.values()))
-        super().__init__(path, f"safetensors, {shards} file(s), {len(keys)} tensors", _layers_of(keys))
+        in_order = sorted(keys, key=lambda k: (natural_key(self._files[k].name), natural_key(k)))
+        super().__init__(path, f"safetensors, {shards} file(s), {len(keys)} tensors",
+                         _layers_of({k: keys[k] for k in in_order}))
 
     def _tensor(self, key: str) -> torch.Tensor:
         with self._safe_open(str(self._files[key]), framework="pt") as handle:
@@ -296,6 +330,11 @@ def open_checkpoint(path: str | os.PathLike, key: str | None = None) -> Checkpoi
         return _MappingSource(path, "topo checkpoint (stored masks)", state["model"], state["masks"])
     tensors, description = _find_weights(obj, key, str(path))
     return _MappingSource(path, description, tensors)
+
+
+def state_dict_source(state: Mapping[str, torch.Tensor], label: str = "model") -> CheckpointSource:
+    """The layers of a state dict in memory (a model's own ``state_dict()``), in its order."""
+    return _MappingSource(Path(label), f"state_dict of {label}", state)
 
 
 def _no_key(key: str | None, path: Path) -> None:

@@ -114,7 +114,8 @@ class LiveMetrics:
     def _log(self, epoch: int, table: pd.DataFrame, masks: Mapping[str, np.ndarray], stats: np.ndarray,
              metrics: Mapping[str, float]) -> None:
         for row in table.itertuples():
-            if np.isfinite(row.value):
+            duplicate = row.metric == "mask_density" and row.graph == row.layer  # logged with the layer's stats
+            if np.isfinite(row.value) and not duplicate:
                 self.writer.add_scalar(f"topo/{row.graph}/{row.metric}", row.value, epoch)
         columns = list(STAT_COLUMNS)
         for layer, values in zip(masks, stats, strict=True):

@@ -182,6 +182,7 @@ class Recorder:
                 "method": sparsifier.config(),
                 "config": dict(config or {}),
                 "layers": layers,
+                "family": sparsifier.family.to_json(),
                 "seed": sparsifier.seed,
                 "versions": {"topo": topo.__version__, "torch": torch.__version__, "numpy": np.__version__,
                              "python": platform.python_version()},

@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from topo.errors import CheckpointError
+from topo.families import Family
 
 FORMAT = "topo-run/1"
 #: The model's state when recording began (its initialisation, for rewound transplants).
@@ -157,6 +158,11 @@ class RunReader:
     def layers(self) -> dict[str, tuple[int, ...]]:
         """Layer name → weight shape, in recording order."""
         return {name: tuple(shape) for name, shape in self.meta["layers"]}
+
+    @property
+    def family(self) -> Family:
+        """What the run's weights mean (:mod:`topo.families`), as recorded; the generic family for older runs."""
+        return Family.from_json(self.meta.get("family"))
 
     @property
     def epochs(self) -> list[int]:

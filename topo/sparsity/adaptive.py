@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from topo.errors import ConfigError, TopoError
-from topo.sparsity.base import Sparsifier, change_topology, check_density, random_mask
+from topo.sparsity.base import Sparsifier, change_topology, check_density
 from topo.sparsity.masks import ParamFilter
 
 
@@ -257,8 +257,7 @@ class Adaptive(Sparsifier):
         super().__init__(model, optimizer, density=density, params=params, seed=seed, distribution=distribution,
                          dense_first_last=dense_first_last)
         self._layer_cfg = {n: replace(self.cfg, density=d) for n, d in self.layer_density.items()}
-        self._initialise_masks(
-            lambda name, w: random_mask(w.shape, self.layer_density[name], self.generator, w.device))
+        self._initialise_masks(self.random_initial_mask)
         self._pending = False
         self._stashed_grads: dict[str, torch.Tensor] | None = None
 

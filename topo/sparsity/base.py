@@ -30,8 +30,10 @@ import torch.distributed as dist
 from torch import nn
 
 from topo.errors import ConfigError
+from topo.families import Family, detect_model
 from topo.sparsity.distributions import layer_densities
 from topo.sparsity.masks import LayerCount, MaskedParams, ParamFilter
+from topo.sparsity.structure import parse_structure, random_nm_mask
 
 
 def check_density(density: float) -> float:
@@ -113,9 +115,16 @@ class Sparsifier:
     dense_first_last:
         Keep the first and the last sparsified layer dense (outside the budget), as the DST papers do.
 
+    structure:
+        ``"N:M"`` (e.g. ``"2:4"``) for methods that support it: every sparse layer's mask keeps at most N of every
+        M consecutive inputs of each output (:mod:`topo.sparsity.structure`); ``density`` must then be N/M and
+        the distribution uniform.
+
     Which layers are sparse is decided here, once, for every method: :attr:`sparse_layers`, the layers whose
     density (:attr:`layer_density`) is below 1. The others (``dense_first_last``, or layers a distribution made
-    dense) keep an all-True mask that no method ever changes.
+    dense) keep an all-True mask that no method ever changes. What each weight means (a ``Conv1D`` weight stored
+    (in, out), a fused q/k/v projection) is :attr:`family` (:func:`topo.families.detect_model`): ER/ERK read a
+    fused projection as its parts, and N:M groups run along each weight's true inputs.
     """
 
     method: ClassVar[str] = "base"
@@ -130,6 +139,7 @@ class Sparsifier:
         seed: int | None = None,
         distribution: str = "uniform",
         dense_first_last: bool = False,
+        structure: str | None = None,
     ) -> None:
         self.density = check_density(density)
         self.model = model
@@ -138,10 +148,15 @@ class Sparsifier:
         self.masked = MaskedParams(model, params)
         self.distribution = distribution
         self.dense_first_last = bool(dense_first_last)
+        self.family: Family = detect_model(model)
         names = self.masked.names
-        self.layer_density = layer_densities({n: tuple(p.shape) for n, p in self.masked.params.items()},
-                                             self.density, distribution,
+        shapes = {n: tuple(p.shape) for n, p in self.masked.params.items()}
+        fused = {n: len(self.family.role(n, s).parts) for n, s in shapes.items() if self.family.role(n, s).parts}
+        self.layer_density = layer_densities(shapes, self.density, distribution, parts=fused,
                                              dense={names[0], names[-1]} if dense_first_last else ())
+        self.structure = parse_structure(structure)
+        if self.structure is not None:
+            self._check_structure()
         device = next(iter(self.masked.params.values())).device
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(self.seed)
@@ -158,6 +173,33 @@ class Sparsifier:
     def sparse_layers(self) -> list[str]:
         """The layers a method sparsifies and may change: those at a density below 1, in model order."""
         return [name for name in self.masked.names if self.layer_density[name] < 1.0]
+
+    def oriented(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` (shaped like the weight ``name``) as (out, in): transposed for a weight stored (in, out)."""
+        return tensor.T if name in self.family.transposed else tensor
+
+    def _check_structure(self) -> None:
+        n, m = self.structure
+        if abs(self.density - n / m) > 1e-9 or self.distribution != "uniform":
+            raise ConfigError(f"{n}:{m} sparsity has density {n / m:g} in every sparse layer: pass density={n / m:g} "
+                              f"and the uniform distribution (got density={self.density:g}, "
+                              f"distribution={self.distribution!r})")
+        for name in self.sparse_layers:
+            shape = tuple(self.oriented(name, self.masked.params[name]).shape)
+            if len(shape) != 2:
+                raise ConfigError(f"{name}: N:M sparsity applies to 2-D weights (Linear, Conv1D), not {shape}; "
+                                  "leave it out with params=")
+            if shape[1] % m:
+                raise ConfigError(f"{name}: its {shape[1]} inputs do not divide into groups of {m} ({n}:{m} "
+                                  "sparsity); leave it out with params=")
+
+    def random_initial_mask(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+        """A uniformly random mask at the layer's density, N:M within every group when :attr:`structure` is set."""
+        if self.structure is None or name not in self.sparse_layers:
+            return random_mask(weight.shape, self.layer_density[name], self.generator, weight.device)
+        n, m = self.structure
+        shape = tuple(self.oriented(name, weight).shape)
+        return self.oriented(name, random_nm_mask(shape, n, m, self.generator, weight.device, name))
 
     @property
     def at_target(self) -> bool:
@@ -208,8 +250,11 @@ class Sparsifier:
 
     def config(self) -> dict[str, Any]:
         """The method's name and hyperparameters, JSON-serialisable (for ``run.json``)."""
-        return {"method": self.method, "density": self.density, "seed": self.seed,
-                "distribution": self.distribution, "dense_first_last": self.dense_first_last}
+        config = {"method": self.method, "density": self.density, "seed": self.seed,
+                  "distribution": self.distribution, "dense_first_last": self.dense_first_last}
+        if self.structure is not None:
+            config["structure"] = f"{self.structure[0]}:{self.structure[1]}"
+        return config
 
     def counts(self) -> dict[str, LayerCount]:
         """Active and total weights per sparsified layer."""

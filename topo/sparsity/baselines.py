@@ -16,6 +16,7 @@ from torch import nn
 from topo.errors import ConfigError, MaskError
 from topo.sparsity.base import Sparsifier, active_count, random_mask
 from topo.sparsity.masks import ParamFilter
+from topo.sparsity.structure import nm_top
 
 
 class Dense(Sparsifier):
@@ -45,7 +46,8 @@ class Dense(Sparsifier):
 
 
 class RandomFixed(Sparsifier):
-    """Random fixed sparse control: a uniformly random mask with round(α·n) active weights that never changes."""
+    """Random fixed sparse control: a uniformly random mask with n − ⌊(1 − α)·n⌋ active weights that never
+    changes (N:M within every group with ``structure``)."""
 
     method = "random-fixed"
 
@@ -59,11 +61,11 @@ class RandomFixed(Sparsifier):
         seed: int | None = None,
         distribution: str = "uniform",
         dense_first_last: bool = False,
+        structure: str | None = None,
     ) -> None:
         super().__init__(model, optimizer, density=density, params=params, seed=seed, distribution=distribution,
-                         dense_first_last=dense_first_last)
-        self._initialise_masks(
-            lambda name, w: random_mask(w.shape, self.layer_density[name], self.generator, w.device))
+                         dense_first_last=dense_first_last, structure=structure)
+        self._initialise_masks(self.random_initial_mask)
 
 
 class FixedMask(Sparsifier):
@@ -133,6 +135,9 @@ class MagnitudePruning(Sparsifier):
     training (fine-tuning) with the mask fixed. With one entry this is one-shot pruning to α; with several, the
     density falls geometrically, α^(i/m) after the i-th of m prunings (iterative pruning), reaching α at the last.
 
+    With ``structure="N:M"`` every pruning keeps the N' largest |w| of every group of M inputs, N' = round(M·d)
+    of the step's density d (the last step N:M exactly).
+
     ``scope="layer"`` keeps exactly :func:`~topo.sparsity.base.active_count` (α_i, n) weights in every sparse layer
     (the same budget as the other methods); ``scope="global"`` ranks the weights of all sparse layers together and
     keeps the same total (``distribution`` must then be ``"uniform"``: a global ranking sets the layer densities
@@ -156,13 +161,16 @@ class MagnitudePruning(Sparsifier):
         seed: int | None = None,
         distribution: str = "uniform",
         dense_first_last: bool = False,
+        structure: str | None = None,
     ) -> None:
         super().__init__(model, optimizer, density=density, params=params, seed=seed, distribution=distribution,
-                         dense_first_last=dense_first_last)
+                         dense_first_last=dense_first_last, structure=structure)
         if not prune_after or any((not isinstance(e, int)) or e < 0 for e in prune_after):
             raise ConfigError(f"prune_after must be a non-empty list of epoch indices >= 0, got {prune_after!r}")
         if scope not in ("layer", "global"):
             raise ConfigError(f"scope must be 'layer' or 'global', got {scope!r}")
+        if scope == "global" and structure is not None:
+            raise ConfigError("pruning: N:M structure keeps N of every group in each layer; use scope='layer'")
         if scope == "global" and distribution != "uniform":
             raise ConfigError(f"pruning: scope='global' ranks all layers together, which sets the layer densities "
                               f"itself; distribution={distribution!r} needs scope='layer'")
@@ -199,7 +207,12 @@ class MagnitudePruning(Sparsifier):
         weights = [self.masked.params[n].detach() for n in names]
         if not names:
             return
-        if self.scope == "layer":
+        if self.structure is not None:
+            n, m = self.structure
+            keep = min(m, max(n, round(m * density)))  # every step N':M, the last N:M
+            new_masks = [self.oriented(name, nm_top(self.oriented(name, w.abs()), keep, m, name))
+                         for name, w in zip(names, weights, strict=True)]
+        elif self.scope == "layer":
             step = math.log(density) / math.log(self.density) if self.density < 1 and density < 1 else 0.0
             keeps = [active_count(w.numel(), self.layer_density[n] ** step if step else density)
                      for n, w in zip(names, weights, strict=True)]

@@ -27,7 +27,8 @@ from topo.errors import ConfigError
 DISTRIBUTIONS = ("uniform", "er", "erk")
 
 
-def _raw(shape: Sequence[int], distribution: str) -> float:
+def _raw(shape: Sequence[int], distribution: str, parts: int = 1) -> float:
+    shape = (shape[0] // parts, *shape[1:]) if parts > 1 else shape
     if distribution == "uniform":
         return 1.0
     if distribution == "er":
@@ -42,8 +43,12 @@ def layer_densities(
     distribution: str = "erk",
     *,
     dense: Iterable[str] = (),
+    parts: Mapping[str, int] | None = None,
 ) -> dict[str, float]:
     """Layer name → density for a model (its default sparsified weights) or a mapping of names to shapes.
+
+    ``parts`` names fused weights (a q/k/v projection of 3 parts, say): ER and ERK read such a weight as its
+    parts, each of 1/k of its outputs, so it gets the density of one projection, not of a 3× larger layer.
 
     The active weights Σ :func:`~topo.sparsity.base.active_count` (dᵢ, nᵢ) equal the uniform budget round-off aside
     (within one weight per layer).
@@ -70,6 +75,7 @@ def layer_densities(
         raise ConfigError(f"dense layer(s) {sorted(unknown)} are not among the layers {list(shapes)[:8]}")
     if distribution == "uniform":
         return {n: 1.0 if n in forced else float(density) for n in shapes}
+    raw = {n: _raw(s, distribution, (parts or {}).get(n, 1)) for n, s in shapes.items()}
     made_dense: set[str] = set()
     zeros = {n: math.floor((1.0 - density) * math.prod(s)) for n, s in shapes.items()}
     epsilon = 1.0
@@ -78,11 +84,11 @@ def layer_densities(
         if not scaled:
             break
         budget = sum(math.prod(s) - zeros[n] for n, s in scaled.items()) - sum(zeros[n] for n in made_dense)
-        divisor = sum(_raw(s, distribution) * math.prod(s) for s in scaled.values())
+        divisor = sum(raw[n] * math.prod(s) for n, s in scaled.items())
         epsilon = budget / divisor
-        peak = max(_raw(s, distribution) for s in scaled.values())
+        peak = max(raw[n] for n in scaled)
         if peak * epsilon <= 1:
             break
-        made_dense |= {n for n, s in scaled.items() if _raw(s, distribution) == peak}
+        made_dense |= {n for n in scaled if raw[n] == peak}
     dense_now = forced | made_dense
-    return {n: 1.0 if n in dense_now else epsilon * _raw(s, distribution) for n, s in shapes.items()}
+    return {n: 1.0 if n in dense_now else epsilon * raw[n] for n in shapes}

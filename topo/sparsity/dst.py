@@ -32,8 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from topo.errors import ConfigError
-from topo.sparsity.base import Sparsifier, active_count, change_topology, check_density, random_mask
+from topo.sparsity.base import Sparsifier, active_count, change_topology, check_density
 from topo.sparsity.masks import ParamFilter
+from topo.sparsity.structure import grow_in_groups
 
 
 def smallest_active(weight: torch.Tensor, mask: torch.Tensor, count: int) -> torch.Tensor:
@@ -88,12 +89,11 @@ class _DropAndGrow(Sparsifier):
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, *, density: float,
                  params: Iterable[str] | ParamFilter | None, seed: int | None, distribution: str,
-                 dense_first_last: bool, reinit_when_same: bool) -> None:
+                 dense_first_last: bool, reinit_when_same: bool, structure: str | None) -> None:
         super().__init__(model, optimizer, density=density, params=params, seed=seed, distribution=distribution,
-                         dense_first_last=dense_first_last)
+                         dense_first_last=dense_first_last, structure=structure)
         self.reinit_when_same = bool(reinit_when_same)
-        self._initialise_masks(
-            lambda name, w: random_mask(w.shape, self.layer_density[name], self.generator, w.device))
+        self._initialise_masks(self.random_initial_mask)
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "reinit_when_same": self.reinit_when_same}
@@ -104,7 +104,8 @@ class _DropAndGrow(Sparsifier):
                       new_values: Callable[[str, torch.Tensor], torch.Tensor]) -> None:
         """In every sparse layer, drop the active positions ``drop(name, weight, mask)`` and grow as many where
         ``scores(name, allowed)`` is largest among the positions not kept (the just-dropped included); grown
-        weights take ``new_values(name, grown)`` (a tensor of the weight's shape, read where grown)."""
+        weights take ``new_values(name, grown)`` (a tensor of the weight's shape, read where grown). With N:M
+        :attr:`structure`, each group of M inputs grows as many as it lost, so every mask stays N:M."""
         for name in self.sparse_layers:
             weight, mask = self.masked.params[name], self.masked.masks[name]
             dropped = drop(name, weight, mask)
@@ -112,7 +113,14 @@ class _DropAndGrow(Sparsifier):
             if count == 0:
                 continue
             allowed = ~(mask & ~dropped)
-            grown = largest(scores(name, allowed), allowed, count)
+            if self.structure is not None:
+                m = self.structure[1]
+                lost = self.oriented(name, dropped)
+                counts = lost.reshape(lost.shape[0], -1, m).sum(-1)
+                grown = self.oriented(name, grow_in_groups(self.oriented(name, scores(name, allowed)),
+                                                           self.oriented(name, allowed), counts, m, name))
+            else:
+                grown = largest(scores(name, allowed), allowed, count)
             pruned, added = change_topology(weight.data, mask, dropped, grown, new_values(name, grown),
                                             reinit_when_same=self.reinit_when_same)
             self._record_change(name, pruned, added)
@@ -145,13 +153,14 @@ class SET(_DropAndGrow):
     init: regrown weights are ``"normal"`` N(0, ``init_scale``²), ``"uniform"`` in ±``init_scale``, or ``"zero"``.
     init_scale: the standard deviation (normal) or half-width (uniform) of regrown weights; 0.1 by default.
     reinit_when_same: give a position dropped and regrown at once a new value (see above).
+    structure: ``"N:M"``: every mask N:M, regrowth within each group of M inputs (:mod:`topo.sparsity.structure`).
     """
 
     method = "set"
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, density: float,
                  zeta: float = 0.3, every: int = 1, drop: str = "per-sign", init: str = "normal",
-                 init_scale: float = 0.1, reinit_when_same: bool = False,
+                 init_scale: float = 0.1, reinit_when_same: bool = False, structure: str | None = None,
                  params: Iterable[str] | ParamFilter | None = None, seed: int | None = None,
                  distribution: str = "uniform", dense_first_last: bool = False) -> None:
         check_density(density)
@@ -166,7 +175,7 @@ class SET(_DropAndGrow):
             raise ConfigError(f"init_scale must be a finite number >= 0, got {init_scale!r}")
         self.every, self.drop, self.init, self.init_scale = every, drop, init, float(init_scale)
         super().__init__(model, optimizer, density=density, params=params, seed=seed, distribution=distribution,
-                         dense_first_last=dense_first_last, reinit_when_same=reinit_when_same)
+                         dense_first_last=dense_first_last, reinit_when_same=reinit_when_same, structure=structure)
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "zeta": self.zeta, "every": self.every, "drop": self.drop, "init": self.init,
@@ -215,13 +224,15 @@ class RigL(_DropAndGrow):
     t_end: T_end, the step after which the masks stay fixed; by default 75 % of ``total_steps``.
     total_steps: the run's length in optimizer steps (needed when ``t_end`` is not given).
     reinit_when_same: give a position dropped and regrown at once a fresh zero value (google-research/rigl's flag).
+    structure: ``"N:M"``: every mask N:M; the drop is RigL's, growth picks the largest gradients within each group
+        of M inputs as many as the group lost (SRigL's constant fan-in).
     """
 
     method = "rigl"
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, density: float,
                  alpha_drop: float = 0.3, delta_t: int = 100, t_end: int | None = None,
-                 total_steps: int | None = None, reinit_when_same: bool = False,
+                 total_steps: int | None = None, reinit_when_same: bool = False, structure: str | None = None,
                  params: Iterable[str] | ParamFilter | None = None, seed: int | None = None,
                  distribution: str = "uniform", dense_first_last: bool = False) -> None:
         check_density(density)
@@ -237,7 +248,7 @@ class RigL(_DropAndGrow):
         self.delta_t, self.t_end = delta_t, t_end
         self._stashed: dict[str, torch.Tensor] | None = None
         super().__init__(model, optimizer, density=density, params=params, seed=seed, distribution=distribution,
-                         dense_first_last=dense_first_last, reinit_when_same=reinit_when_same)
+                         dense_first_last=dense_first_last, reinit_when_same=reinit_when_same, structure=structure)
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "alpha_drop": self.alpha_drop, "delta_t": self.delta_t, "t_end": self.t_end}

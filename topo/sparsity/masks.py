@@ -30,18 +30,24 @@ _RECURRENT_WEIGHT = re.compile(r"^weight_(ih|hh)(_l\d+)?(_reverse)?$")
 _SPARSIFIABLE_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Bilinear)
 _RECURRENT_MODULES = (nn.LSTM, nn.GRU, nn.RNN, nn.LSTMCell, nn.GRUCell, nn.RNNCell)
 
+_ATTENTION_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+
 ParamFilter = Callable[[str, nn.Parameter, nn.Module], bool]
 
 
 def default_filter(name: str, param: nn.Parameter, module: nn.Module) -> bool:
     """Whether ``param`` (called ``name`` inside ``module``) is sparsified by default.
 
-    The weights of Linear, Bilinear and Conv1d/2d/3d layers, and the input-to-hidden and hidden-to-hidden weights
-    (``weight_ih*``, ``weight_hh*``) of LSTM, GRU and RNN layers and cells. Biases and normalisation parameters
-    stay dense, as in the paper.
+    The weights of Linear, Bilinear and Conv1d/2d/3d layers, of Hugging Face's ``Conv1D`` (GPT-2's projections,
+    stored (in, out)), the input projections of ``nn.MultiheadAttention`` (``in_proj_weight``, or
+    ``q/k/v_proj_weight``; its ``out_proj`` is a Linear), and the input-to-hidden and hidden-to-hidden weights
+    (``weight_ih*``, ``weight_hh*``) of LSTM, GRU and RNN layers and cells. Biases, normalisation parameters and
+    embedding tables stay dense, as in the paper.
     """
-    if isinstance(module, _SPARSIFIABLE_MODULES):
+    if isinstance(module, _SPARSIFIABLE_MODULES) or (type(module).__name__ == "Conv1D" and hasattr(module, "nf")):
         return name == "weight"
+    if isinstance(module, nn.MultiheadAttention):
+        return name in _ATTENTION_WEIGHTS
     if isinstance(module, _RECURRENT_MODULES):
         return bool(_RECURRENT_WEIGHT.match(name))
     return False
@@ -85,7 +91,8 @@ def select_parameters(
         selected = {n: selected[n] for n in named if n in selected}
     if not selected:
         raise ConfigError(
-            f"{type(model).__name__} has no sparsifiable weights (Linear, Conv*, LSTM/GRU/RNN weights); "
+            f"{type(model).__name__} has no sparsifiable weights (Linear, Conv*, Conv1D, attention, LSTM/GRU/RNN "
+            "weights); "
             "pass `params=` to choose some"
         )
     return selected

@@ -1,0 +1,372 @@
+"""Transformers as people prune them: GPT-2's Conv1D orientation, fused q/k/v, heads, embeddings, model order,
+sparse training of their projections, N:M masks, convolution kernel graphs and number formats. Every model is built
+locally from a config (no downloads)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+
+import pandas as pd
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from topo.analyze import analyze_checkpoint, analyze_model
+from topo.errors import CheckpointError, ConfigError
+from topo.families import detect, natural_key
+from topo.graph import bipartite_graph, layer_graphs, summarize
+from topo.sparsity import make_sparsifier
+from topo.sparsity.structure import nm_pattern, to_semi_structured
+
+transformers = pytest.importorskip("transformers", reason="the test extra installs transformers")
+safetensors_torch = pytest.importorskip("safetensors.torch", reason="the test extra installs safetensors")
+warnings.filterwarnings("ignore", module="transformers")
+
+
+def tiny_gpt2(layers: int = 2):
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=layers, n_head=4,
+                                     bos_token_id=0, eos_token_id=0)
+    return transformers.GPT2LMHeadModel(config)
+
+
+def tiny_bert():
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64, max_position_embeddings=32, type_vocab_size=2)
+    return transformers.BertModel(config)
+
+
+def topo_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "topo.cli", "--quiet", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def hub_layer(model) -> None:
+    """Make h.0's c_fc a layer whose outputs 0–7 read every input and the others two inputs each."""
+    with torch.no_grad():
+        weight = model.transformer.h[0].mlp.c_fc.weight  # Conv1D: (in 32, out 128)
+        weight.zero_()
+        weight[:, :8] = 1.0
+        for out in range(8, 128):
+            weight[out % 32, out] = weight[(out + 1) % 32, out] = 1.0
+
+
+def test_gpt2_conv1d_weights_are_read_transposed_from_config_names_and_modules(tmp_path):
+    model = tiny_gpt2()
+    hub_layer(model)
+    model.save_pretrained(tmp_path / "gpt2")
+    linear = bipartite_graph(model.transformer.h[0].mlp.c_fc.weight.detach().T != 0)  # nn.Linear's (out, in)
+    expected = summarize(linear)
+    assert expected["fan_in_gini"] > expected["fan_out_gini"] + 0.3  # the hubs are outputs: fan-in concentrates
+    via_config = analyze_checkpoint(tmp_path / "gpt2", layers="*h.0.mlp.c_fc*", progress=False)
+    (tmp_path / "gpt2" / "config.json").unlink()
+    via_names = analyze_checkpoint(tmp_path / "gpt2", layers="*h.0.mlp.c_fc*", progress=False)
+    via_modules = analyze_model(model, layers="*h.0.mlp.c_fc*", progress=False)
+    for result, found_by in ((via_config, "config.json (gpt2)"), (via_names, "names"),
+                             (via_modules, "module classes")):
+        row = result.table.iloc[0]
+        assert row["fan_in_gini"] == pytest.approx(expected["fan_in_gini"])
+        assert row["fan_out_gini"] == pytest.approx(expected["fan_out_gini"])
+        assert row["shape"] == "128×32" and f"found by {found_by}" in result.reading
+
+
+def test_the_cli_says_which_layers_were_transposed(tmp_path):
+    tiny_gpt2().save_pretrained(tmp_path / "gpt2")
+    result = topo_cli("analyze", str(tmp_path / "gpt2"), "--csv", str(tmp_path / "t.csv"))
+    assert result.returncode == 0, result.stderr
+    assert "8 Conv1D weight(s) stored (in, out) read transposed" in result.stderr
+    assert "embedding table(s) left out: transformer.wpe.weight, transformer.wte.weight" in result.stderr
+
+
+def test_fused_projections_are_one_graph_per_projection_and_heads_split_further(tmp_path):
+    model = tiny_gpt2()
+    with torch.no_grad():  # mark q, k and v by their sparsity: q keeps 1 of 32 inputs, k 2, v all
+        weight = model.transformer.h[0].attn.c_attn.weight  # (in 32, out 96)
+        weight.zero_()
+        weight[0, :32] = 1.0
+        weight[:2, 32:64] = 1.0
+        weight[:, 64:] = 1.0
+    table = analyze_model(model, layers="*h.0.attn.c_attn*", progress=False).table.set_index("graph")
+    name = "transformer.h.0.attn.c_attn.weight"
+    assert list(table.index) == [f"{name}[q]", f"{name}[k]", f"{name}[v]"]
+    assert table["mask_density"].tolist() == pytest.approx([1 / 32, 2 / 32, 1.0])
+    assert (table["kind"] == "attention").all()
+    heads = analyze_model(model, layers="*h.0.attn.c_*", heads=True, progress=False).table
+    graphs = list(heads.graph)
+    assert graphs[:4] == [f"{name}[q.h{h}]" for h in range(4)] and f"{name}[v.h3]" in graphs
+    output = heads[heads.graph.str.contains("c_proj")]
+    assert list(output.graph) == [f"transformer.h.0.attn.c_proj.weight[o.h{h}]" for h in range(4)]
+    assert (output.n_nodes == 32 + 8).all()  # the output projection splits along its inputs: 8 per head
+
+
+def test_multihead_attention_in_proj_and_the_transformer_encoder_train_sparse():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(d_model=32, nhead=4, dim_feedforward=64, batch_first=True)
+    encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+    optimizer = torch.optim.Adam(encoder.parameters(), lr=1e-2)
+    sp = make_sparsifier("rigl", encoder, optimizer, density=0.3, delta_t=2, t_end=20, distribution="erk", seed=0)
+    assert "layers.0.self_attn.in_proj_weight" in sp.sparse_layers
+    assert "layers.0.self_attn.out_proj.weight" in sp.sparse_layers
+    # ERK reads the fused (96, 32) in_proj as three 32×32 projections: the density of a 32×32 layer
+    assert sp.layer_density["layers.0.self_attn.in_proj_weight"] == pytest.approx(
+        sp.layer_density["layers.0.self_attn.out_proj.weight"])
+    for _ in range(6):
+        loss = encoder(torch.randn(4, 5, 32)).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        sp.step()
+    weight = encoder.layers[0].self_attn.in_proj_weight.detach()
+    assert torch.count_nonzero(weight[~sp.masks["layers.0.self_attn.in_proj_weight"]]) == 0
+    graphs = layer_graphs({"self_attn.in_proj_weight": sp.masks["layers.0.self_attn.in_proj_weight"]},
+                          family=sp.family)
+    assert list(graphs) == [f"self_attn.in_proj_weight[{p}]" for p in "qkv"]
+
+
+@pytest.mark.parametrize("method", ["rigl", "set", "adaptive", "random-fixed", "pruning"])
+def test_every_sparse_method_sparsifies_gpt2_and_bert(method):
+    for model in (tiny_gpt2(), tiny_bert()):
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        extra = {"total_steps": 10} if method == "rigl" else {}
+        sp = make_sparsifier(method, model, optimizer, density=0.25, seed=0, **extra)
+        names = sp.sparse_layers
+        assert not any("wte" in n or "wpe" in n or "embeddings" in n for n in names)
+        if isinstance(model, transformers.GPT2LMHeadModel):
+            assert "transformer.h.0.attn.c_attn.weight" in names and "transformer.h.1.mlp.c_proj.weight" in names
+            assert sp.family.transposed >= {"transformer.h.0.attn.c_attn.weight"}
+        else:
+            assert "encoder.layer.0.attention.self.query.weight" in names
+
+
+def test_the_trainer_callback_trains_gpt2_sparse(tmp_path):
+    from topo.integrations.transformers import TopoTrainerCallback
+    from topo.record import RunReader
+
+    class Text(torch.utils.data.Dataset):
+        def __len__(self):
+            return 16
+
+        def __getitem__(self, i):
+            ids = torch.arange(i, i + 16) % 64
+            return {"input_ids": ids, "labels": ids}
+
+    topo = TopoTrainerCallback("set", density=0.3, record_dir=tmp_path / "run", seed=0)
+    args = transformers.TrainingArguments(output_dir=str(tmp_path / "hf"), num_train_epochs=2, report_to=[],
+                                          per_device_train_batch_size=8, use_cpu=True, disable_tqdm=True,
+                                          save_strategy="no")
+    transformers.Trainer(model=tiny_gpt2(), args=args, train_dataset=Text(), callbacks=[topo]).train()
+    reader = RunReader(tmp_path / "run")
+    assert "transformer.h.0.attn.c_attn.weight" in reader.layers
+    assert "transformer.h.0.attn.c_attn.weight" in reader.family.transposed
+    masks = reader.masks(1)
+    assert abs(masks["transformer.h.0.attn.c_attn.weight"].mean() - 0.3) < 0.01
+    graphs = {g for g in layer_graphs(masks, family=reader.family)}
+    assert "transformer.h.0.attn.c_attn.weight[q]" in graphs
+
+
+def test_gpt_neox_query_key_value_is_de_interleaved_per_head(tmp_path):
+    torch.manual_seed(0)
+    config = transformers.GPTNeoXConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                        intermediate_size=64, max_position_embeddings=32)
+    model = transformers.GPTNeoXForCausalLM(config)
+    name = "gpt_neox.layers.0.attention.query_key_value.weight"
+    with torch.no_grad():  # row r of the fused weight holds head r // 24, part (r // 8) % 3: mark the part
+        weight = dict(model.named_parameters())[name]
+        part = (torch.arange(96) // 8) % 3
+        weight.copy_((torch.arange(32)[None, :] <= part[:, None] * 10).float())
+    model.save_pretrained(tmp_path / "neox")
+    table = analyze_checkpoint(tmp_path / "neox", layers="*query_key_value*", progress=False).table
+    assert list(table.graph) == [f"{name}[{p}]" for p in "qkv"]
+    assert table.mask_density.tolist() == pytest.approx([1 / 32, 11 / 32, 21 / 32])
+    (tmp_path / "neox" / "config.json").unlink()  # without it the layout is unknown: one graph, said so
+    unknown = analyze_checkpoint(tmp_path / "neox", layers="*query_key_value*", progress=False)
+    assert list(unknown.table.graph) == [name] and "query_key_value left fused" in unknown.reading
+
+
+def test_gate_up_and_grouped_query_heads(tmp_path):
+    shapes = {"model.layers.0.mlp.gate_up_proj.weight": (128, 32), "model.layers.0.self_attn.q_proj.weight": (32, 32),
+              "model.layers.0.self_attn.k_proj.weight": (16, 32), "model.layers.0.self_attn.o_proj.weight": (32, 32)}
+    state = {n: torch.randn(s) for n, s in shapes.items()}
+    safetensors_torch.save_file(state, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "num_attention_heads": 4,
+                                                      "num_key_value_heads": 2, "tie_word_embeddings": False}))
+    table = analyze_checkpoint(tmp_path, heads=True, progress=False).table
+    graphs = list(table.graph)
+    assert "model.layers.0.mlp.gate_up_proj.weight[gate]" in graphs and "model.layers.0.mlp.gate_up_proj.weight[up]" \
+        in graphs
+    assert [g for g in graphs if "k_proj" in g] == [f"model.layers.0.self_attn.k_proj.weight[k.h{h}]" for h in (0, 1)]
+    assert len([g for g in graphs if "q_proj" in g]) == 4
+    up = table[table.graph.str.endswith("[up]")].iloc[0]
+    assert up.n_nodes == 64 + 32
+
+
+def test_embeddings_are_left_out_unless_asked(tmp_path):
+    tiny_bert().save_pretrained(tmp_path / "bert")
+    default = analyze_checkpoint(tmp_path / "bert", progress=False)
+    assert not default.table.layer.str.contains("embeddings").any()
+    assert "token_type_embeddings" in default.reading
+    asked = analyze_checkpoint(tmp_path / "bert", embeddings=True, progress=False).table
+    tables = asked[asked.kind == "embedding"]
+    assert set(tables.layer) == {f"embeddings.{t}.weight" for t in
+                                 ("word_embeddings", "position_embeddings", "token_type_embeddings")}
+    model = tiny_gpt2()
+    assert "lm_head.weight" not in set(analyze_model(model, progress=False).table.layer)  # tied to wte
+
+
+def test_layers_come_in_model_order(tmp_path):
+    model = tiny_gpt2(layers=12)
+    model.save_pretrained(tmp_path / "gpt2")
+    table = analyze_checkpoint(tmp_path / "gpt2", layers="*mlp.c_fc*", progress=False).table
+    assert [int(layer.split(".")[2]) for layer in table.layer] == list(range(12))
+    assert sorted(["h.10.a", "h.2.a", "h.1.b", "h.1.a"], key=natural_key) == ["h.1.a", "h.1.b", "h.2.a", "h.10.a"]
+    shards = {f"h.{i}.weight": torch.ones(2, 2) for i in range(12)}
+    safetensors_torch.save_file({k: v for k, v in shards.items() if int(k.split(".")[1]) >= 6},
+                                str(tmp_path / "model-00001-of-00002.safetensors"))
+    safetensors_torch.save_file({k: v for k, v in shards.items() if int(k.split(".")[1]) < 6},
+                                str(tmp_path / "model-00002-of-00002.safetensors"))
+    index = {"weight_map": {k: f"model-0000{1 if int(k.split('.')[1]) >= 6 else 2}-of-00002.safetensors"
+                            for k in shards}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    sharded = analyze_checkpoint(tmp_path / "model.safetensors.index.json", progress=False).table
+    assert [int(layer.split(".")[1]) for layer in sharded.layer] == [6, 7, 8, 9, 10, 11, 0, 1, 2, 3, 4, 5]
+
+
+# -- N:M --------------------------------------------------------------------------------------------------------
+def test_nm_pattern_by_hand():
+    two_four = torch.tensor([[1, 1, 0, 0, 0, 1, 0, 1], [0, 0, 1, 1, 1, 0, 1, 0]], dtype=torch.bool)
+    assert nm_pattern(two_four) == "2:4"
+    one_four = torch.zeros(4, 8, dtype=torch.bool)
+    one_four[:, [1, 6]] = True
+    assert nm_pattern(one_four) == "1:4"
+    four_eight = torch.zeros(2, 8, dtype=torch.bool)
+    four_eight[:, :4] = True  # 4 of 4 in the first group: not 4-structured, 4 of every 8
+    assert nm_pattern(four_eight) == "4:8"
+    torch.manual_seed(0)
+    assert nm_pattern(torch.rand(64, 64) < 0.1) is None  # unstructured, however sparse
+    assert nm_pattern(torch.ones(4, 8, dtype=torch.bool)) is None
+
+
+def test_analysis_reports_n_m_and_zero_fan_in_gini(tmp_path):
+    torch.manual_seed(0)
+    weight = torch.randn(16, 32)
+    keep = weight.abs().reshape(16, 8, 4).topk(2, dim=-1).indices
+    mask = torch.zeros(16, 8, 4, dtype=torch.bool).scatter_(-1, keep, True).reshape(16, 32)
+    torch.save({"fc.weight": weight * mask, "other.weight": torch.randn(8, 8)}, tmp_path / "nm.pt")
+    table = analyze_checkpoint(tmp_path / "nm.pt", progress=False).table.set_index("layer")
+    assert table.loc["fc.weight", "n_m"] == "2:4" and pd.isna(table.loc["other.weight", "n_m"])
+    assert table.loc["fc.weight", "fan_in_gini"] == 0.0  # every output reads N/M of its inputs
+
+
+@settings(max_examples=8, deadline=None)
+@given(method=st.sampled_from(["set", "rigl", "random-fixed"]), seed=st.integers(0, 1000))
+def test_nm_training_keeps_every_mask_n_m_after_every_update(method, seed):
+    model = tiny_gpt2()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    extra = {"delta_t": 1, "t_end": 100} if method == "rigl" else {}
+    sp = make_sparsifier(method, model, optimizer, density=0.5, structure="2:4", seed=seed, **extra)
+    ids = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(seed))
+    for epoch in range(3):
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        sp.step()
+        optimizer.zero_grad()
+        if method == "set":
+            sp.end_epoch(epoch)
+        for name in sp.sparse_layers:
+            assert nm_pattern(sp.oriented(name, sp.masks[name])) == "2:4", (name, epoch)
+    assert sp.pop_changes()["transformer.h.0.mlp.c_fc.weight"][0] > 0 or method == "random-fixed"
+
+
+def test_nm_groups_run_along_a_conv1d_weights_inputs():
+    model = tiny_gpt2()
+    sp = make_sparsifier("random-fixed", model, density=0.5, structure="2:4", seed=0)
+    stored = sp.masks["transformer.h.0.mlp.c_fc.weight"]  # (in 32, out 128)
+    assert nm_pattern(stored.T) == "2:4" and stored.reshape(8, 4, 128).sum(1).eq(2).all()
+
+
+def test_nm_magnitude_pruning_keeps_the_largest_of_every_group():
+    model = tiny_gpt2()
+    sp = make_sparsifier("pruning", model, density=0.5, structure="2:4", prune_after=[0], seed=0)
+    sp.end_epoch(0)
+    weight = sp.oriented("transformer.h.0.mlp.c_proj.weight", model.transformer.h[0].mlp.c_proj.weight.detach())
+    mask = sp.oriented("transformer.h.0.mlp.c_proj.weight", sp.masks["transformer.h.0.mlp.c_proj.weight"])
+    groups, kept = weight.abs().reshape(32, -1, 4), mask.reshape(32, -1, 4)
+    smallest_kept = torch.where(kept, groups, torch.inf).min(-1).values
+    largest_dropped = torch.where(~kept, groups, -torch.inf).max(-1).values
+    assert (smallest_kept >= largest_dropped).all() and nm_pattern(mask) == "2:4"
+
+
+def test_nm_bad_configurations_are_one_clear_error():
+    with pytest.raises(ConfigError, match="2:4 sparsity has density 0.5"):
+        make_sparsifier("set", tiny_gpt2(), density=0.3, structure="2:4")
+    with pytest.raises(ConfigError, match="inputs do not divide into groups of 8"):
+        make_sparsifier("set", nn.Sequential(nn.Linear(12, 4)), density=0.25, structure="2:8")
+    with pytest.raises(ConfigError, match="N:M"):
+        make_sparsifier("rigl", nn.Sequential(nn.Linear(8, 4)), density=0.5, structure="4:2", total_steps=4)
+
+
+def test_semi_structured_export_off_gpu_is_one_clear_error():
+    model = nn.Sequential(nn.Linear(64, 64))
+    sp = make_sparsifier("random-fixed", model, density=0.5, structure="2:4", seed=0)
+    assert nm_pattern(sp.masks["0.weight"]) == "2:4"
+    with pytest.raises(ConfigError, match="need a CUDA GPU"):
+        to_semi_structured(model)
+    with pytest.raises(ConfigError, match="no nn.Linear weight of the model is 2:4"):
+        to_semi_structured(nn.Sequential(nn.Linear(8, 8)))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_semi_structured_export_matches_the_dense_output_on_cuda():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 64)).cuda().half()
+    make_sparsifier("random-fixed", model, density=0.5, structure="2:4", seed=0)
+    x = torch.randn(64, 128, device="cuda", dtype=torch.half)
+    dense = model(x)
+    to_semi_structured(model)
+    assert torch.allclose(model(x), dense, rtol=1e-2, atol=1e-2)
+
+
+# -- convolutions and number formats ------------------------------------------------------------------------------
+def test_pruned_convolutions_get_the_kernel_view_where_channels_are_near_complete(tmp_path):
+    from topo.experiments.models import ResNet
+
+    model = ResNet(depth=20)
+    sp = make_sparsifier("pruning", model, density=0.4, prune_after=[0], seed=0)
+    sp.end_epoch(0)
+    torch.save(model.state_dict(), tmp_path / "resnet.pt")
+    auto = analyze_checkpoint(tmp_path / "resnet.pt", layers="blocks.8.conv*", progress=False).table
+    channel = analyze_checkpoint(tmp_path / "resnet.pt", layers="blocks.8.conv*", conv="channel",
+                                 progress=False).table
+    assert (channel.density > 0.9).all() and (channel.mask_density < 0.41).all()  # channels near complete
+    assert (auto.kind == "kernel").all() and auto.density.tolist() == pytest.approx(auto.mask_density.tolist())
+    assert (auto.n_nodes == 64 * 9 + 64).all()
+    result = topo_cli("analyze", str(tmp_path / "resnet.pt"), "--layers", "blocks.8.conv1*", "--json")
+    assert result.returncode == 0 and json.loads(result.stdout)[0]["kind"] == "kernel"
+
+
+def test_float8_weights_are_upcast_and_int8_is_one_line(tmp_path):
+    weight = torch.randn(16, 8)
+    weight[weight.abs() < 0.5] = 0
+    safetensors_torch.save_file({"fc.weight": weight.to(torch.float8_e4m3fn)}, str(tmp_path / "fp8.safetensors"))
+    table = analyze_checkpoint(tmp_path / "fp8.safetensors", progress=False).table
+    assert table.mask_density.item() == pytest.approx(float((weight != 0).float().mean()))
+    safetensors_torch.save_file({"fc.weight": weight.to(torch.int8)}, str(tmp_path / "int8.safetensors"))
+    with pytest.raises(CheckpointError, match=r"layer 'fc.weight' is stored as I8 \(quantized\).*dequantize first"):
+        analyze_checkpoint(tmp_path / "int8.safetensors", progress=False)
+    result = topo_cli("analyze", str(tmp_path / "int8.safetensors"), "--csv", str(tmp_path / "out.csv"))
+    assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+    assert "dequantize first" in result.stderr and not (tmp_path / "out.csv").exists()
+
+
+def test_family_detection_by_names_without_config():
+    shapes = {"h.0.attn.c_attn.weight": (32, 96), "h.0.attn.c_proj.weight": (32, 32), "h.0.mlp.c_fc.weight": (32, 128)}
+    assert detect(shapes).transposed == frozenset(shapes)
+    bigcode = {"h.0.attn.c_attn.weight": (96, 32), "h.0.mlp.c_fc.weight": (128, 32)}  # Linear layout: not Conv1D
+    assert detect(bigcode).transposed == frozenset()
