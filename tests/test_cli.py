@@ -335,6 +335,39 @@ def test_compare_runs_by_nnstd(tmp_path):
     assert bad.returncode == 1 and "--epoch 7" in bad.stderr
 
 
+def test_compare_two_checkpoints_prints_nnstd_beside_its_random_baseline(tmp_path):
+    torch.manual_seed(0)
+    for name in ("a", "b"):
+        model = mlp((64,), n_in=100)
+        with torch.no_grad():
+            for layer in (model[0], model[2]):
+                layer.weight.mul_(torch.rand_like(layer.weight) < 0.1)
+        torch.save(model.state_dict(), tmp_path / f"{name}.pt")
+    result = topo("compare", str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--random-samples", "5", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)["layers"]
+    assert [row["layer"] for row in rows] == ["0.weight", "2.weight"]
+    for row in rows:  # two independent random masks: at their random baseline
+        assert abs(row["nnstd"] - row["nnstd_random"]) < 0.05 and row["nnstd_random_std"] > 0
+    text = topo("compare", str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "--random-samples", "3")
+    assert "nnstd_random" in text.stdout
+
+
+def test_analyze_a_checkpoint_against_a_null_model(tmp_path):
+    torch.manual_seed(0)
+    model = mlp((32,))
+    with torch.no_grad():
+        model[0].weight.mul_(torch.rand_like(model[0].weight) < 0.2)
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    result = topo("analyze", str(tmp_path / "m.pt"), "--null", "degree", "--null-samples", "5", "--json")
+    assert result.returncode == 0, result.stderr
+    first = json.loads(result.stdout)[0]
+    assert {"spectral_gap_z", "ramanujan_gap_null_mean", "weighted_spectral_gap"} <= set(first)
+    assert "fan_in_gini_z" not in first  # the degree null keeps every fan-in: no z-score
+    bad = topo("analyze", str(tmp_path / "m.pt"), "--null", "er", "--null-samples", "1")
+    assert bad.returncode == 1 and "--null-samples must be >= 2" in bad.stderr
+
+
 def test_analyze_run_reports_turnover_and_exploration(recorded_run, tmp_path):
     result = topo("analyze", str(recorded_run), "--csv", str(tmp_path / "m.csv"))
     assert result.returncode == 0, result.stderr

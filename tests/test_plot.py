@@ -120,3 +120,19 @@ def test_figure5_of_runs_adds_turnover_and_exploration_and_the_degree_figure(tmp
     assert (degrees.groupby(["epoch", "layer", "side"])["count"].sum().loc[(3, "0.weight", "in")] == 16)
     plot.save(plot.degree_figure(degrees), tmp_path / "degrees.png")
     assert not_blank(tmp_path / "degrees.png")
+
+
+def test_figure5_draws_the_null_band_behind_each_line_clipped_to_the_metrics_range():
+    from topo.graph import metrics_table
+
+    rng = np.random.default_rng(0)
+    snapshots = [(epoch, {"fc.weight": rng.random((20, 30)) < 0.1}) for epoch in range(4)]
+    table = metrics_table(snapshots, null="er", null_samples=5, progress=False)
+    fig = plot.figure5(table)
+    bands = [c for ax in fig.axes for c in ax.collections if c.get_label() == "_null"]
+    assert len(bands) == 4  # one per panel: λ2, fan-in Gini, Robins–Alexander clustering, mean path
+    connectivity = next(c for c in fig.axes[0].collections if c.get_label() == "_null")
+    lowest = min(path.vertices[:, 1].min() for path in connectivity.get_paths())
+    assert lowest >= 0.0  # λ2 ≥ 0: the band never goes below
+    plain = plot.figure5(metrics_frame())
+    assert not [c for ax in plain.axes for c in ax.collections if c.get_label() == "_null"]  # no null rows, no band

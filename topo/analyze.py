@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import zlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,17 +28,22 @@ from tqdm.auto import tqdm
 from topo.errors import CheckpointError, ConfigError
 from topo.executors import Job, RayOptions, run_jobs
 from topo.families import Family, detect, detect_model, oriented, read_config
-from topo.graph import Graph, layer_graphs, metrics_table, recurrent_gates, summarize
+from topo.graph import Graph, metrics_table, recurrent_gates, summarize
 from topo.graph.backbone import BackboneSpec, GlobalMagnitude, disparity_backbone, magnitude_backbone, parse_backbone
-from topo.graph.build import CONV_VIEWS
+from topo.graph.build import CONV_VIEWS, graph_sources
 from topo.graph.compare import run_topology
-from topo.record import RunReader
+from topo.graph.metrics import null_rows
+from topo.graph.null import NULLS
+from topo.graph.singular import weighted_spectral_gap
+from topo.record import RunReader, read_checkpoint
 from topo.record.formats import CheckpointSource, open_checkpoint, state_dict_source
 from topo.record.live import METRICS_FILE, read_metrics, reusable_rows
 from topo.record.store import write_csv
 from topo.sparsity.structure import nm_pattern
 
 EXACT_PATH_LIMIT = 16384
+#: Graph kinds whose block is the biadjacency of the weights, where the weighted spectral gap applies.
+WEIGHTED_KINDS = ("bipartite", "attention", "embedding", "kernel", "recurrent-input")
 DEFAULT_PATH_SOURCES = 1024
 
 
@@ -111,6 +118,8 @@ def analyze_checkpoint(
     embeddings: bool = False,
     conv: str = "auto",
     num_heads: int | None = None,
+    null: str | None = None,
+    null_samples: int = 20,
 ) -> CheckpointAnalysis:
     """Summarise every graph of every layer of the checkpoint at ``path`` (see the module docstring).
 
@@ -130,12 +139,17 @@ def analyze_checkpoint(
     embeddings: analyse embedding tables too (left out by default).
     conv: convolutions as ``"channel"`` or ``"kernel"`` graphs, or ``"auto"`` (:func:`topo.graph.conv_view`).
     num_heads: the number of attention heads, where no ``config.json`` says it.
+    null, null_samples: measure every graph against ``null_samples`` graphs of a null model (``er``, ``degree``,
+        ``nm``; :mod:`topo.graph.null`): ``<metric>_null_mean``, ``_null_std`` and ``_z`` columns.
+
+    Bipartite graphs (layers, projections, kernels) also get the weighted spectral gap of their active weights'
+    magnitudes (:func:`topo.graph.singular.weighted_spectral_gap`).
     """
     source = open_checkpoint(path, key)
     family = detect({n: source.shape(n) for n in source.names}, read_config(path), heads=num_heads)
     return _analyze_source(source, family, layers=layers, backbone=backbone, global_backbone=global_backbone,
                            path_sources=path_sources, small_world=small_world, device=device, progress=progress,
-                           heads=heads, embeddings=embeddings, conv=conv)
+                           heads=heads, embeddings=embeddings, conv=conv, null=null, null_samples=null_samples)
 
 
 def analyze_model(model: torch.nn.Module, **options) -> CheckpointAnalysis:
@@ -160,8 +174,12 @@ def _analyze_source(
     heads: bool = False,
     embeddings: bool = False,
     conv: str = "auto",
+    null: str | None = None,
+    null_samples: int = 20,
 ) -> CheckpointAnalysis:
     spec = parse_backbone(backbone) if isinstance(backbone, str) else backbone
+    if null is not None and null not in NULLS:
+        raise ConfigError(f"--null must be one of {', '.join(NULLS)}, got {null!r}")
     if global_backbone and (spec is None or spec.kind != "magnitude"):
         raise ConfigError("--global applies to the magnitude backbone (--backbone magnitude:F)")
     if path_sources is not None and path_sources < 1:
@@ -192,24 +210,30 @@ def _analyze_source(
             mask = disparity_backbone(weight, spec.value)
         else:
             mask = layer.mask
-        del layer, weight  # only the mask is needed from here on
+        del layer  # the mask and the weight are needed from here on, nothing else
         dense = dense and bool(mask.all())
         role = family.role(name, tuple(mask.shape))
         shape = "×".join(map(str, oriented(mask, role).shape))
         pattern = nm_pattern(oriented(mask, role)) if mask.ndim == 2 else None
         on_device = mask.to(device) if device is not None else mask
-        for graph_name, graph in layer_graphs({name: on_device}, gates, family=family, heads=heads,
-                                              conv=conv).items():
+        for graph_name, graph_source in graph_sources({name: on_device}, gates, family=family, heads=heads,
+                                                      conv=conv, weights={name: weight}).items():
+            graph = graph_source.build(graph_source.block)
             sources = path_sources if path_sources else (
                 DEFAULT_PATH_SOURCES if graph.n_nodes > EXACT_PATH_LIMIT else None)
             summary = summarize(graph, "auto", small_world_graphs=small_world, path_sources=sources)
+            if graph.kind in WEIGHTED_KINDS:
+                summary["weighted_spectral_gap"] = weighted_spectral_gap(graph_source.weights, graph_source.block)
+            if null is not None:
+                summary.update(null_rows(graph_source.block, graph_source.build, summary, null, null_samples,
+                                         zlib.crc32(graph_name.encode()), device))
             record = {"layer": name, "graph": graph_name, "kind": graph.kind, "shape": shape,
                       "mask_density": summary.pop("mask_density")}
             if pattern is not None:
                 record["n_m"] = pattern
             records.append({**record, **summary})
             degrees[graph_name] = _degrees(graph)
-        del mask, on_device
+        del mask, on_device, weight
     table = pd.DataFrame(records)
     return CheckpointAnalysis(table, records, source.description, dense, degrees,
                               describe_reading(family, names, left_out))
@@ -230,12 +254,15 @@ def analyze_run(
     save: bool = True,
     heads: bool = False,
     conv: str = "auto",
+    null: str | None = None,
+    null_samples: int = 20,
 ) -> pd.DataFrame:
     """Tidy graph metrics of every snapshot of the run directory at ``path``, with turnover and exploration.
 
     The run's weights are read as its model meant them (the family ``run.json`` records: Conv1D orientation,
     fused projections); ``heads`` splits attention projections per head and ``conv`` picks the convolution view
-    (:func:`topo.graph.layer_graphs`).
+    (:func:`topo.graph.layer_graphs`); ``null`` adds null-model baselines (:func:`topo.graph.metrics_table`). The
+    weighted spectral gap is added for every epoch whose weights the run holds (:func:`weighted_gaps`).
 
     Columns run, epoch, layer, graph, metric, value. ``layers`` is a glob over layer names; ``device`` analyses
     the whole run in batches there (:mod:`topo.graph.batched`); with ``save`` the table is also merged
@@ -249,12 +276,14 @@ def analyze_run(
         raise CheckpointError(f"{path}: run directory has no snapshots yet")
     selected = _select(list(reader.layers), layers, path)
     cached = reusable_rows(read_metrics(path), reader.epochs, selected) \
-        if not small_world and not heads and conv == "auto" else None
+        if not small_world and not heads and conv == "auto" and null is None else None
     done = set() if cached is None else set(cached.epoch)
     timeline = ((e, {n: m for n, m in masks.items() if n in selected}) for e, masks in reader.iter_masks()
                 if e not in done)
     table = metrics_table(timeline, run=reader.name, small_world_graphs=small_world, device=device,
-                          progress=progress, family=reader.family, heads=heads, conv=conv)
+                          progress=progress, family=reader.family, heads=heads, conv=conv, null=null,
+                          null_samples=null_samples)
+    table = pd.concat([table, weighted_gaps(reader, selected, heads=heads, conv=conv)], ignore_index=True)
     if done:
         table = pd.concat([cached.assign(run=reader.name), table], ignore_index=True)
         table = table.sort_values("epoch", kind="stable", ignore_index=True)
@@ -269,6 +298,43 @@ def analyze_run(
     return table
 
 
+def run_weights(reader: RunReader) -> dict[int, dict[str, Any]]:
+    """Epoch → layer weights, for every epoch whose weights a run holds: its snapshots' (recorded with
+    ``keep_weights``, float16) and its checkpoint's (the model at the checkpoint's epoch)."""
+    found: dict[int, dict[str, Any]] = {}
+    for epoch in reader.epochs:
+        try:
+            found[epoch] = reader.weights(epoch)
+        except CheckpointError:
+            break
+    checkpoint = reader.path / "checkpoint.pt"
+    if checkpoint.exists():
+        state = read_checkpoint(checkpoint)
+        epoch = int(state["epoch"])
+        if epoch not in found and epoch in reader.epochs:
+            model = state["model"]
+            found[epoch] = {name: model[name] for name in reader.layers if name in model}
+    return found
+
+
+def weighted_gaps(reader: RunReader, layers: list[str], *, heads: bool = False, conv: str = "auto") -> pd.DataFrame:
+    """Tidy rows of the weighted spectral gap (:func:`topo.graph.singular.weighted_spectral_gap`) of every bipartite
+    graph of ``layers``, at every epoch whose weights the run holds (:func:`run_weights`)."""
+    rows = []
+    for epoch, weights in sorted(run_weights(reader).items()):
+        masks = reader.masks(epoch)
+        chosen = {n: masks[n] for n in layers if n in weights}
+        gates = recurrent_gates({n: tuple(np.shape(m)) for n, m in masks.items()})
+        for graph_name, source in graph_sources(chosen, gates, family=reader.family, heads=heads, conv=conv,
+                                                weights={n: weights[n] for n in chosen}).items():
+            kind = source.build(source.block).kind
+            if kind in WEIGHTED_KINDS:
+                layer = next(n for n in chosen if graph_name == n or graph_name.startswith(f"{n}["))
+                rows.append((reader.name, epoch, layer, graph_name, "weighted_spectral_gap",
+                             weighted_spectral_gap(source.weights, source.block)))
+    return pd.DataFrame(rows, columns=["run", "epoch", "layer", "graph", "metric", "value"])
+
+
 def analyze_runs(
     paths: list[str | os.PathLike],
     *,
@@ -281,6 +347,8 @@ def analyze_runs(
     save: bool = True,
     heads: bool = False,
     conv: str = "auto",
+    null: str | None = None,
+    null_samples: int = 20,
 ) -> pd.DataFrame:
     """:func:`analyze_run` over many run directories, one job each (``executor="ray"``: in parallel), as one
     tidy table in the order of ``paths``. Every path is checked to be a run directory before any work starts."""
@@ -294,13 +362,15 @@ def analyze_runs(
                           "tell them apart")
     here = progress and executor == "local"
     jobs = [Job(name, _analyze_job, (str(path), layers, small_world, None if device is None else str(device),
-                                     here, save, heads, conv)) for name, path in zip(names, paths, strict=True)]
+                                     here, save, heads, conv, null, null_samples))
+            for name, path in zip(names, paths, strict=True)]
     tables = run_jobs(jobs, executor, ray_options, progress=progress,
                       headline=lambda table: f"{table['epoch'].nunique()} epochs")
     return pd.concat(tables, ignore_index=True)
 
 
 def _analyze_job(path: str, layers: str | None, small_world: int, device: str | None, progress: bool,
-                 save: bool, heads: bool = False, conv: str = "auto") -> pd.DataFrame:
+                 save: bool, heads: bool = False, conv: str = "auto", null: str | None = None,
+                 null_samples: int = 20) -> pd.DataFrame:
     return analyze_run(path, layers=layers, small_world=small_world, device=device, progress=progress, save=save,
-                       heads=heads, conv=conv)
+                       heads=heads, conv=conv, null=null, null_samples=null_samples)

@@ -14,6 +14,7 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from topo.errors import ConfigError, TopoError
@@ -74,6 +75,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     paths = [Path(p) for p in args.path]
     check_output(args.csv, "--csv")
     check_output(args.plot, "--plot")
+    if args.null_samples < 2:
+        raise ConfigError(f"--null-samples must be >= 2 (a null needs a spread), got {args.null_samples}")
     if len(paths) == 1 and not is_run_directory(paths[0]):
         if args.executor != "local":
             raise ConfigError("--executor ray analyses run directories; a checkpoint is analysed here")
@@ -86,6 +89,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         raise ConfigError("several runs: --csv FILE names the table they go into")
     table = analyze_runs(paths, executor=args.executor, ray_options=options, layers=args.layers,
                          small_world=args.small_world, device=device, heads=args.heads, conv=args.conv,
+                         null=args.null, null_samples=args.null_samples,
                          progress=not args.quiet and not to_stdout and not args.json)
     if out is not None and not (single and out == paths[0] / "graph_metrics.csv"):
         write_csv(out, table)
@@ -118,7 +122,7 @@ def _analyze_checkpoint(args: argparse.Namespace, path: Path, device, to_stdout:
                                 global_backbone=args.global_backbone, path_sources=args.path_sources,
                                 small_world=args.small_world, device=device, progress=not args.quiet,
                                 heads=args.heads, embeddings=args.embeddings, conv=args.conv,
-                                num_heads=args.num_heads)
+                                num_heads=args.num_heads, null=args.null, null_samples=args.null_samples)
     print(f"topo: {path}: {result.source}" + (f"; {result.reading}" if result.reading else ""), file=sys.stderr)
     if result.dense:
         print(f"topo: note: every analysed layer of {path} is dense, so its graphs are complete and their metrics "
@@ -143,29 +147,53 @@ def _analyze_checkpoint(args: argparse.Namespace, path: Path, device, to_stdout:
     return 0
 
 
+def _compared_masks(path: str, epoch: int | None, key: str | None) -> tuple[dict, str]:
+    """Layer name → (out, in)-oriented mask of a run (at ``epoch``, default its last) or a checkpoint."""
+    from topo.analyze import is_run_directory
+    from topo.families import detect, oriented, read_config
+    from topo.record import RunReader
+    from topo.record.formats import open_checkpoint
+
+    if is_run_directory(path):
+        reader = RunReader(path)
+        if not reader.epochs:
+            raise TopoError(f"{path}: run directory has no snapshots yet")
+        chosen = reader.epochs[-1] if epoch is None else epoch
+        if chosen not in reader.epochs:
+            raise ConfigError(f"--epoch {chosen}: {path} has epochs {reader.epochs}")
+        masks, family, where = reader.masks(chosen), reader.family, f"epoch {chosen}"
+    else:
+        source = open_checkpoint(path, key)
+        masks = {layer.name: layer.mask for layer in source}
+        family, where = detect({n: tuple(m.shape) for n, m in masks.items()}, read_config(path)), "checkpoint"
+    return {n: oriented(m, family.role(n, tuple(np.shape(m)))) for n, m in masks.items() if np.ndim(m) >= 2}, where
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     import json
 
-    from topo.graph.compare import nnstd
-    from topo.record import RunReader
+    from topo.graph.compare import nnstd, nnstd_random
 
-    runs = [RunReader(args.run_a), RunReader(args.run_b)]
-    if list(runs[0].layers.items()) != list(runs[1].layers.items()):
-        raise ConfigError(f"{args.run_a} and {args.run_b} have different layers: runs of one architecture only")
-    common = sorted(set(runs[0].epochs) & set(runs[1].epochs))
-    if not common:
-        raise TopoError(f"{args.run_a} and {args.run_b} have no recorded epoch in common")
-    epoch = common[-1] if args.epoch is None else args.epoch
-    if epoch not in common:
-        raise ConfigError(f"--epoch {epoch}: recorded in both runs are {common}")
-    masks = [r.masks(epoch) for r in runs]
-    names = [n for n, shape in runs[0].layers.items() if len(shape) >= 2]
-    distances = nnstd([masks[0][n] for n in names], [masks[1][n] for n in names])
-    table = pd.DataFrame({"layer": names, "nnstd": distances})
+    if args.random_samples < 2:
+        raise ConfigError(f"--random-samples must be >= 2, got {args.random_samples}")
+    (a, where_a), (b, where_b) = (_compared_masks(p, args.epoch, args.key) for p in (args.run_a, args.run_b))
+    names = [n for n in a if n in b]
+    if not names:
+        raise ConfigError(f"{args.run_a} and {args.run_b} have no layer name in common")
+    different = [n for n in names if tuple(np.shape(a[n])) != tuple(np.shape(b[n]))]
+    if different:
+        raise ConfigError(f"layer {different[0]} is {tuple(np.shape(a[different[0]]))} in {args.run_a} but "
+                          f"{tuple(np.shape(b[different[0]]))} in {args.run_b}")
+    first, second = [a[n] for n in names], [b[n] for n in names]
+    mean, std = nnstd_random(first, second, args.random_samples)
+    table = pd.DataFrame({"layer": names, "nnstd": nnstd(first, second), "nnstd_random": mean,
+                          "nnstd_random_std": std})
     if args.json:
-        print(json.dumps({"epoch": epoch, "layers": table.to_dict(orient="records")}))
+        print(json.dumps({"a": where_a, "b": where_b, "layers": table.to_dict(orient="records")}))
     else:
-        print(f"NNSTD topology distance at epoch {epoch} (0: same topology up to neuron permutation, 1: disjoint)")
+        print(f"NNSTD topology distance ({where_a} of {args.run_a} and {where_b} of {args.run_b}; 0: the same "
+              "topology up to neuron permutation, 1: disjoint; nnstd_random: independent random masks of the same "
+              f"counts, mean of {args.random_samples})")
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return 0
 
@@ -360,6 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "--num-heads)")
     p.add_argument("--num-heads", type=int, metavar="H", help="attention heads, where no config.json says it")
     p.add_argument("--embeddings", action="store_true", help="analyse embedding tables too (left out by default)")
+    p.add_argument("--null", choices=["er", "degree", "nm"],
+                   help="measure every graph against random graphs of a null model: er (same shape and count), "
+                        "degree (same fan-in and fan-out, curveball), nm (random N:M); adds <metric>_null_mean, "
+                        "_null_std and _z")
+    p.add_argument("--null-samples", type=int, default=20, metavar="K", help="null graphs per graph (default 20)")
     p.add_argument("--conv", choices=["auto", "channel", "kernel"], default="auto",
                    help="convolutions as channel graphs, kernel graphs ((in channel, tap) → out channel), or auto: "
                         "the kernel view where the channel graph would be nearly complete")
@@ -372,12 +405,17 @@ def build_parser() -> argparse.ArgumentParser:
     _executor_options(p, "runs")
     p.set_defaults(func=cmd_analyze)
 
-    p = sub.add_parser("compare", help="topology distance (NNSTD) between two runs",
-                       description="Per layer, the NNSTD distance of two runs' masks (Liu et al. 2020): 0 for the "
-                                   "same topology up to a permutation of neurons, 1 for disjoint ones.")
-    p.add_argument("run_a", help="run directory")
-    p.add_argument("run_b", help="run directory of the same architecture")
-    p.add_argument("--epoch", type=int, help="snapshot to compare (default: the last recorded in both)")
+    p = sub.add_parser("compare", help="topology distance (NNSTD) between two runs or checkpoints",
+                       description="Per layer (matched by name), the NNSTD distance of two runs' or checkpoints' "
+                                   "masks (Liu et al. 2020): 0 for the same topology up to a permutation of neurons, "
+                                   "1 for disjoint ones; beside it the distance of independent random masks of the "
+                                   "same counts.")
+    p.add_argument("run_a", help="run directory or checkpoint (anything topo analyze reads)")
+    p.add_argument("run_b", help="run directory or checkpoint with layers of the same names and shapes")
+    p.add_argument("--epoch", type=int, help="snapshot of run directories to compare (default: each one's last)")
+    p.add_argument("--key", help="checkpoints: path of the weights inside the file")
+    p.add_argument("--random-samples", type=int, default=20, metavar="K",
+                   help="random mask pairs for the nnstd_random baseline (default 20)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_compare)
 

@@ -63,7 +63,9 @@ def figure5(metrics: pd.DataFrame, hue: str = "graph") -> plt.Figure:
     Turnover and exploration (run directories) add two panels.
 
     ``metrics`` is :func:`topo.graph.metrics_table` output (run, epoch, layer, graph, metric, value). Several runs
-    (seeds) with the same ``hue`` values are drawn as their mean with a ±1 std band.
+    (seeds) with the same ``hue`` values are drawn as their mean with a ±1 std band. Where the table holds a null
+    model's baseline (``<metric>_null_mean`` and ``_null_std`` rows, ``metrics_table(..., null=...)``), the null
+    mean ± 2 std is drawn as a band of the line's colour behind it.
     """
     _require(metrics, ["epoch", "metric", "value", hue], "figure5")
     panels = dict(FIGURE5_PANELS)
@@ -72,14 +74,39 @@ def figure5(metrics: pd.DataFrame, hue: str = "graph") -> plt.Figure:
     fig, axes = plt.subplots(2, columns, figsize=(5 * columns, 7), sharex=True, squeeze=False)
     for ax in list(axes.T.flat)[len(panels):]:
         ax.set_axis_off()
+    hues = list(dict.fromkeys(metrics[hue]))
+    palette = dict(zip(hues, sns.color_palette(n_colors=len(hues)), strict=True))
     for ax, (title, names) in zip(axes.T.flat, panels.items(), strict=False):
+        for name in names:
+            null_band(ax, metrics, name, hue, palette)
         sns.lineplot(data=metrics[metrics["metric"].isin(names)], x="epoch", y="value", hue=hue, errorbar="sd",
-                     ax=ax, legend=ax is axes.flat[0])
+                     ax=ax, legend=ax is axes.flat[0], palette=palette)
         ax.set_title(title)
         ax.set_ylabel("")
     fig.suptitle("Graph metrics of the learned masks over training (cf. Figure 5)")
     fig.tight_layout()
     return fig
+
+
+#: The values each metric can take: bands are clipped to them.
+METRIC_RANGES = {"algebraic_connectivity": (0.0, None), "degree_gini": (0.0, 1.0), "fan_in_gini": (0.0, 1.0),
+                 "fan_out_gini": (0.0, 1.0), "global_clustering": (0.0, 1.0), "bipartite_clustering": (0.0, 1.0),
+                 "mean_shortest_path": (1.0, None), "turnover": (0.0, 1.0), "exploration": (0.0, 1.0),
+                 "spectral_gap": (0.0, None)}
+
+
+def null_band(ax: plt.Axes, metrics: pd.DataFrame, metric: str, hue: str, palette: dict) -> None:
+    """Draw the null model's mean ± 2 std of ``metric`` per ``hue`` value behind the lines, where the table has it
+    (averaged over the runs that share a ``hue`` value), clipped to the values the metric can take."""
+    rows = metrics[metrics["metric"].isin([f"{metric}_null_mean", f"{metric}_null_std"])]
+    if rows.empty:
+        return
+    wide = rows.pivot_table(index=[hue, "epoch"], columns="metric", values="value").reset_index()
+    for value, band in wide.groupby(hue, sort=False):
+        mean, std = band[f"{metric}_null_mean"], band.get(f"{metric}_null_std", 0.0)
+        low, high = METRIC_RANGES.get(metric, (None, None))
+        ax.fill_between(band["epoch"], (mean - 2 * std).clip(lower=low), (mean + 2 * std).clip(upper=high),
+                        color=palette.get(value, "grey"), alpha=0.15, linewidth=0, label="_null")
 
 
 def figure4(stats: pd.DataFrame, layer: str | None = None, fraction: float = 0.1, hue: str = "run") -> plt.Figure:

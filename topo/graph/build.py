@@ -323,18 +323,53 @@ def recurrent_gates(shapes: Mapping[str, Sequence[int]]) -> dict[str, tuple[str,
     return gates
 
 
-#: Where a graph comes from: its 2-D mask block and the builder that turns a block of that shape into the graph (a
-#: null model randomises the block and builds again, :mod:`topo.graph.null`).
-GraphSource = tuple[Array, Callable[[Array], Graph]]
+@dataclass(frozen=True)
+class GraphSource:
+    """Where a graph comes from: its 2-D mask ``block``, the ``build`` that turns a block of that shape into the
+    graph (a null model randomises the block and builds again, :mod:`topo.graph.null`), and the layer's weights cut
+    the same way (``weights``, when given: weighted measures read them)."""
+
+    block: Array
+    build: Callable[[Array], Graph]
+    weights: Any = None
+
+
+def _pieces(name: str, tensor: Any, known: Mapping[str, Sequence[str]], family: Family, heads: bool,
+            view: str | None) -> list[tuple[str, Any, Callable[[Array], Graph]]]:
+    """(graph name, 2-D piece of ``tensor``, builder) for each graph of layer ``name``; ``tensor`` is its mask or
+    its weights, cut alike (``view``: the convolution view, decided from the mask)."""
+    if tensor.ndim == 2 and name in known and _HIDDEN.search(name):
+        hidden, pieces = tensor.shape[1], []
+        for index, gate in enumerate(known[name]):
+            label = f"{name}[{gate}]" if gate else name
+            pieces.append((label, tensor[index * hidden:(index + 1) * hidden],
+                           lambda b, label=label: square_graph(b, label, kind="recurrent")))
+        return pieces
+    if tensor.ndim == 2 and name in known and _INPUT.search(name):
+        rows, pieces = tensor.shape[0] // len(known[name]), []
+        for index, gate in enumerate(known[name]):
+            label = f"{name}[{gate}]" if gate else name
+            pieces.append((label, tensor[index * rows:(index + 1) * rows],
+                           lambda b, label=label: bipartite_graph(b, label, "recurrent-input")))
+        return pieces
+    if tensor.ndim > 2:
+        shape = tuple(tensor.shape)
+        maker = kernel_graph if view == "kernel" else channel_graph
+        return [(name, tensor.reshape(shape[0], -1),
+                 lambda b, name=name, shape=shape, maker=maker: maker(b.reshape(shape), name))]
+    return [(label, matrix, lambda b, label=label, kind=kind: bipartite_graph(b, label, kind))
+            for label, matrix, kind in views(name, tensor, family, heads=heads)]
 
 
 def graph_sources(masks: Mapping[str, Any], gates: Mapping[str, Sequence[str]] | None = None, *,
-                  family: Family | None = None, heads: bool = False, conv: str = "auto") -> dict[str, GraphSource]:
-    """Graph name → (2-D mask block, builder) for every graph of every layer; see :func:`layer_graphs`.
+                  family: Family | None = None, heads: bool = False, conv: str = "auto",
+                  weights: Mapping[str, Any] | None = None) -> dict[str, GraphSource]:
+    """Graph name → :class:`GraphSource` for every graph of every layer; see :func:`layer_graphs`.
 
     The blocks: a recurrent gate block (h × h, directed, symmetrised by its builder), one gate of a recurrent input
     weight, a convolution as out × in·kh·kw (its builder reduces it to channels or reads it as kernels), and the
-    (out, in) views of other 2-D weights (:func:`topo.families.views`).
+    (out, in) views of other 2-D weights (:func:`topo.families.views`). ``weights`` (layer name → weight) are cut
+    into the same blocks.
     """
     known = {**recurrent_gates({n: tuple(np.shape(m)) for n, m in masks.items()}), **dict(gates or {})}
     family = family or Family()
@@ -343,28 +378,12 @@ def graph_sources(masks: Mapping[str, Any], gates: Mapping[str, Sequence[str]] |
         block = as_mask(mask, name)
         if block.ndim < 2:
             continue
-        if block.ndim == 2 and name in known and _HIDDEN.search(name):
-            hidden = block.shape[1]
-            for index, gate in enumerate(known[name]):
-                label = f"{name}[{gate}]" if gate else name
-                sources[label] = (block[index * hidden:(index + 1) * hidden],
-                                  lambda b, label=label: square_graph(b, label, kind="recurrent"))
-        elif block.ndim == 2 and name in known and _INPUT.search(name):
-            rows = block.shape[0] // len(known[name])
-            for index, gate in enumerate(known[name]):
-                label = f"{name}[{gate}]" if gate else name
-                sources[label] = (block[index * rows:(index + 1) * rows],
-                                  lambda b, label=label: bipartite_graph(b, label, "recurrent-input"))
-        elif block.ndim > 2:
-            shape = tuple(block.shape)
-            flat = block.reshape(shape[0], -1)
-            if conv_view(block, conv) == "kernel":
-                sources[name] = (flat, lambda b, name=name, shape=shape: kernel_graph(b.reshape(shape), name))
-            else:
-                sources[name] = (flat, lambda b, name=name, shape=shape: channel_graph(b.reshape(shape), name))
-        else:
-            for label, matrix, kind in views(name, block, family, heads=heads):
-                sources[label] = (matrix, lambda b, label=label, kind=kind: bipartite_graph(b, label, kind))
+        view = conv_view(block, conv) if block.ndim > 2 else None
+        pieces = _pieces(name, block, known, family, heads, view)
+        weight = (weights or {}).get(name)
+        cut = _pieces(name, weight, known, family, heads, view) if weight is not None else [None] * len(pieces)
+        for (label, piece, build), weight_piece in zip(pieces, cut, strict=True):
+            sources[label] = GraphSource(piece, build, None if weight_piece is None else weight_piece[1])
     return sources
 
 
@@ -384,5 +403,5 @@ def layer_graphs(masks: Mapping[str, Any], gates: Mapping[str, Sequence[str]] | 
     split, attention projections of kind ``attention`` and, with ``heads``, split per head; embedding tables of
     kind ``embedding``). 1-D masks (biases) are skipped.
     """
-    return {label: build(block) for label, (block, build) in
+    return {label: source.build(source.block) for label, source in
             graph_sources(masks, gates, family=family, heads=heads, conv=conv).items()}

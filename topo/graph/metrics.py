@@ -12,6 +12,7 @@ import functools
 import math
 import random
 import warnings
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,8 +29,9 @@ from topo.errors import ConfigError, EmptyGraphWarning
 from topo.families import Family
 from topo.graph.backends import CPUBackend, PathCounts, TorchBackend, pick_backend
 from topo.graph.batched import batch_size, count_batch
-from topo.graph.build import Graph, layer_graphs, recurrent_gates, square_graph
+from topo.graph.build import Graph, graph_sources, recurrent_gates, square_graph
 from topo.graph.compare import run_topology
+from topo.graph.null import NULLS, null_masks, z_scores
 from topo.graph.singular import graph_spectrum
 
 
@@ -355,16 +357,41 @@ def _snapshots(source: Any) -> tuple[Iterable[tuple[int | None, Snapshot]], int 
     return source, len(source) if hasattr(source, "__len__") else None
 
 
+def null_rows(block: Any, build: Callable[[Any], Graph], observed: Mapping[str, float], null: str, samples: int,
+              seed: int, device: torch.device | None = None) -> dict[str, float]:
+    """``<metric>_null_mean``, ``_null_std`` and ``_z`` of one graph against ``samples`` graphs built by ``build``
+    from null masks of its ``block`` (:mod:`topo.graph.null`): generated in one batch, measured in one batch on
+    ``device`` when given, else one at a time by the CPU kernels. Empty where the null does not apply."""
+    on_device = torch.as_tensor(block).to(device) if device is not None else torch.as_tensor(np.asarray(block))
+    masks = null_masks(null, on_device, samples, seed)
+    if masks is None:
+        return {}
+    if device is not None:
+        summaries = _batch_summaries([build(mask) for mask in masks], 0, seed)
+    else:
+        summaries = [summarize(build(mask.numpy())) for mask in masks]
+    return z_scores(observed, summaries, null)
+
+
+def _null_seed(seed: int, epoch: int | None, graph: str) -> int:
+    """A null's seed: the table's seed, the epoch and the graph, so every graph of every epoch gets its own."""
+    return zlib.crc32(f"{seed}/{epoch}/{graph}".encode())
+
+
 def _rows_per_graph(
     snapshots: Iterable[tuple[int | None, Snapshot]], backend: str, small_world_graphs: int, seed: int,
-    reading: Mapping[str, Any],
+    reading: Mapping[str, Any], null: tuple[str, int] | None,
 ) -> Iterator[Row]:
     for epoch, masks in snapshots:
         gates = recurrent_gates({layer: tuple(np.shape(mask)) for layer, mask in masks.items()})
         for layer, mask in masks.items():
-            for graph_name, graph in layer_graphs({layer: mask}, gates, **reading).items():
-                yield epoch, layer, graph_name, summarize(graph, backend, small_world_graphs=small_world_graphs,
-                                                          seed=seed)
+            for graph_name, source in graph_sources({layer: mask}, gates, **reading).items():
+                summary = summarize(source.build(source.block), backend, small_world_graphs=small_world_graphs,
+                                    seed=seed)
+                if null is not None:
+                    summary.update(null_rows(source.block, source.build, summary, null[0], null[1],
+                                             _null_seed(seed, epoch, graph_name)))
+                yield epoch, layer, graph_name, summary
 
 
 def _batch_summaries(graphs: list[Graph], small_world_graphs: int, seed: int) -> list[dict[str, float]]:
@@ -393,7 +420,7 @@ def _ratio(closed_walks: float, degrees: np.ndarray) -> float:
 
 def _rows_batched(
     snapshots: Iterable[tuple[int | None, Snapshot]], device: torch.device, batch_bytes: int,
-    small_world_graphs: int, seed: int, reading: Mapping[str, Any],
+    small_world_graphs: int, seed: int, reading: Mapping[str, Any], null: tuple[str, int] | None,
 ) -> Iterator[Row]:
     """Rows of every graph, computed in batches of equal-size graphs on ``device``.
 
@@ -403,6 +430,7 @@ def _rows_batched(
     pending: dict[tuple[int, tuple[int, ...] | None], list[int]] = {}
     keys: list[tuple[int | None, str, str]] = []
     graphs: dict[int, Graph] = {}
+    sources: dict[int, tuple[Any, Callable[[Any], Graph]]] = {}
     done: dict[int, dict[str, float]] = {}
     emitted = 0
 
@@ -410,7 +438,12 @@ def _rows_batched(
         indices = pending.pop(group, [])
         if indices:
             summaries = _batch_summaries([graphs.pop(i) for i in indices], small_world_graphs, seed)
-            done.update(zip(indices, summaries, strict=True))
+            for index, summary in zip(indices, summaries, strict=True):
+                block, build = sources.pop(index)
+                if null is not None:
+                    summary.update(null_rows(block, build, summary, null[0], null[1],
+                                             _null_seed(seed, keys[index][0], keys[index][2]), device))
+                done[index] = summary
 
     def ready() -> Iterator[Row]:
         nonlocal emitted
@@ -422,10 +455,12 @@ def _rows_batched(
         on_device = {layer: torch.as_tensor(mask).to(device) for layer, mask in masks.items()}
         gates = recurrent_gates({layer: tuple(mask.shape) for layer, mask in on_device.items()})
         for layer, mask in on_device.items():
-            for graph_name, graph in layer_graphs({layer: mask}, gates, **reading).items():
+            for graph_name, source in graph_sources({layer: mask}, gates, **reading).items():
+                graph = source.build(source.block)
                 index = len(keys)
                 keys.append((epoch, layer, graph_name))
                 graphs[index] = graph
+                sources[index] = (source.block, source.build)
                 group = (graph.n_nodes, graph.parts)  # equal size and layout: one batch
                 pending.setdefault(group, []).append(index)
                 if len(pending[group]) >= batch_size(graph.n_nodes, batch_bytes):
@@ -457,6 +492,8 @@ def metrics_table(
     family: Family | None = None,
     heads: bool = False,
     conv: str = "auto",
+    null: str | None = None,
+    null_samples: int = 20,
 ) -> pd.DataFrame:
     """Tidy table of :func:`summarize` over every graph of every snapshot.
 
@@ -479,6 +516,10 @@ def metrics_table(
     family, heads, conv:
         How weights are read into graphs (:func:`topo.graph.layer_graphs`); ``family`` defaults to the source's own
         (a run directory records its model's, :attr:`topo.record.RunReader.family`).
+    null, null_samples:
+        Also measure ``null_samples`` graphs of the null model ``null`` (``"er"``, ``"degree"``, ``"nm"``,
+        :mod:`topo.graph.null`) per graph, giving ``<metric>_null_mean``, ``<metric>_null_std`` and ``<metric>_z``
+        rows (the z-score absent where the null cannot vary).
 
     Returns
     -------
@@ -487,14 +528,17 @@ def metrics_table(
     snapshot and ``exploration`` (:mod:`topo.graph.compare`).
     """
     reading = {"family": family or getattr(source, "family", None), "heads": heads, "conv": conv}
+    if null is not None and null not in NULLS:
+        raise ConfigError(f"unknown null model {null!r}; valid: {', '.join(NULLS)}")
+    nulls = (null, int(null_samples)) if null is not None else None
     snapshots, total = _snapshots(source)
     snapshots = tqdm(snapshots, total=total, desc="graph metrics", unit="snapshot", disable=not progress)
     if device is None:
-        rows = _rows_per_graph(snapshots, backend, small_world_graphs, seed, reading)
+        rows = _rows_per_graph(snapshots, backend, small_world_graphs, seed, reading, nulls)
     else:
         device = torch.device(device)
         rows = _rows_batched(snapshots, device, batch_bytes or default_batch_bytes(device), small_world_graphs, seed,
-                             reading)
+                             reading, nulls)
     table = []
     for epoch, layer, graph_name, metrics in rows:
         table.extend((run, epoch, layer, graph_name, metric, float(value)) for metric, value in metrics.items())

@@ -71,11 +71,15 @@ class LiveMetrics:
     every: observe every ``every``-th snapshot (1: all).
     tensorboard: None (no TensorBoard), a log directory, or a ``SummaryWriter`` (a Lightning logger's, say),
         which is flushed but not closed.
+    null, null_samples: also measure each graph against a null model (:func:`topo.graph.metrics_table`).
+    family: how the model's weights are read into graphs (:mod:`topo.families`).
     """
 
-    def __init__(self, run_dir: str | os.PathLike, every: int = 1, tensorboard: Any = None) -> None:
+    def __init__(self, run_dir: str | os.PathLike, every: int = 1, tensorboard: Any = None,
+                 null: str | None = None, null_samples: int = 20, family: Any = None) -> None:
         if int(every) < 1:
             raise ConfigError(f"metrics_every must be >= 1, got {every}")
+        self.null, self.null_samples, self.family = null, int(null_samples), family
         self.path = Path(run_dir)
         self.every = int(every)
         self._owns_writer = isinstance(tensorboard, (str, os.PathLike))
@@ -94,7 +98,8 @@ class LiveMetrics:
                 metrics: Mapping[str, float]) -> pd.DataFrame:
         """Compute, store and log the metrics of one snapshot; returns its tidy rows."""
         run = self.path.name
-        table = metrics_table([(epoch, dict(masks))], run=run, progress=False)
+        table = metrics_table([(epoch, dict(masks))], run=run, progress=False, family=self.family, null=self.null,
+                              null_samples=self.null_samples)
         topology = [(run, epoch, layer, layer, "turnover", value)
                     for layer, value in (mask_turnover(previous, masks) if previous is not None else {}).items()]
         topology += [(run, epoch, layer, layer, "exploration", value)

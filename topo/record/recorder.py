@@ -124,6 +124,9 @@ class Recorder:
         Also log those metrics, densities, low-strength counts, the snapshot's ``metrics`` and mask images to
         TensorBoard: ``True`` for ``RUN/tensorboard``, a log directory, or a ``SummaryWriter``. Implies
         ``metrics_every=1`` unless given.
+    metrics_null, null_samples:
+        Measure the live metrics against a null model too (``"er"``, ``"degree"``, ``"nm"``; z-scores in
+        ``graph_metrics.csv``, :func:`topo.graph.metrics_table`).
     background:
         Write files on a background thread. :meth:`snapshot` gathers everything on the calling thread (masks,
         statistics and the packed checkpoint, in a few device-to-host copies) and returns while the files are
@@ -146,13 +149,16 @@ class Recorder:
         metrics_every: int | None = None,
         tensorboard: Any = None,
         background: bool = True,
+        metrics_null: str | None = None,
+        null_samples: int = 20,
     ) -> None:
         self.path = Path(run_dir)
         if tensorboard is True:
             tensorboard = self.path / "tensorboard"
         if tensorboard is not None and tensorboard is not False and metrics_every is None:
             metrics_every = 1
-        self.live = (LiveMetrics(self.path, metrics_every, tensorboard or None)
+        self.live = (LiveMetrics(self.path, metrics_every, tensorboard or None, metrics_null, null_samples,
+                                 sparsifier.family)
                      if metrics_every is not None else None)
         self.sparsifier = sparsifier
         self.every = int(every)

@@ -1,0 +1,83 @@
+"""Null models: their invariants, their mixing, and z-scores that are standard normal for random masks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from topo.errors import ConfigError
+from topo.graph import metrics_table
+from topo.graph.compare import nnstd, nnstd_random
+from topo.graph.null import degree_masks, er_masks, null_masks
+from topo.sparsity.structure import nm_pattern
+
+
+@settings(max_examples=20, deadline=None)
+@given(rows=st.integers(2, 30), cols=st.integers(2, 30), density=st.floats(0.05, 0.9), seed=st.integers(0, 999))
+def test_nulls_keep_their_invariants(rows, cols, density, seed):
+    block = torch.rand(rows, cols, generator=torch.Generator().manual_seed(seed)) < density
+    generator = torch.Generator().manual_seed(seed)
+    er = er_masks(block, 4, generator)
+    assert er.shape == (4, rows, cols) and (er.sum((1, 2)) == block.sum()).all()
+    degree, rounds = degree_masks(block, 4, generator)
+    assert (degree.sum(2) == block.sum(1)).all() and (degree.sum(1) == block.sum(0)).all()
+    assert 1 <= rounds <= 200
+
+
+def test_curveball_mixes_to_the_overlap_of_a_random_mask():
+    torch.manual_seed(0)
+    block = torch.zeros(200, 300, dtype=torch.bool)
+    block[:, :60] = torch.rand(200, 60) < 0.8  # concentrated on the first columns; degrees allow mixing among them
+    block[:, 60:] = torch.rand(200, 240) < 0.05
+    masks, rounds = degree_masks(block, 8, torch.Generator().manual_seed(1))
+    kept = (masks & block).sum((1, 2)).float() / block.sum()
+    # the degree-preserving chain mixes within the margins: the kept fraction settles near what random masks with
+    # these margins share, far from the 1.0 it starts at
+    expected = (block.sum(1, keepdim=True).float() * block.sum(0, keepdim=True).float() / block.sum()
+                * block.float()).sum() / block.sum()
+    assert rounds < 200 and abs(float(kept.mean()) - float(expected)) < 0.05
+
+
+def test_nm_null_draws_random_nm_masks_and_applies_only_to_nm_blocks():
+    block = torch.zeros(8, 16, dtype=torch.bool)
+    block[:, ::2] = True  # 2:4
+    masks = null_masks("nm", block, 5, seed=0)
+    assert all(nm_pattern(m) == "2:4" for m in masks) and not all(torch.equal(m, block) for m in masks)
+    assert null_masks("nm", torch.rand(8, 16) < 0.1, 5) is None
+    with pytest.raises(ConfigError, match="valid: er, degree, nm"):
+        null_masks("config", block, 5)
+
+
+def test_z_scores_of_random_masks_are_standard_normal():
+    rng = np.random.default_rng(0)
+    observed = {f"l{i}.weight": rng.random((24, 32)) < 0.15 for i in range(80)}
+    table = metrics_table(observed, null="er", null_samples=30, progress=False)
+    for metric in ("bipartite_clustering_z", "spectral_gap_z", "fan_in_gini_z"):
+        z = table[table.metric == metric].value.to_numpy()
+        assert len(z) == 80
+        assert abs(z.mean()) < 0.35 and 0.7 < z.std() < 1.4, (metric, z.mean(), z.std())
+
+
+def test_a_block_structured_mask_has_a_large_clustering_z():
+    block = np.zeros((40, 60), dtype=bool)
+    for group in range(4):
+        block[group * 10:(group + 1) * 10, group * 15:(group + 1) * 15] = np.random.default_rng(group).random(
+            (10, 15)) < 0.6
+    table = metrics_table({"fc.weight": block}, null="er", null_samples=20, progress=False).set_index("metric")
+    assert table.loc["bipartite_clustering_z", "value"] > 10
+    degree = metrics_table({"fc.weight": block}, null="degree", null_samples=20, progress=False)
+    assert "fan_in_gini_z" not in set(degree.metric) and "fan_in_gini_null_std" in set(degree.metric)
+
+
+def test_independent_random_masks_land_within_0_05_of_the_nnstd_baseline():
+    rng = np.random.default_rng(3)
+    a = [rng.random((64, 100)) < 0.1, rng.random((10, 64)) < 0.1]
+    b = [rng.random((64, 100)) < 0.1, rng.random((10, 64)) < 0.1]
+    observed = nnstd(a, b)
+    mean, std = nnstd_random(a, b, samples=10, seed=1)
+    assert all(abs(o - m) < 0.05 for o, m in zip(observed, mean, strict=True))
+    assert 0.7 < mean[0] < 0.9 < 1 - 0.1 / 1.9  # matched: well below the unmatched 1 − d/(2 − d)
+    assert all(s > 0 for s in std)

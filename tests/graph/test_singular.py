@@ -1,0 +1,89 @@
+"""Spectral gap, Ramanujan gap and weighted spectral gap against numpy on hand-made and random graphs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from topo.graph import bipartite_graph, square_graph, summarize
+from topo.graph.singular import (
+    DENSE_LIMIT,
+    bipartite_spectrum,
+    square_spectrum,
+    top_singular_values,
+    weighted_spectral_gap,
+)
+
+
+def numpy_sigmas(block: np.ndarray) -> np.ndarray:
+    return np.linalg.svd(block.astype(np.float64), compute_uv=False)
+
+
+def test_complete_bipartite_has_one_singular_value():
+    block = np.ones((6, 9), dtype=bool)  # K(9, 6): σ1 = √(6·9), σ2 = 0
+    spectrum = bipartite_spectrum(block)
+    assert spectrum["spectral_gap"] == pytest.approx(math.sqrt(54))
+    # d̄_out = 9 (each output reads every input), d̄_in = 6: √8 + √5 − 0
+    assert spectrum["ramanujan_gap"] == pytest.approx(math.sqrt(8) + math.sqrt(5))
+    assert spectrum["dead_inputs"] == spectrum["dead_outputs"] == 0
+
+
+def test_block_diagonal_has_equal_top_singular_values_and_isolated_nodes_are_removed():
+    block = np.zeros((8, 10), dtype=bool)
+    block[:4, :5] = block[4:, 5:] = True  # two K(5, 4): σ1 = σ2 = √20
+    spectrum = bipartite_spectrum(block)
+    assert spectrum["spectral_gap"] == pytest.approx(0.0, abs=1e-12)
+    assert spectrum["ramanujan_gap"] == pytest.approx(math.sqrt(4) + math.sqrt(3) - math.sqrt(20))
+    padded = np.zeros((10, 13), dtype=bool)
+    padded[:8, :10] = block  # two dead outputs and three dead inputs: counted, and left out of the mean degrees
+    again = bipartite_spectrum(padded)
+    assert again["dead_outputs"] == 2 and again["dead_inputs"] == 3
+    assert again["ramanujan_gap"] == pytest.approx(spectrum["ramanujan_gap"])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_random_bipartite_and_square_graphs_equal_numpy(seed):
+    rng = np.random.default_rng(seed)
+    block = rng.random((40 + seed, 70)) < 0.15
+    sigma = numpy_sigmas(block[block.any(1)][:, block.any(0)])
+    kept = block[block.any(1)][:, block.any(0)]
+    expected = math.sqrt(kept.sum(1).mean() - 1) + math.sqrt(kept.sum(0).mean() - 1) - sigma[1]
+    for backend, graph in (("cpu", bipartite_graph(block)), ("torch", bipartite_graph(torch.from_numpy(block)))):
+        summary = summarize(graph, backend)
+        assert summary["spectral_gap"] == pytest.approx(sigma[0] - sigma[1], rel=1e-10)
+        assert summary["ramanujan_gap"] == pytest.approx(expected, rel=1e-10)
+    square = square_graph(rng.random((60, 60)) < 0.1)
+    adjacency = square.adjacency.astype(np.float64)
+    values = np.linalg.eigvalsh(adjacency)
+    degrees = adjacency.sum(1)
+    mu = max(values[-2], -values[0])
+    found = square_spectrum(square.adjacency)
+    assert found["spectral_gap"] == pytest.approx(values[-1] - values[-2], rel=1e-10)
+    assert found["ramanujan_gap"] == pytest.approx(2 * math.sqrt(degrees[degrees > 0].mean() - 1) - mu, rel=1e-10)
+    assert square_spectrum(torch.from_numpy(square.adjacency))["spectral_gap"] == pytest.approx(found["spectral_gap"])
+
+
+def test_large_layers_use_lanczos_and_agree_with_the_dense_solve():
+    rng = np.random.default_rng(0)
+    block = (rng.random((DENSE_LIMIT + 200, DENSE_LIMIT + 50)) < 0.05).astype(np.float64)
+    assert top_singular_values(block) == pytest.approx(numpy_sigmas(block)[:2], rel=1e-9)
+    tall = (rng.random((DENSE_LIMIT + 300, DENSE_LIMIT + 10)) < 0.05).astype(np.float64)
+    assert top_singular_values(tall) == pytest.approx(numpy_sigmas(tall)[:2], rel=1e-9)
+
+
+def test_weighted_spectral_gap_reads_the_active_weights_magnitudes():
+    rng = np.random.default_rng(1)
+    weights = rng.standard_normal((30, 20))
+    mask = rng.random((30, 20)) < 0.3
+    sigma = numpy_sigmas(np.abs(weights * mask)[mask.any(1)][:, mask.any(0)])
+    assert weighted_spectral_gap(weights, mask) == pytest.approx(sigma[0] - sigma[1], rel=1e-10)
+    assert weighted_spectral_gap(torch.from_numpy(weights * mask)) == pytest.approx(sigma[0] - sigma[1], rel=1e-10)
+    assert math.isnan(weighted_spectral_gap(np.zeros((3, 3))))
+
+
+def test_an_empty_graph_has_nan_gaps():
+    spectrum = bipartite_spectrum(np.zeros((3, 4), dtype=bool))
+    assert math.isnan(spectrum["spectral_gap"]) and spectrum["dead_inputs"] == 4
