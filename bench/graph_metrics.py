@@ -126,7 +126,7 @@ def one_graph_cpu(args: argparse.Namespace, results: dict) -> None:
     for n in args.sizes:
         for density in args.densities:
             graph = random_gate_graph(n, density, seed=n)
-            ours, t_topo = timed(summarize, graph, "cpu", repeats=args.repeats)
+            ours, t_topo = timed(summarize, graph, "cpu", metrics=METRICS, repeats=args.repeats)
             expert, t_expert = timed(igraph_scipy_metrics, graph.adjacency, repeats=args.repeats)
             check(graph.name, ours, expert)
             t_nx = math.nan
@@ -202,6 +202,29 @@ def whole_run(args: argparse.Namespace, device: str, results: dict) -> None:
                             "cpu_threads": torch.get_num_threads()}
 
 
+def spectral(args: argparse.Namespace, results: dict) -> None:
+    """The spectral measures of one bipartite layer, and of ``--spectral-nulls`` ER nulls of it (generated in one
+    batch), beside numpy's full SVD of the layer."""
+    from topo.graph.null import null_masks
+    from topo.graph.singular import bipartite_spectrum
+
+    n, density = args.spectral_size, args.spectral_density
+    mask = np.random.default_rng(0).random((n, n)) < density
+    ours, t_ours = timed(bipartite_spectrum, mask)
+    sigma, t_numpy = timed(np.linalg.svd, mask.astype(np.float64), compute_uv=False)
+    if not np.isclose(ours["spectral_gap"], sigma[0] - sigma[1], rtol=1e-9):
+        raise SystemExit(f"spectral gap {ours['spectral_gap']} differs from numpy's {sigma[0] - sigma[1]}")
+    nulls, t_nulls = timed(lambda: [bipartite_spectrum(m.numpy()) for m in
+                                    null_masks("er", mask, args.spectral_nulls, seed=0)])
+    gaps = np.array([row["ramanujan_gap"] for row in nulls])
+    print(f"\nspectral measures of a {n}×{n} layer at density {density}: topo {t_ours:.2f} s, numpy full SVD "
+          f"{t_numpy:.2f} s ({t_numpy / t_ours:.1f}×); {args.spectral_nulls} ER nulls {t_nulls:.1f} s "
+          f"({t_nulls / args.spectral_nulls:.2f} s each); Ramanujan gap {ours['ramanujan_gap']:.4f}, "
+          f"null {gaps.mean():.4f} ± {gaps.std(ddof=1):.4f}")
+    results["spectral"] = {"n": n, "density": density, "topo_s": t_ours, "numpy_svd_s": t_numpy,
+                           "nulls": args.spectral_nulls, "nulls_s": t_nulls, **ours}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=[512, 2048, 4096])
@@ -212,6 +235,9 @@ def main() -> None:
     parser.add_argument("--run-units", type=int, default=1024)
     parser.add_argument("--cpu-epochs", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--spectral-size", type=int, default=0, help="spectral part: layer size (0: skip)")
+    parser.add_argument("--spectral-density", type=float, default=0.1)
+    parser.add_argument("--spectral-nulls", type=int, default=20)
     parser.add_argument("--json", help="also write the measured figures to this JSON file")
     args = parser.parse_args()
     warnings.simplefilter("ignore", UserWarning)
@@ -229,6 +255,8 @@ def main() -> None:
         one_graph_torch(args, device, results)
     if args.run_epochs:
         whole_run(args, device, results)
+    if args.spectral_size:
+        spectral(args, results)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=2)

@@ -12,7 +12,12 @@ A sparse variant is a method at density 0.3: gradient masking in the
 optimizer's pre-hook and weight masking after the step (``adaptive`` between its adaptations costs the same, plus
 its due-check; ``rigl`` and ``set`` between their updates likewise). One update pass of ``adaptive``, ``rigl`` and
 ``set`` over every layer is timed on its own and compared with an epoch of CIFAR-10 (50,000 images: 391 steps at
-batch 128) at the dense step time.
+batch 128) at the dense step time (the adaptive rule's presets run as one fused pass over all layers).
+
+On CUDA, ``--graphs`` (the default there) also times the step captured in a CUDA graph and replayed, with CUDA
+events around the replays: forward, backward, the method's gradient masking (its optimizer pre-hook) and
+``Adam(capturable=True)``, then the weight masking. Host launch overhead and its noise are gone from both sides,
+so the ratio says what masking costs on the device.
 """
 
 from __future__ import annotations
@@ -68,6 +73,44 @@ def run_steps(model, opt, sp, x, y, steps, device, dtype: str) -> float:
     return (time.perf_counter() - start) / steps
 
 
+def graph_step_ms(kind: str, device: torch.device, args: argparse.Namespace, x, y, replays: int = 20) -> float:
+    """Milliseconds per replay of one training step captured in a CUDA graph (see the module docstring)."""
+    torch.manual_seed(0)
+    model = ResNet(depth=args.depth).to(device).to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, capturable=True)
+    sp = None if kind == "dense" else make_sparsifier(kind, model, opt, density=0.3,
+                                                      **({"every": 10**9} if kind == "adaptive" else {}))
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if args.dtype == "bf16" else contextlib.nullcontext()
+
+    def step() -> None:
+        with autocast:
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        if sp is not None:
+            sp.masked.apply()
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            opt.zero_grad(set_to_none=True)
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    opt.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        step()
+    graph.replay()
+    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(replays):
+        graph.replay()
+    stop.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(stop) / replays
+
+
 def adaptation_pass(device: torch.device, args: argparse.Namespace, x, y, method: str) -> float:
     """Seconds for one mask update of ``method`` over every layer (gradients of one minibatch)."""
     model, opt, _ = make("dense", device, args)
@@ -96,6 +139,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10 if cuda else 3)
     parser.add_argument("--blocks", type=int, default=15 if cuda else 5)
     parser.add_argument("--methods", nargs="+", default=["random-fixed", "adaptive", "rigl", "set"])
+    parser.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=cuda,
+                        help="also time CUDA-graph-captured steps with CUDA events (CUDA only; default there)")
     parser.add_argument("--json", help="also write the measured figures to this JSON file")
     args = parser.parse_args()
     device = torch.device("cuda" if cuda else "cpu")
@@ -129,13 +174,26 @@ def main() -> None:
               f"(rounds {spread[0]:.3f}–{spread[-1]:.3f})")
     for method, seconds in passes.items():
         print(f"{method} update pass {seconds * 1e3:.1f} ms = {100 * seconds / epoch:.3f}% of a CIFAR-10 epoch")
+    graphed = {}
+    if args.graphs and cuda:
+        rounds = {kind: [] for kind in ("dense", "random-fixed")}
+        for _ in range(5):  # interleaved rounds again; each a fresh capture
+            for kind in rounds:
+                rounds[kind].append(graph_step_ms(kind, device, args, x, y))
+        graphed = {kind: statistics.median(values) for kind, values in rounds.items()}
+        graphed_ratio = statistics.median(s / d for s, d in zip(rounds["random-fixed"], rounds["dense"], strict=True))
+        print(f"CUDA graph step: dense {graphed['dense']:.2f} ms, masked (random fixed) {graphed['random-fixed']:.2f} "
+              f"ms, ratio {graphed_ratio:.3f} (rounds {min(rounds['random-fixed']):.2f}–"
+              f"{max(rounds['random-fixed']):.2f} ms)")
+        graphed["ratio"] = graphed_ratio
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"argv": sys.argv, "device": name, "torch": torch.__version__, "depth": args.depth,
                        "batch": args.batch, "dtype": args.dtype, "step_ms": {k: v * 1e3 for k, v in median.items()},
                        "ratio": ratio, "adaptation_ms": adapt * 1e3,
                        "adaptation_fraction_of_epoch": adapt / epoch,
-                       "update_ms": {m: t * 1e3 for m, t in passes.items()}}, handle, indent=2)
+                       "update_ms": {m: t * 1e3 for m, t in passes.items()}, "cuda_graph_ms": graphed}, handle,
+                      indent=2)
 
 
 if __name__ == "__main__":

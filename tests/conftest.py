@@ -18,8 +18,10 @@ DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skip
 
 @pytest.fixture(scope="session")
 def digits() -> tuple[torch.Tensor, torch.Tensor]:
-    """The 1,797 8×8 handwritten digits bundled in data/digits.npz, scaled to [0, 1]."""
-    with np.load(REPO / "data" / "digits.npz") as f:
+    """The 1,797 8×8 handwritten digits bundled with topo (topo/data/digits.npz), scaled to [0, 1]."""
+    from topo.experiments.data import bundled
+
+    with np.load(bundled("digits.npz")) as f:
         x = torch.from_numpy(f["images"].reshape(len(f["labels"]), -1).astype(np.float32) / 16.0)
         y = torch.from_numpy(f["labels"].astype(np.int64))
     return x, y

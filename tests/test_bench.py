@@ -25,7 +25,7 @@ def test_gpu_suite_quick_mode_runs_every_part_and_writes_its_report(tmp_path):
         assert f"### {part}: ok" in text, part
     with open(reports[0].with_suffix(".csv")) as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 10 and all(row["verdict"] in ("met", "not met", "measured", "not measured") for row in rows)
+    assert len(rows) == 12 and all(row["verdict"] in ("met", "not met", "measured", "not measured") for row in rows)
     assert sum(row["measured"] != "" for row in rows) >= 8
     assert "tables equal: True" in text  # the grid part: Ray's Table 2 is the local executor's
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -85,7 +86,8 @@ def test_analyze_torch_prune_model_with_layer_filter_and_small_world(tmp_path):
     torch.save(model.state_dict(), tmp_path / "pruned.pt")
     result = topo("analyze", str(tmp_path / "pruned.pt"), "--layers", "0.*", "--small-world", "2")
     assert result.returncode == 0, result.stderr
-    assert "0.weight" in result.stdout and "2.weight" not in result.stdout and "sigma" in result.stdout
+    assert "0.weight" in result.stdout and "2.weight" not in result.stdout
+    assert "sigma" not in result.stdout  # a Linear layer is bipartite: σ and ω are for square graphs only
 
 
 def test_analyze_run_directory_writes_csv_and_figure(recorded_run, tmp_path):
@@ -373,3 +375,94 @@ def test_analyze_run_reports_turnover_and_exploration(recorded_run, tmp_path):
     assert result.returncode == 0, result.stderr
     table = pd.read_csv(tmp_path / "m.csv")
     assert {"turnover", "exploration"} <= set(table.metric)
+
+
+class Custom:
+    """A class a checkpoint may hold, which the safe loader refuses."""
+
+
+@pytest.mark.parametrize("case", ["bad-suffix", "directory", "missing-folder", "custom-class", "plain-pickle",
+                                  "text-as-pt", "negative-small-world", "backbone-on-run", "checkpoint-and-run"])
+def test_every_bad_input_is_one_line_exit_1_and_writes_nothing(recorded_run, tmp_path, case):
+    import pickle
+
+    run = tmp_path / "run"
+    shutil.copytree(recorded_run, run)
+    (run / "graph_metrics.csv").unlink(missing_ok=True)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    checkpoint = str(recorded_run / "checkpoint.pt")
+    if case == "custom-class":
+        torch.save({"model": Custom()}, tmp_path / "custom.pt")
+    elif case == "plain-pickle":
+        with open(tmp_path / "plain.pkl", "wb") as handle:
+            pickle.dump({"weights": [1, 2, 3]}, handle, protocol=4)
+    elif case == "text-as-pt":
+        (tmp_path / "notes.pt").write_text("not a checkpoint\n")
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    args, expected = {
+        "bad-suffix": (["analyze", checkpoint, "--plot", str(tmp_path / "x.jpgx")], ".jpgx is not an image format"),
+        "directory": (["analyze", checkpoint, "--plot", str(tmp_path)], "is a directory"),
+        "missing-folder": (["analyze", checkpoint, "--plot", str(tmp_path / "nowhere" / "x.png")],
+                           "no such directory"),
+        "custom-class": (["analyze", str(tmp_path / "custom.pt")], "class tests.test_cli.Custom"),
+        "plain-pickle": (["analyze", str(tmp_path / "plain.pkl")], "a pickle that is not a PyTorch checkpoint"),
+        "text-as-pt": (["analyze", str(tmp_path / "notes.pt")], "not a PyTorch checkpoint"),
+        "negative-small-world": (["analyze", str(run), "--small-world", "-1"], "--small-world must be >= 0"),
+        "backbone-on-run": (["analyze", str(run), "--backbone", "magnitude:0.1"], "--backbone applies to checkpoints"),
+        "checkpoint-and-run": (["analyze", checkpoint, str(run), "--csv", str(tmp_path / "t.csv")],
+                               "checkpoint.pt: not a topo run directory"),
+    }[case]
+    result = topo(*args, cwd=tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1 and expected in lines[0], result.stderr
+    assert "\x1b[" not in result.stderr and "weights_only=False" not in result.stderr
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written, no folder made
+
+
+def test_a_closed_pipe_is_one_line(recorded_run, tmp_path):
+    command = [sys.executable, "-m", "topo.cli", "--quiet", "analyze", str(recorded_run / "checkpoint.pt"),
+               "--csv", "-"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()  # the reader left at once, as `| head -0` does
+    _, stderr = process.communicate(timeout=300)
+    lines = stderr.strip().splitlines()  # the line saying where the weights were found, then the error
+    assert process.returncode == 1 and "Traceback" not in stderr and lines[-1] == (
+        "topo: error: output closed before it was all written (stdout piped into a command that ended)")
+
+
+def test_global_options_go_after_the_command_and_warnings_are_one_line(tmp_path):
+    model = mlp((8,))
+    with torch.no_grad():
+        model[0].weight.zero_()  # an empty layer: its metrics are undefined, which topo warns about
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    result = subprocess.run([sys.executable, "-m", "topo.cli", "analyze", str(tmp_path / "m.pt"), "--quiet"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line.lower()]
+    assert warnings and all(line.startswith("topo: warning: ") for line in warnings)
+    assert "warnings.warn" not in result.stderr and ".py:" not in result.stderr
+
+
+def test_help_and_usage_errors_import_nothing_heavy():
+    code = ("import sys\nfrom topo.cli import main\n"
+            "for argv in ([], ['analyze'], ['train', '--epochs', 'x'], ['report']):\n"
+            "    try:\n        main([*argv, '--help'] if argv != ['train', '--epochs', 'x'] else argv)\n"
+            "    except SystemExit:\n        pass\n"
+            "heavy = sorted(m for m in ('torch', 'scipy', 'igraph', 'pandas', 'matplotlib') if m in sys.modules)\n"
+            "print('HEAVY', heavy)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "HEAVY []" in result.stdout, result.stdout + result.stderr
+
+
+def test_run_directory_files_honour_the_umask(recorded_run):
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for name in ("run.json", "stats.csv", "checkpoint.pt"):
+        assert (recorded_run / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
+
+
+def test_small_world_is_reported_for_square_graphs_only(recorded_run):
+    result = topo("analyze", str(recorded_run / "checkpoint.pt"), "--json", "--small-world", "2")
+    assert result.returncode == 0, result.stderr
+    rows = {row["graph"]: row for row in json.loads(result.stdout)}
+    assert "sigma" in rows["lstm.weight_hh_l0[i]"] and "sigma" not in rows["fc.weight"]

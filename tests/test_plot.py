@@ -35,8 +35,29 @@ def test_figure5_four_axes_one_line_per_gate(tmp_path):
 
 
 def test_figure5_over_seeds_draws_bands():
+    fig = plot.figure5(metrics_frame(runs=3), hue="graph")  # the three runs pooled per gate: mean ± sd
+    bands = [c for c in fig.axes[0].collections if c.get_label() == "_sd"]
+    assert len(bands) == 4 and len(fig.axes[0].get_lines()) == 4
+
+
+def test_figure5_of_several_runs_draws_one_line_per_run_and_graph_never_an_average():
     fig = plot.figure5(metrics_frame(runs=3))
-    assert len(fig.axes[0].collections) >= 4  # one ±sd band per gate
+    assert len(fig.axes[0].get_lines()) == 12  # 3 runs × 4 gates
+    assert not [c for c in fig.axes[0].collections if c.get_label() == "_sd"]
+    assert "3 runs" in fig._suptitle.get_text()
+    one = plot.figure5(metrics_frame(runs=3), layer="f")
+    assert len(one.axes[0].get_lines()) == 3 and {t.get_text() for t in one.legends[0].get_texts()} == {
+        f"r{r} · f" for r in range(3)}
+    with pytest.raises(ConfigError, match="no graph matches --layer"):
+        plot.figure5(metrics_frame(), layer="conv*")
+
+
+def test_figure5_bands_stay_inside_the_metrics_range():
+    frame = metrics_frame(runs=3)
+    frame.loc[frame.metric == "algebraic_connectivity", "value"] = [0.0, 0.9, 0.0] * 20  # mean 0.3, sd 0.52
+    fig = plot.figure5(frame, hue="graph")
+    band = next(c for c in fig.axes[0].collections if c.get_label() == "_sd")
+    assert min(path.vertices[:, 1].min() for path in band.get_paths()) >= 0.0
 
 
 def test_figure4_and_figure3_and_figure2(tmp_path, caplog):
@@ -73,8 +94,12 @@ def test_table2_curves_one_panel_per_alpha_with_the_dense_reference(tmp_path):
     fig = plot.table2_curves(histories)
     assert len(fig.axes) == 2
     assert len(fig.axes[0].get_lines()) >= 3 and len(fig.axes[1].get_lines()) >= 2  # dense drawn in both
+    (tmp_path / "sub").mkdir()
     path = plot.save(fig, tmp_path / "sub" / "curves.png")
     assert not_blank(path) and [p.name for p in path.parent.iterdir()] == ["curves.png"]
+    with pytest.raises(FileNotFoundError):  # no folder is made for a mistyped path
+        plot.save(plot.table2_curves(histories), tmp_path / "missing" / "curves.png")
+    assert not (tmp_path / "missing").exists()
 
 
 def test_save_leaves_no_partial_file_when_writing_fails(tmp_path):

@@ -41,7 +41,7 @@ from topo.record.live import METRICS_FILE, read_metrics, reusable_rows
 from topo.record.store import write_csv
 from topo.sparsity.structure import nm_pattern
 
-EXACT_PATH_LIMIT = 16384
+EXACT_PATH_LIMIT = 4096
 #: Graph kinds whose block is the biadjacency of the weights, where the weighted spectral gap applies.
 WEIGHTED_KINDS = ("bipartite", "attention", "embedding", "kernel", "recurrent-input")
 DEFAULT_PATH_SOURCES = 1024

@@ -1,27 +1,38 @@
-"""The ``topo`` command: analyze, plot, train, transplant, reproduce, demo.
+"""The ``topo`` command: analyze, compare, plot, report, train, transplant, reproduce, demo.
 
-Exit codes: 0 success, 1 failure (one line on stderr; ``--debug`` shows the traceback), 2 usage error.
+Exit codes: 0 success, 1 failure (one line on stderr naming the file or option; ``--debug`` shows the traceback),
+2 usage error. Global options (``--quiet``, ``--debug``) go before or after the command. Building the parser and
+reporting a usage error import nothing heavy: every command imports what it needs when it runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import re
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from topo.errors import ConfigError, TopoError
+from topo.experiments import DATASET_NAMES, MODEL_NAMES, TRAIN_METHODS
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+#: Image formats figures are written in (matplotlib's, by suffix).
+FIGURE_FORMATS = ("png", "pdf", "svg", "svgz", "jpg", "jpeg", "eps", "ps", "tif", "tiff", "webp", "pgf")
 
 
 def _wide(table: pd.DataFrame) -> pd.DataFrame:
     """One row per (layer, graph) of a tidy metrics table, metrics as columns, in the table's order."""
+    import pandas as pd
+
     order = pd.MultiIndex.from_frame(table[["layer", "graph"]].drop_duplicates())
     metrics = list(dict.fromkeys(table["metric"]))
     wide = table.pivot(index=["layer", "graph"], columns="metric", values="value").reindex(order)[metrics]
@@ -52,15 +63,19 @@ def _ray_options(args: argparse.Namespace):
     return options
 
 
-def check_output(path: str | os.PathLike | None, option: str) -> None:
+def check_output(path: str | os.PathLike | None, option: str, figure: bool = False) -> None:
     """Raise :class:`ConfigError` naming ``option`` when ``path`` cannot be written (its folder is missing or not
-    writable, or it is a folder): checked before any work, so a bad output path changes nothing."""
+    writable, or it is a folder, or for a ``figure`` its suffix is no image format): checked before any work, so
+    a bad output path changes nothing and creates no folder."""
     if path is None or str(path) == "-":
         return
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise ConfigError(f"{option} {path}: is a directory, not a file")
+    if figure and path.suffix.lower().lstrip(".") not in FIGURE_FORMATS:
+        raise ConfigError(f"{option} {path}: {path.suffix or 'no suffix'} is not an image format; use one of "
+                          f".{', .'.join(FIGURE_FORMATS[:4])}, …")
     if not folder.is_dir():
         raise ConfigError(f"{option} {path}: no such directory {folder}")
     if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
@@ -71,16 +86,30 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from topo.analyze import analyze_runs, is_run_directory
     from topo.record.store import write_csv
 
-    device = _analysis_device(args.device)
     paths = [Path(p) for p in args.path]
     check_output(args.csv, "--csv")
-    check_output(args.plot, "--plot")
+    check_output(args.plot, "--plot", figure=True)
     if args.null_samples < 2:
         raise ConfigError(f"--null-samples must be >= 2 (a null needs a spread), got {args.null_samples}")
-    if len(paths) == 1 and not is_run_directory(paths[0]):
+    if args.small_world < 0:
+        raise ConfigError(f"--small-world must be >= 0 (random graphs to compare with), got {args.small_world}")
+    runs = [is_run_directory(p) for p in paths]
+    if len(paths) > 1 and not all(runs):
+        other = paths[runs.index(False)]
+        raise ConfigError(f"{other}: not a topo run directory; topo analyze takes one checkpoint, or one or more run "
+                          "directories")
+    device = _analysis_device(args.device)
+    if not runs[0]:
         if args.executor != "local":
             raise ConfigError("--executor ray analyses run directories; a checkpoint is analysed here")
         return _analyze_checkpoint(args, paths[0], device, args.csv == "-")
+    checkpoint_only = [flag for flag, given in (("--backbone", args.backbone), ("--global", args.global_backbone),
+                                                ("--key", args.key), ("--embeddings", args.embeddings),
+                                                ("--num-heads", args.num_heads), ("--path-sources", args.path_sources))
+                       if given]
+    if checkpoint_only:
+        raise ConfigError(f"{', '.join(checkpoint_only)} applies to checkpoints; {paths[0]} is a run directory, "
+                          "whose masks are its own")
     options = _ray_options(args)
     to_stdout = args.csv == "-"
     single = len(paths) == 1
@@ -99,6 +128,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         from topo.plot import figure5, save
 
         save(figure5(table), args.plot)
+        print(f"topo: Figure 5 written to {args.plot}", file=sys.stderr)
     if args.json:
         print(table.to_json(orient="records"))
     elif out is not None:
@@ -114,6 +144,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 def _analyze_checkpoint(args: argparse.Namespace, path: Path, device, to_stdout: bool) -> int:
     import json
+
+    import pandas as pd
 
     from topo.analyze import analyze_checkpoint
     from topo.record.store import write_csv
@@ -135,7 +167,10 @@ def _analyze_checkpoint(args: argparse.Namespace, path: Path, device, to_stdout:
                                 for side, values in zip(("fan-out", "fan-in") if len(parts) == 2 else ("degree",),
                                                         parts, strict=True) for d in values],
                                columns=["graph", "side", "degree"])
-        save(layer_figure(result.table, degrees), args.plot)
+        named = f"{path}" + (f", backbone {args.backbone}" + (" (global)" if args.global_backbone else "")
+                             if args.backbone else "")
+        save(layer_figure(result.table, degrees, title=f"Layers of {named}"), args.plot)
+        print(f"topo: figure written to {args.plot}", file=sys.stderr)
     if args.json:
         print(json.dumps(result.records, allow_nan=True))
     elif to_stdout:
@@ -149,6 +184,8 @@ def _analyze_checkpoint(args: argparse.Namespace, path: Path, device, to_stdout:
 
 def _compared_masks(path: str, epoch: int | None, key: str | None) -> tuple[dict, str]:
     """Layer name → (out, in)-oriented mask of a run (at ``epoch``, default its last) or a checkpoint."""
+    import numpy as np
+
     from topo.analyze import is_run_directory
     from topo.families import detect, oriented, read_config
     from topo.record import RunReader
@@ -171,6 +208,9 @@ def _compared_masks(path: str, epoch: int | None, key: str | None) -> tuple[dict
 
 def cmd_compare(args: argparse.Namespace) -> int:
     import json
+
+    import numpy as np
+    import pandas as pd
 
     from topo.graph.compare import nnstd, nnstd_random
 
@@ -203,6 +243,8 @@ SEED_IN_NAME = re.compile(r"-s\d+(?=-|$)")
 
 def _stats_of(runs: Sequence[str], over_seeds: bool = False) -> pd.DataFrame:
     """``stats.csv`` of every run with a ``run`` column: its name, without the ``-sN`` seed part if ``over_seeds``."""
+    import pandas as pd
+
     from topo.record import RunReader
 
     frames = []
@@ -213,6 +255,9 @@ def _stats_of(runs: Sequence[str], over_seeds: bool = False) -> pd.DataFrame:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    check_output(args.output, "-o", figure=True)
     from topo import plot
     from topo.graph import metrics_table
     from topo.record import RunReader
@@ -227,8 +272,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
         table = pd.concat(tables, ignore_index=True)
         if args.over_seeds:
             table["run"] = table["run"].str.replace(SEED_IN_NAME, "", regex=True)
-        # several runs (methods): one line per run, mean ± sd over its graphs (and seeds)
-        fig = plot.figure5(table, hue="run" if len(args.runs) > 1 else "graph")
+        # one line per run and graph (the runs of one configuration pooled with --over-seeds: mean ± sd)
+        fig = plot.figure5(table, layer=args.layer)
     elif args.figure == "4":
         fig = plot.figure4(_stats_of(args.runs, args.over_seeds), layer=args.layer)
     else:
@@ -238,7 +283,21 @@ def cmd_plot(args: argparse.Namespace) -> int:
             histories["run"] = histories["run"].str.replace(SEED_IN_NAME, "", regex=True)
         fig = plot.figure3(histories, metric=args.metric)
     plot.save(fig, args.output)
-    print(f"Figure {args.figure} written to {args.output}")
+    print(f"topo: Figure {args.figure} written to {args.output}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    check_output(args.output, "-o")
+    if not args.output.lower().endswith((".html", ".htm")):
+        raise ConfigError(f"-o {args.output}: a report is an HTML file (.html)")
+    if args.null_samples < 2:
+        raise ConfigError(f"--null-samples must be >= 2 (a null needs a spread), got {args.null_samples}")
+    from topo.report import write_report
+
+    path = write_report(args.paths, args.output, title=args.title, null=args.null, null_samples=args.null_samples,
+                        layers=args.layers, backbone=args.backbone)
+    print(f"topo: report written to {path}", file=sys.stderr)
     return 0
 
 
@@ -315,11 +374,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _training_options(parser: argparse.ArgumentParser, model_default: str = "mlp") -> None:
-    from topo.experiments.models import MODELS
-
     parser.add_argument("--model", default=model_default,
-                        help=f"Table 1 model: {', '.join(MODELS)}; or model-dataset, e.g. mlp-mnist, cnn-cifar10")
-    parser.add_argument("--dataset", help="digits, mnist, fashion-mnist, cifar10, text (default: the model's)")
+                        help=f"Table 1 model: {', '.join(MODEL_NAMES)}; or model-dataset, e.g. mlp-mnist, cnn-cifar10")
+    parser.add_argument("--dataset", help=f"{', '.join(DATASET_NAMES)} (default: the model's)")
     parser.add_argument("--data-dir", help="folder with the dataset's files (default: $TOPO_DATA)")
     parser.add_argument("--epochs", type=int, help="default: Table 1's")
     parser.add_argument("--widths", type=int, nargs="+",
@@ -358,13 +415,20 @@ def _executor_options(parser: argparse.ArgumentParser, what: str) -> None:
                        help="Ray: accept a relative or /tmp output root on a cluster of several machines")
 
 
+def _global_options(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument("--debug", action="store_true", default=default, help="show tracebacks")
+    parser.add_argument("--quiet", action="store_true", default=default, help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="topo", description="Adaptive weight sparsity: train, record, analyse.")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    _global_options(parser, False)
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, argparse.SUPPRESS)  # after the command too, without resetting one given before it
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    command = functools.partial(sub.add_parser, parents=[common])
 
-    p = sub.add_parser("analyze", help="graph metrics of a checkpoint or run directory",
+    p = command("analyze", help="graph metrics of a checkpoint or run directory",
                        description="Graph metrics (Figure 5) of every layer of a PyTorch checkpoint or topo run.")
     p.add_argument("path", nargs="+",
                    help="run directories (several: one tidy table, --csv), or one checkpoint: .pt/.pth/.bin/.ckpt "
@@ -378,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --backbone magnitude:F, the largest weights of the whole model")
     p.add_argument("--path-sources", type=int, metavar="N",
                    help="estimate mean shortest paths from N random sources, with their standard error "
-                        "(default: exact up to 16,384 nodes, 1,024 sources above)")
+                        "(default: exact up to 4,096 nodes, 1,024 sources above)")
     p.add_argument("--json", action="store_true", help="JSON records on stdout")
     p.add_argument("--csv", help="CSV file ('-' for stdout); for run directories, where the tidy table goes "
                                  "(one run: also RUN/graph_metrics.csv, its default)")
@@ -405,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     _executor_options(p, "runs")
     p.set_defaults(func=cmd_analyze)
 
-    p = sub.add_parser("compare", help="topology distance (NNSTD) between two runs or checkpoints",
+    p = command("compare", help="topology distance (NNSTD) between two runs or checkpoints",
                        description="Per layer (matched by name), the NNSTD distance of two runs' or checkpoints' "
                                    "masks (Liu et al. 2020): 0 for the same topology up to a permutation of neurons, "
                                    "1 for disjoint ones; beside it the distance of independent random masks of the "
@@ -419,22 +483,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("plot", help="draw Figure 3, 4 or 5 from run directories",
+    p = command("plot", help="draw Figure 3, 4 or 5 from run directories",
                        description="Draw a figure of the paper from one or more run directories.")
     p.add_argument("runs", nargs="+", help="run directories")
     p.add_argument("--figure", choices=["3", "4", "5", "degrees"], default="5",
                    help="3 (transplant), 4 (low-strength weights), 5 (graph metrics, turnover and exploration) or "
                         "degrees (fan-in/fan-out distributions against a random mask's Binomial)")
     p.add_argument("-o", "--output", required=True, help="image file (.png, .pdf, .svg)")
-    p.add_argument("--layer", help="Figure 4: layer to show (default: the first)")
+    p.add_argument("--layer", help="Figure 4: layer to show (default: the first); Figure 5: glob (or exact name) of "
+                                   "the graphs to draw, e.g. 'lstm.weight_hh*' (default: all)")
     p.add_argument("--metric", default="val_loss", help="Figure 3: stats column to plot (val_loss, val_acc, …)")
     p.add_argument("--over-seeds", action="store_true",
-                   help="Figures 3, 4: runs whose names differ only in -sN (the seed) as one line, mean ± std")
+                   help="Figures 3, 4, 5: runs whose names differ only in -sN (the seed) as one line, mean ± std")
     p.set_defaults(func=cmd_plot)
 
-    from topo.experiments.train import TRAIN_METHODS
+    p = command("report", help="one self-contained HTML page of runs or a checkpoint",
+                description="Write one HTML page (figures embedded, nothing fetched) telling the story of run "
+                            "directories (their configuration, scores, Figure 5 per layer, degree distributions, "
+                            "masks, metric tables; several runs compared) or of one checkpoint.")
+    p.add_argument("paths", nargs="+", help="run directories, or one checkpoint (anything topo analyze reads)")
+    p.add_argument("-o", "--output", required=True, help="the HTML file to write")
+    p.add_argument("--title", help="the page's title")
+    p.add_argument("--layers", help="glob over layer names")
+    p.add_argument("--backbone", metavar="magnitude:F|disparity:A", help="checkpoints: analyse this backbone")
+    p.add_argument("--null", choices=["er", "degree", "nm"], help="null-model bands and z-scores (see analyze)")
+    p.add_argument("--null-samples", type=int, default=20, metavar="K")
+    p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("train", help="train one model with one method, recorded",
+    p = command("train", help="train one model with one method, recorded",
                        description="Train a Table 1 model with a sparsity method and record the run.")
     _training_options(p)
     p.add_argument("--method", default="adaptive", help=f"one of: {', '.join(TRAIN_METHODS)}")
@@ -449,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="if the directory holds a run of another configuration, train into NAME-2, NAME-3, …")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("transplant", help="retrain a run's learned mask from scratch (Figure 3)",
+    p = command("transplant", help="retrain a run's learned mask from scratch (Figure 3)",
                        description="Section 5.1: train RUN's mask fixed from a fresh initialisation.")
     p.add_argument("run", help="run directory recorded by topo train")
     p.add_argument("--epoch", type=int, help="snapshot to take the mask from (default: last)")
@@ -461,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir")
     p.set_defaults(func=cmd_transplant)
 
-    p = sub.add_parser("reproduce", help="reproduce a table of the paper",
+    p = command("reproduce", help="reproduce a table of the paper",
                        description="Reproduce Table 2 for one model over seeds (mean ± std).")
     p.add_argument("table", choices=["table2"])
     _training_options(p)
@@ -477,7 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     _executor_options(p, "runs of the grid")
     p.set_defaults(func=cmd_reproduce)
 
-    p = sub.add_parser("demo", help="a few-minute end-to-end run on the bundled digits",
+    p = command("demo", help="a few-minute end-to-end run on the bundled digits",
                        description="Train adaptive, random fixed and dense MLPs on the bundled digits, record "
                                    "them, transplant the adaptive topology, compute graph metrics, save figures.")
     p.add_argument("--out", default="runs/demo")
@@ -486,16 +562,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> str:  # noqa: ANN001
+    """Warnings as one line naming what is wrong, not the source line that warned."""
+    return f"topo: warning: {message}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if not args.quiet else logging.WARNING, format="%(message)s")
+    warnings.formatwarning = _one_line_warning
     try:
         return args.func(args)
-    except (TopoError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
+    except (TopoError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
         if args.debug:
             traceback.print_exc()
         print(f"topo: error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # the reader of stdout left (| head): say so once, and keep Python from failing to flush at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print("topo: error: output closed before it was all written (stdout piped into a command that ended)",
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("topo: interrupted", file=sys.stderr)

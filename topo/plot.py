@@ -36,12 +36,12 @@ TOPOLOGY_PANELS = {
 
 
 def save(fig: plt.Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
-    """Write ``fig`` to ``path`` atomically (format from the suffix) and close it; returns the path."""
+    """Write ``fig`` to ``path`` atomically (format from the suffix) and close it; returns the path. The folder
+    must exist (no folder is created for a mistyped path)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.stem}.partial{path.suffix}")
     try:
-        fig.savefig(partial, dpi=dpi)
+        fig.savefig(partial, dpi=dpi, bbox_inches="tight")  # legends outside the axes stay in the image
         partial.replace(path)
     finally:
         partial.unlink(missing_ok=True)
@@ -57,33 +57,73 @@ def _require(frame: pd.DataFrame, columns: list[str], what: str) -> None:
         raise ConfigError(f"{what}: the table is empty")
 
 
-def figure5(metrics: pd.DataFrame, hue: str = "graph") -> plt.Figure:
-    """The four graph metrics over epochs (Figure 5), one line per ``hue`` value (LSTM gate or layer, or run).
+def _clip(metric: str, values: pd.Series) -> pd.Series:
+    low, high = METRIC_RANGES.get(metric, (None, None))
+    return values.clip(lower=low, upper=high)
 
-    Turnover and exploration (run directories) add two panels.
 
-    ``metrics`` is :func:`topo.graph.metrics_table` output (run, epoch, layer, graph, metric, value). Several runs
-    (seeds) with the same ``hue`` values are drawn as their mean with a ±1 std band. Where the table holds a null
-    model's baseline (``<metric>_null_mean`` and ``_null_std`` rows, ``metrics_table(..., null=...)``), the null
-    mean ± 2 std is drawn as a band of the line's colour behind it.
+def figure5(metrics: pd.DataFrame, hue: str | None = None, *, layer: str | None = None,
+            title: str | None = None) -> plt.Figure:
+    """The graph metrics over epochs (Figure 5): one line per graph of one run, or per run and graph of several.
+
+    ``metrics`` is :func:`topo.graph.metrics_table` output (run, epoch, layer, graph, metric, value). Nothing is
+    averaged that should not be: a line is one graph of one run; rows that share a line's label (runs that differ
+    only in their seed, which the caller gave one name) are drawn as their mean with a ±1 std band, clipped to
+    the values the metric can take. ``hue`` names what the lines are
+    (default: ``graph`` for one run, ``run · graph`` for several); ``layer`` is a glob choosing graphs
+    (``"lstm.weight_hh*"``). Turnover and exploration (run directories) add two panels, and a null model's
+    mean ± 2 std (``<metric>_null_mean``/``_std`` rows) is drawn as a band behind each line. The legend sits
+    outside the axes and the title names the runs.
     """
-    _require(metrics, ["epoch", "metric", "value", hue], "figure5")
+    import fnmatch
+
+    _require(metrics, ["epoch", "metric", "value"], "figure5")
+    if layer is not None:  # a glob, or a graph's exact name (whose brackets a glob would read as a class)
+        chosen = metrics["graph"].astype(str).eq(layer) | metrics["layer"].astype(str).eq(layer)
+        chosen |= metrics["graph"].map(lambda g: fnmatch.fnmatchcase(str(g), layer))
+        chosen |= metrics["layer"].map(lambda g: fnmatch.fnmatchcase(str(g), layer))
+        metrics = metrics[chosen]
+        if metrics.empty:
+            raise ConfigError(f"figure5: no graph matches --layer {layer!r}")
+    runs = list(dict.fromkeys(metrics["run"])) if "run" in metrics else [""]
+    if hue is None:
+        hue = "line"
+        label = metrics["graph"].astype(str) if len(runs) == 1 else \
+            metrics["run"].astype(str) + " · " + metrics["graph"].astype(str)
+        metrics = metrics.assign(line=label)
+    _require(metrics, [hue], "figure5")
     panels = dict(FIGURE5_PANELS)
-    panels.update({title: names for title, names in TOPOLOGY_PANELS.items() if metrics["metric"].isin(names).any()})
+    panels.update({name: names for name, names in TOPOLOGY_PANELS.items() if metrics["metric"].isin(names).any()})
     columns = -(-len(panels) // 2)
-    fig, axes = plt.subplots(2, columns, figsize=(5 * columns, 7), sharex=True, squeeze=False)
+    fig, axes = plt.subplots(2, columns, figsize=(5 * columns + 3, 7), sharex=True, squeeze=False)
     for ax in list(axes.T.flat)[len(panels):]:
         ax.set_axis_off()
-    hues = list(dict.fromkeys(metrics[hue]))
-    palette = dict(zip(hues, sns.color_palette(n_colors=len(hues)), strict=True))
-    for ax, (title, names) in zip(axes.T.flat, panels.items(), strict=False):
+    lines = list(dict.fromkeys(metrics[hue]))
+    palette = dict(zip(lines, sns.color_palette("husl" if len(lines) > 10 else None, n_colors=len(lines)),
+                       strict=True))
+    for ax, (panel, names) in zip(axes.T.flat, panels.items(), strict=False):
         for name in names:
             null_band(ax, metrics, name, hue, palette)
-        sns.lineplot(data=metrics[metrics["metric"].isin(names)], x="epoch", y="value", hue=hue, errorbar="sd",
-                     ax=ax, legend=ax is axes.flat[0], palette=palette)
-        ax.set_title(title)
-        ax.set_ylabel("")
-    fig.suptitle("Graph metrics of the learned masks over training (cf. Figure 5)")
+            rows = metrics[metrics["metric"] == name]
+            for line, data in rows.groupby(hue, sort=False):
+                stats = data.groupby("epoch")["value"].agg(["mean", "std", "count"]).reset_index()
+                ax.plot(stats["epoch"], stats["mean"], color=palette[line], label=str(line), linewidth=1.4)
+                spread = stats["count"] > 1
+                if spread.any():
+                    low = _clip(name, stats["mean"] - stats["std"].fillna(0))
+                    high = _clip(name, stats["mean"] + stats["std"].fillna(0))
+                    ax.fill_between(stats["epoch"], low, high, color=palette[line], alpha=0.2, linewidth=0,
+                                    label="_sd")
+        ax.set_title(panel, fontsize=10)
+        ax.set_xlabel("epoch")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))
+    if unique:
+        fig.legend(unique.values(), unique.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
+                   fontsize=8, title=hue if hue != "line" else ("graph" if len(runs) == 1 else "run · graph"))
+    named = title or ("Graph metrics over training (cf. Figure 5): "
+                      + (runs[0] if len(runs) == 1 else f"{len(runs)} runs"))
+    fig.suptitle(named)
     fig.tight_layout()
     return fig
 
@@ -175,37 +215,102 @@ def table2_curves(histories: pd.DataFrame, metric: str = "val_error") -> plt.Fig
     return grid.figure
 
 
-def layer_figure(table: pd.DataFrame, degrees: pd.DataFrame) -> plt.Figure:
-    """A checkpoint at a glance: degree distributions per layer, and the metrics by depth.
+#: Up to this many graphs share one panel (overlaid, with a legend); beyond it each gets a small panel of its own.
+OVERLAID_GRAPHS = 12
+DEPTH_PANELS = {"algebraic connectivity": ("algebraic_connectivity",),
+                "Gini of degree (fan-in for layers)": ("degree_gini", "fan_in_gini"),
+                "clustering (Robins–Alexander for layers)": ("global_clustering", "bipartite_clustering")}
+
+
+def layer_figure(table: pd.DataFrame, degrees: pd.DataFrame, title: str = "") -> plt.Figure:
+    """A checkpoint at a glance: degree distributions per graph, and the metrics by depth with graph names.
 
     ``table`` is :class:`topo.analyze.CheckpointAnalysis` ``.table`` (one row per graph, in model order);
-    ``degrees`` a tidy frame with columns graph, side (``fan-in`` / ``fan-out`` for bipartite graphs,
-    ``degree`` for square ones) and degree.
+    ``degrees`` a tidy frame with columns graph, side (``fan-in`` / ``fan-out`` for bipartite graphs, ``degree``
+    for square ones) and degree; ``title`` names the checkpoint (and backbone). Up to
+    :data:`OVERLAID_GRAPHS` graphs share each degree panel, with the legend outside; more become small multiples,
+    one per graph, grouped by kind. When every layer is dense a note replaces the degree panels (their graphs are
+    complete: every node has the same degree).
     """
+    from matplotlib.gridspec import GridSpec
+
     _require(table, ["graph", "kind"], "layer_figure")
     _require(degrees, ["graph", "side", "degree"], "layer_figure")
-    fig, axes = plt.subplots(2, 3, figsize=(14, 7))
-    for ax, side in zip(axes[0], ("fan-in", "fan-out", "degree"), strict=True):
-        data = degrees[degrees["side"] == side]
-        if data.empty:
-            ax.set_axis_off()
-            continue
-        sns.histplot(data=data, x="degree", hue="graph", element="step", fill=False, stat="density",
-                     common_norm=False, ax=ax, legend=len(data["graph"].unique()) <= 12)
-        ax.set_title(f"{side} distribution per graph")
-    depth = table.reset_index(drop=True).assign(depth=lambda t: range(len(t)))
-    panels = {"algebraic connectivity": ("algebraic_connectivity",),
-              "Gini (fan-in for layers)": ("degree_gini", "fan_in_gini"),
-              "clustering (Robins–Alexander for layers)": ("global_clustering", "bipartite_clustering")}
-    for ax, (title, names) in zip(axes[1], panels.items(), strict=True):
-        columns = [c for c in names if c in depth]
-        values = depth[columns].bfill(axis=1).iloc[:, 0] if columns else pd.Series(dtype=float)
-        sns.lineplot(x=depth["depth"], y=values, hue=depth["kind"], marker="o", ax=ax)
-        ax.set_title(f"{title} by depth")
-        ax.set_xlabel("graph, in model order")
-        ax.set_ylabel("")
-    fig.tight_layout()
+    graphs = list(dict.fromkeys(table["graph"]))
+    kinds = dict(zip(table["graph"], table["kind"], strict=False))
+    prefix = _common_prefix(graphs)
+    dense = "mask_density" in table and bool((table["mask_density"] >= 1.0).all())
+    many = len(graphs) > OVERLAID_GRAPHS and not dense
+    order = sorted(graphs, key=lambda g: (kinds[g], graphs.index(g)))
+    columns = 6
+    rows_top = -(-len(order) // columns) if many else 1
+    fig = plt.figure(figsize=(16, 4.2 + 1.8 * rows_top + (0 if many else 2.2)))
+    grid = GridSpec(rows_top + 1, columns if many else 3, figure=fig,
+                    height_ratios=[1.2 if many else 2.2] * rows_top + [3.2])
+    if dense:
+        ax = fig.add_subplot(grid[0, :])
+        ax.set_axis_off()
+        ax.text(0.5, 0.5, "Every analysed layer is dense: its graph is complete and every node has the same degree, "
+                "so there is no degree distribution to draw.\nAnalyse a backbone (--backbone magnitude:0.1) to see "
+                "the structure of the weights.", ha="center", va="center", fontsize=11, wrap=True)
+    elif many:
+        for index, graph in enumerate(order):
+            ax = fig.add_subplot(grid[index // columns, index % columns])
+            for side, data in degrees[degrees["graph"] == graph].groupby("side", sort=False):
+                ax.hist(data["degree"], bins=20, histtype="step", density=True, label=side)
+            ax.set_title(_short(graph[len(prefix):], 30), fontsize=6)
+            ax.tick_params(labelsize=6)
+        fig.axes[0].legend(fontsize=6, frameon=False)
+        fig.text(0.5, 1.0, "degree distributions, one panel per graph, grouped by kind: "
+                 + ", ".join(dict.fromkeys(kinds[g] for g in order)), ha="center", va="bottom", fontsize=9)
+    else:
+        sides = [side for side in ("fan-in", "fan-out", "degree") if (degrees["side"] == side).any()]
+        for column, side in enumerate(sides[:3]):
+            ax = fig.add_subplot(grid[0, column])
+            data = degrees[degrees["side"] == side]
+            for graph, values in data.groupby("graph", sort=False):
+                ax.hist(values["degree"], bins=30, histtype="step", density=True,
+                        label=_short(str(graph)[len(prefix):]))
+            ax.set_title(f"{side} distribution per graph", fontsize=10)
+            ax.set_xlabel("degree")
+        fig.axes[-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False)
+    depth = table.reset_index(drop=True)
+    positions = list(range(len(depth)))
+    step = max(1, len(depth) // 40)
+    for column, (panel, names) in enumerate(DEPTH_PANELS.items()):
+        ax = fig.add_subplot(grid[rows_top, column * (columns // 3) if many else column:
+                                 (column + 1) * (columns // 3) if many else column + 1])
+        present = [c for c in names if c in depth]
+        values = depth[present].bfill(axis=1).iloc[:, 0] if present else pd.Series(float("nan"), index=depth.index)
+        for kind, rows in depth.groupby("kind", sort=False):
+            ax.plot(rows.index, values[rows.index], "o", markersize=3.5, label=kind)
+        ax.set_xticks(positions[::step], [_short(g[len(prefix):], 30) for g in depth["graph"]][::step], rotation=90,
+                      fontsize=6)
+        ax.set_title(f"{panel}, by depth", fontsize=10)
+    fig.axes[-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False, title="kind")
+    fig.suptitle((title or "Layers of a checkpoint") + (f" (graphs named without their common '{prefix}')"
+                                                          if prefix else ""))
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
     return fig
+
+
+def _common_prefix(names: list[str]) -> str:
+    """The dotted prefix every name shares (``transformer.``), so labels show what differs."""
+    if len(names) < 2:
+        return ""
+    parts = [name.split(".") for name in names]
+    shared = []
+    for pieces in zip(*parts, strict=False):
+        if len(set(pieces)) != 1:
+            break
+        shared.append(pieces[0])
+    shared = shared[: min(len(p) for p in parts) - 1]
+    return ".".join(shared) + "." if shared else ""
+
+
+def _short(name: str, width: int = 38) -> str:
+    """A graph name that fits a tick label: its end, where layer numbers and projections are."""
+    return name if len(name) <= width else "…" + name[-(width - 1):]
 
 
 def degree_figure(degrees: pd.DataFrame, layers: list[str] | None = None) -> plt.Figure:

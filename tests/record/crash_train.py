@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from topo.experiments.data import bundled
 from topo.record import Recorder
 from topo.sparsity import Adaptive
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def main() -> None:
     run_dir, epochs, delay = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
     resume = "--resume" in sys.argv
-    with np.load(REPO / "data" / "digits.npz") as f:
+    with np.load(bundled("digits.npz")) as f:
         x = torch.from_numpy(f["images"].reshape(-1, 64).astype(np.float32) / 16)
         y = torch.from_numpy(f["labels"].astype(np.int64))
     torch.set_num_threads(1)  # one thread: no run-to-run variation from how the work is split

@@ -93,7 +93,7 @@ def test_bad_inputs_raise_one_clear_error_and_modify_nothing(tmp_path, monkeypat
 
     cases = {
         "truncated.pt": "not a readable PyTorch checkpoint",
-        "text.pt": "not a readable PyTorch checkpoint",
+        "text.pt": r"not a PyTorch checkpoint \(neither a torch.save zip archive nor a pickle\)",
         "evil.pt": "weights_only",
         "no2d.pt": "no weight with two or more dimensions",
         "list.pt": "no mapping of names to weights",

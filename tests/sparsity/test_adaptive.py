@@ -11,7 +11,7 @@ from topo.errors import ConfigError
 from topo.sparsity import Adaptive, AdaptiveConfig, adapt_layer, grow_probability, prune_probability
 from topo.sparsity.adaptive import grow_exponent, prune_exponent
 
-from ..conftest import mlp
+from ..conftest import DEVICES, mlp
 
 
 def test_prune_probability_is_half_at_k_times_mean():
@@ -233,3 +233,55 @@ def test_prune_exponent_formula():
     cfg = AdaptiveConfig(density=0.25, k=2.0, s=4.0, g=1.0)
     x = prune_exponent(torch.tensor([3.0]), 0.5, 0.5, cfg)
     assert x.item() == pytest.approx(3.0 / 1.0 - 1 - 4.0 * 0.25)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_fused_pass_gives_the_per_layer_masks_and_weights(device):
+    from topo.sparsity.adaptive import adapt_layers_fused
+
+    generator = torch.Generator().manual_seed(0)
+    shapes = [(64, 48), (48, 48), (10, 48), (4 * 16, 16)]
+    weights = [torch.randn(s, generator=generator).to(device) for s in shapes]
+    masks = [(torch.rand(s, generator=generator) < 0.3).to(device) for s in shapes]
+    grads = [torch.randn(s, generator=generator).to(device) for s in shapes]
+    grads[2][:, :10] = 0.0  # ties: many zero gradients, broken alike (the lower position first)
+    weights = [w * m for w, m in zip(weights, masks, strict=True)]
+    configs = [AdaptiveConfig(density=0.3, k=k) for k in (0.5, 0.25, 0.75, 0.5)]
+    configs[3] = AdaptiveConfig(density=0.3, k=0.5, r=0.01, cg=0.5)
+    one = [(w.clone(), m.clone()) for w, m in zip(weights, masks, strict=True)]
+    two = [(w.clone(), m.clone()) for w, m in zip(weights, masks, strict=True)]
+    per_layer = [adapt_layer(w, m, g, cfg, torch.Generator(device=device).manual_seed(7))
+                 for (w, m), g, cfg in zip(one, grads, configs, strict=True)]
+    fused = adapt_layers_fused([w for w, _ in two], [m for _, m in two], grads, configs,
+                               torch.Generator(device=device).manual_seed(7))
+    for (_, m1), (_, m2), (p1, g1), (p2, g2) in zip(one, two, per_layer, fused, strict=True):
+        assert torch.equal(m1, m2) and torch.equal(p1, p2) and torch.equal(g1, g2)
+        assert p1.any() and g1.any()
+    # the noise of new weights comes from one generator in layer order: the per-layer pass with one generator
+    sequential = [(w.clone(), m.clone()) for w, m in zip(weights, masks, strict=True)]
+    shared = torch.Generator(device=device).manual_seed(3)
+    for (w, m), g, cfg in zip(sequential, grads, configs, strict=True):
+        adapt_layer(w, m, g, cfg, shared)
+    three = [(w.clone(), m.clone()) for w, m in zip(weights, masks, strict=True)]
+    adapt_layers_fused([w for w, _ in three], [m for _, m in three], grads, configs,
+                       torch.Generator(device=device).manual_seed(3))
+    for (w1, _), (w2, _) in zip(sequential, three, strict=True):
+        assert torch.allclose(w1, w2, rtol=0, atol=1e-7)
+
+
+def test_adaptive_uses_the_fused_pass_for_the_presets_only(monkeypatch):
+    import topo.sparsity.adaptive as adaptive
+
+    calls = []
+    real = adaptive.adapt_layers_fused
+    monkeypatch.setattr(adaptive, "adapt_layers_fused", lambda *a: calls.append(1) or real(*a))
+    for options, fused in (({}, True), ({"g": 5.0}, False), ({"beta0": 0.5}, False)):
+        torch.manual_seed(0)
+        model = mlp((32,))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        sp = Adaptive(model, optimizer, density=0.3, every=1, unit="step", seed=0, **options)
+        calls.clear()
+        model(torch.randn(8, 64)).sum().backward()
+        optimizer.step()
+        sp.step()
+        assert bool(calls) == fused, options

@@ -7,7 +7,7 @@ digits: a fixed 297; mnist-5k: a stratified 1,000; text: the corpus's last 10 %)
 =================  ==========================================================================================
 name               files expected in the data directory (``--data-dir`` or ``$TOPO_DATA``)
 =================  ==========================================================================================
-``digits``         none: the 8×8 handwritten digits bundled in the repository (``data/digits.npz``)
+``digits``         none: the 8×8 handwritten digits bundled with topo (``topo/data/digits.npz``)
 ``mnist``          ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``, ``t10k-images-idx3-ubyte``,
                    ``t10k-labels-idx1-ubyte`` (optionally ``.gz``), in ``DIR``, ``DIR/mnist`` or
                    ``DIR/MNIST/raw``; downloaded by torchvision when it is installed and the machine is online
@@ -34,8 +34,20 @@ import numpy as np
 import torch
 
 from topo.errors import ConfigError
+from topo.experiments import DATASET_NAMES
 
-REPO_DATA = Path(__file__).resolve().parents[2] / "data"
+#: Data files installed with topo (package data): the digits and a small text.
+PACKAGE_DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def bundled(name: str) -> Path:
+    """The path of a data file installed with topo: ``digits.npz`` or ``sonnets.txt`` (a 120,000-character public
+    domain text for the char-LSTM); see ``data/README.md``."""
+    path = PACKAGE_DATA / name
+    if not path.exists():
+        raise ConfigError(f"{name}: no such bundled file; bundled: "
+                          f"{', '.join(sorted(p.name for p in PACKAGE_DATA.iterdir()))}")
+    return path
 FASHION_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -68,7 +80,7 @@ def data_dir(path: str | os.PathLike | None = None) -> Path | None:
 
 def load_digits(test: int = 297, seed: int = 0) -> Dataset:
     """The bundled 1,797 8×8 digits, pixels scaled to [0, 1]; a fixed random test split of ``test`` examples."""
-    with np.load(REPO_DATA / "digits.npz") as f:
+    with np.load(bundled("digits.npz")) as f:
         x = torch.from_numpy(f["images"].reshape(-1, 64).astype(np.float32) / 16.0)
         y = torch.from_numpy(f["labels"].astype(np.int64))
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
@@ -253,7 +265,7 @@ def hold_out_validation(
     return x[held], y[held], x[kept], y[kept]
 
 
-DATASETS = ("digits", "mnist", "mnist-5k", "fashion-mnist", "cifar10", "text")
+DATASETS = DATASET_NAMES
 
 
 def load_dataset(name: str, directory: str | os.PathLike | None = None) -> Dataset:

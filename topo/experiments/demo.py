@@ -2,7 +2,8 @@
 
 Trains a dense, a random fixed sparse and an adaptive sparse MLP (α = 0.1, budget-matched widths), records every
 epoch, transplants the adaptive run's final topology into a fresh network (Section 5.1), computes the graph
-metrics of the adaptive run's masks over training, and saves Figures 3, 4 and 5 and a summary table.
+metrics of the adaptive run's masks over training, and saves Figures 3, 4 and 5, a summary table and the
+adaptive run's HTML report (``report.html``, :mod:`topo.report`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from topo.experiments.train import TrainConfig, TrainResult, train
 from topo.experiments.transplant import transplant
 from topo.graph import metrics_table
 from topo.record import RunReader
+from topo.report import write_report
 
 
 def fresh_directory(out: Path) -> Path:
@@ -52,9 +54,11 @@ def run_demo(out: str | os.PathLike = "runs/demo", epochs: int = 20, progress: b
     metrics = metrics_table(RunReader(adaptive_dir), run="adaptive", progress=progress)
     metrics.to_csv(out / "graph_metrics.csv", index=False)
     plot.save(plot.figure5(metrics, hue="layer"), out / "figure5.png")
+    write_report([adaptive_dir, results["random-fixed"].run_dir], out / "report.html",
+                 title="topo demo: the paper's adaptive rule beside random fixed, MLP on the digits")
 
     final = histories.groupby("run").last()[["epoch", "val_loss", "val_error"]]
     final.to_csv(out / "summary.csv")
     lines = [f"topo demo: MLP on the bundled digits, α = 0.1, {epochs} epochs", final.to_string(), "",
-             f"runs and figures (figure3.png, figure4.png, figure5.png) in {out}"]
+             f"runs, figures (figure3.png, figure4.png, figure5.png) and report.html in {out}"]
     return "\n".join(lines)

@@ -26,6 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from topo.errors import ConfigError
+from topo.experiments import TRAIN_METHODS
 from topo.experiments.data import DATASETS, Dataset, load_dataset, shaped_for
 from topo.experiments.models import MODELS, VAE, ModelSpec, get_model_spec
 from topo.record import Recorder, RunReader, restore_checkpoint
@@ -35,8 +36,6 @@ from topo.sparsity.base import Sparsifier
 
 log = logging.getLogger(__name__)
 
-TRAIN_METHODS = ("dense", "wide-dense", "random-fixed", "random-channelwise", "adaptive", "pruning", "set", "rigl",
-                 "snip")
 
 
 def default_prune_epoch(epochs: int) -> int:

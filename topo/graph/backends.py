@@ -50,12 +50,16 @@ class CPUBackend:
 
     ``dense_limit``: largest n for which λ2 comes from a dense LAPACK solve. ``blas_triangles_from`` and
     ``blas_bfs_from``: edge densities (2m/n²) from which triangles and breadth-first search use dense float32
-    matrix products (exact for 0/1 entries below 2^24) instead of the bit-parallel kernels.
+    matrix products (exact for 0/1 entries below 2^24) instead of the bit-parallel kernels;
+    ``blas_cycles_from``: the biadjacency density from which a bipartite graph's 4-cycles come from a dense
+    float32 B·Bᵀ rather than a sparse product (the sparse product costs ∝ d² of the dense one, and is about 250×
+    slower per operation here: the crossover is near d = 0.06).
     """
 
     dense_limit: int = 256
     blas_triangles_from: float = 0.15
     blas_bfs_from: float = 0.05
+    blas_cycles_from: float = 0.06
     name: str = "cpu"
 
     def degrees(self, adjacency: np.ndarray) -> np.ndarray:
@@ -85,7 +89,7 @@ class CPUBackend:
         block = adjacency[n_in:, :n_in]
         degree_out = block.sum(1, dtype=np.float64)
         degree_in = block.sum(0, dtype=np.float64)
-        if np.count_nonzero(block) < self.blas_triangles_from * block.size:  # sparse: memory ∝ edges
+        if np.count_nonzero(block) < self.blas_cycles_from * block.size:  # sparse: memory ∝ edges
             sparse = scipy.sparse.csr_array(block, dtype=np.float64)
             common = (sparse @ sparse.T).data
             pairs = float((common * (common - 1)).sum()) / 2

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -66,6 +66,7 @@ class Graph:
     parts: tuple[int, ...] | None = None
     kind: str = "square"
     mask_density: float | None = None
+    built: bool = field(default=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         """Refuse what is not an undirected simple graph: a directed or self-looped matrix would give wrong metrics.
@@ -73,6 +74,8 @@ class Graph:
         Build graphs from masks with :func:`square_graph` (which symmetrises and drops self-loops) and the other
         builders. ``parts``: the layer sizes of a layered (bipartite) graph, nodes numbered layer by layer.
         ``kind`` says where the graph comes from (see :data:`KINDS`); ``parts`` decides which metrics apply.
+        ``built`` marks a graph made by this module's builders, symmetric by construction: its O(n²) symmetry
+        check is skipped.
         """
         a = self.adjacency
         label = self.name or "<unnamed>"
@@ -81,7 +84,7 @@ class Graph:
         if (a.dtype != torch.bool) if torch.is_tensor(a) else (a.dtype != bool):
             raise MaskError(f"graph {label}: adjacency must be boolean, got {a.dtype}; build graphs from masks "
                             "with square_graph()")
-        if bool((a != a.T).any()):
+        if not self.built and bool((a != a.T).any()):  # the builders make symmetric graphs by construction
             raise MaskError(f"graph {label}: adjacency is not symmetric (a directed graph); use square_graph() to "
                             "symmetrise a mask")
         if bool(a.diagonal().any()):
@@ -123,13 +126,14 @@ class Graph:
         """The same graph with a numpy adjacency."""
         if not self.is_torch:
             return self
-        return Graph(self.adjacency.detach().cpu().numpy(), self.name, self.parts, self.kind, self.mask_density)
+        return Graph(self.adjacency.detach().cpu().numpy(), self.name, self.parts, self.kind, self.mask_density,
+                     built=True)
 
     def torch(self, device: str | torch.device | None = None) -> Graph:
         """The same graph with a torch adjacency on ``device`` (default: where it is, or the CPU)."""
         adjacency = self.adjacency if self.is_torch else torch.from_numpy(np.ascontiguousarray(self.adjacency))
         return Graph(adjacency.to(device) if device is not None else adjacency, self.name, self.parts, self.kind,
-                     self.mask_density)
+                     self.mask_density, built=True)
 
     def edges(self) -> np.ndarray:
         """(m, 2) array of edges (i < j)."""
@@ -198,7 +202,7 @@ def square_graph(mask: Any, name: str = "", kind: str = "square") -> Graph:
     block = as_mask(mask, name)
     if block.ndim != 2 or block.shape[0] != block.shape[1]:
         raise MaskError(f"mask {name!r} must be square for a recurrent graph, got shape {tuple(block.shape)}")
-    return Graph(_symmetrise(block), name, kind=kind, mask_density=_density(block))
+    return Graph(_symmetrise(block), name, kind=kind, mask_density=_density(block), built=True)
 
 
 def recurrent_gate_graphs(mask: Any, name: str = "", gates: Sequence[str] | None = None) -> dict[str, Graph]:
@@ -233,7 +237,7 @@ def bipartite_graph(mask: Any, name: str = "", kind: str = "bipartite") -> Graph
 
 
 def _with_density(graph: Graph, block: Array) -> Graph:
-    return Graph(graph.adjacency, graph.name, graph.parts, graph.kind, _density(block))
+    return Graph(graph.adjacency, graph.name, graph.parts, graph.kind, _density(block), built=True)
 
 
 def _channels(block: Array) -> Array:
@@ -292,7 +296,7 @@ def layered_graph(masks: Sequence[Any], name: str = "network", kind: str | None 
         adjacency[cols, rows] = block.T
     kind = kind or ("bipartite" if len(blocks) == 1 else "layered")
     return Graph(adjacency, name, tuple(int(size) for size in sizes), kind,
-                 _density(blocks[0]) if len(blocks) == 1 else None)
+                 _density(blocks[0]) if len(blocks) == 1 else None, built=True)
 
 
 #: Recurrent weights as PyTorch and real code name them: ``rnn.weight_hh_l0``, ``lstm.layers.0.weight_hh``,

@@ -13,20 +13,19 @@ import math
 import random
 import warnings
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import igraph
 import numpy as np
 import pandas as pd
-import scipy.sparse
-import scipy.sparse.csgraph
 import torch
 from tqdm.auto import tqdm
 
 from topo.errors import ConfigError, EmptyGraphWarning
 from topo.families import Family
+from topo.graph import bitsets
 from topo.graph.backends import CPUBackend, PathCounts, TorchBackend, pick_backend
 from topo.graph.batched import batch_size, count_batch
 from topo.graph.build import Graph, graph_sources, recurrent_gates, square_graph
@@ -193,18 +192,16 @@ def sampled_shortest_path(graph: Graph | Any, sources: int, seed: int = 0) -> Pa
     With dᵢ the total distance and rᵢ the number of nodes reachable from sampled source i, the estimate is the
     ratio Σdᵢ / Σrᵢ, its standard error the ratio estimator's, √(Σ(dᵢ − m·rᵢ)² / (s(s − 1))) / r̄ with the finite
     population correction √(1 − s/n); it is exact (error 0) when every node is a source. Cost: s searches
-    instead of n, for graphs too large for the exact all-pairs search.
+    instead of n, for graphs too large for the exact all-pairs search, all of them at once by the bit-parallel
+    search of :func:`topo.graph.bitsets.sampled_bfs`.
     """
     graph = _as_graph(graph).numpy()
     n = graph.n_nodes
     if n < 2:
         return PathLength(_undefined(graph, "mean shortest path", f"{n} node(s)"), math.nan, math.nan)
     chosen = np.sort(np.random.default_rng(seed).choice(n, size=min(sources, n), replace=False))
-    distances = scipy.sparse.csgraph.shortest_path(scipy.sparse.csr_array(graph.adjacency), directed=False,
-                                                    unweighted=True, indices=chosen)
-    reachable = np.isfinite(distances) & (distances > 0)
-    d = np.where(reachable, distances, 0).sum(1)
-    r = reachable.sum(1).astype(np.float64)
+    d, r = bitsets.sampled_bfs(graph.adjacency, chosen)
+    d, r = d.astype(np.float64), r.astype(np.float64)
     fraction = float(r.sum() / (len(chosen) * (n - 1)))
     if r.sum() == 0:
         return PathLength(_undefined(graph, "mean shortest path", "no reachable pair"), fraction, math.nan)
@@ -283,10 +280,11 @@ class RawCounts:
     spectrum: Callable[[], dict[str, float]] | None = None
 
 
-def _summary(graph: Graph, raw: RawCounts) -> dict[str, float]:
-    """The summary dict of :func:`summarize` from a graph's raw quantities (each metric's conventions applied)."""
+def _summary(graph: Graph, raw: RawCounts, only: Sequence[str] | None = None) -> dict[str, float]:
+    """The summary dict of :func:`summarize` from a graph's raw quantities (each metric's conventions applied);
+    ``only`` restricts it to those metrics (the others are not computed)."""
     kind = structure(graph)
-    path = raw.path_length()
+    path = functools.cache(raw.path_length)
     split = graph.parts[0] if graph.is_bipartite else 0
     spectrum = functools.cache(raw.spectrum or (lambda: graph_spectrum(graph)))
     values: dict[str, Callable[[], float]] = {
@@ -299,21 +297,23 @@ def _summary(graph: Graph, raw: RawCounts) -> dict[str, float]:
         "fan_out_gini": lambda: _gini(graph, raw.degrees[:split]),
         "global_clustering": lambda: _clustering(graph, raw.transitivity),
         "bipartite_clustering": lambda: _robins_alexander(graph, raw.bipartite_cycles),
-        "mean_shortest_path": lambda: path.mean,
-        "reachable_fraction": lambda: path.reachable_fraction,
+        "mean_shortest_path": lambda: path().mean,
+        "reachable_fraction": lambda: path().reachable_fraction,
         **{name: (lambda name=name: spectrum()[name])
            for name in ("spectral_gap", "ramanujan_gap", "dead_inputs", "dead_outputs")},
     }
-    result = {metric: values[metric]() for metric in METRICS[kind]}
+    result = {metric: values[metric]() for metric in METRICS[kind] if only is None or metric in only}
+    if only is not None:
+        return result
     if graph.mask_density is not None:
         result["mask_density"] = graph.mask_density
     if raw.sampled_paths:
-        result["mean_shortest_path_se"] = path.standard_error
+        result["mean_shortest_path_se"] = path().standard_error
     return result
 
 
 def summarize(graph: Graph | Any, backend: str = "auto", *, small_world_graphs: int = 0, seed: int = 0,
-              path_sources: int | None = None) -> dict:
+              path_sources: int | None = None, metrics: Sequence[str] | None = None) -> dict:
     """Every metric that applies to a graph, as a dict (:data:`METRICS` by the graph's structure).
 
     Square graphs (recurrent gate blocks: the paper's Figure 5) get algebraic connectivity, degree Gini, global
@@ -325,9 +325,12 @@ def summarize(graph: Graph | Any, backend: str = "auto", *, small_world_graphs: 
     also its ``mask_density`` (active weights over weights of the block), which differs from ``density`` for
     square graphs (an edge joins two entries) and convolution channel graphs (an edge is any active tap).
 
-    With ``small_world_graphs > 0`` also σ and ω (:func:`small_world`) against that many random graphs. With
+    With ``small_world_graphs > 0`` also σ and ω (:func:`small_world`) against that many random graphs, for square
+    graphs only: both compare clustering with a ring lattice's, and a bipartite graph's transitivity is 0 by
+    construction, so they are absent elsewhere, as other metrics are. With
     ``path_sources`` below the number of nodes, the mean shortest path is estimated from that many sources
-    (:func:`sampled_shortest_path`, seeded by ``seed``) and reported with ``mean_shortest_path_se``.
+    (:func:`sampled_shortest_path`, seeded by ``seed``) and reported with ``mean_shortest_path_se``. ``metrics``
+    computes only those (e.g. the paper's four), and nothing else.
     """
     graph = _as_graph(graph)
     kernels, adjacency = _kernels(graph, backend)
@@ -338,8 +341,8 @@ def summarize(graph: Graph | Any, backend: str = "auto", *, small_world_graphs: 
         kernels.degrees(adjacency), components, lambda: kernels.lambda2(adjacency),
         lambda: kernels.transitivity(adjacency), lambda: kernels.bipartite_cycles(adjacency, split),
         (lambda: sampled_shortest_path(graph, path_sources, seed)) if sampled
-        else (lambda: _path(graph, lambda: kernels.path_counts(adjacency))), sampled))
-    if small_world_graphs:
+        else (lambda: _path(graph, lambda: kernels.path_counts(adjacency))), sampled), metrics)
+    if small_world_graphs and structure(graph) == "square":  # σ and ω compare with a lattice: square graphs only
         result.update(small_world(graph, small_world_graphs, seed))
     return result
 
@@ -406,7 +409,7 @@ def _batch_summaries(graphs: list[Graph], small_world_graphs: int, seed: int) ->
             lambda i=i, graph=graph: _path(graph, lambda: PathCounts(float(counts.distance_sum[i]),
                                                                      int(counts.reachable_pairs[i]))),
         )))
-        if small_world_graphs:
+        if small_world_graphs and structure(graph) == "square":
             summaries[-1].update(small_world(graph, small_world_graphs, seed))
     return summaries
 

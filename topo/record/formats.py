@@ -277,7 +277,9 @@ def _find_weights(obj: Any, key: str | None, source: str) -> tuple[Mapping[str, 
 
 def _load_torch(path: Path) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (RuntimeError, ValueError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, KeyError,
             AttributeError):  # legacy (non-zip) files cannot be memory-mapped; the safe loader reads or reports
         return safe_load(path)

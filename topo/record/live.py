@@ -140,10 +140,12 @@ class LiveMetrics:
 
 def reusable_rows(cached: pd.DataFrame | None, epochs: Sequence[int], layers: Sequence[str]) -> pd.DataFrame:
     """The graph-metric rows of ``cached`` (a ``graph_metrics.csv``) for those ``epochs`` whose rows cover every
-    one of ``layers``; turnover and exploration are left out (they are cheap and always recomputed)."""
+    one of ``layers``; turnover, exploration and the weighted spectral gap are left out (they are cheap and always
+    recomputed)."""
     if cached is None or cached.empty:
         return pd.DataFrame(columns=["run", "epoch", "layer", "graph", "metric", "value"])
-    graph_rows = cached[~cached.metric.isin(["turnover", "exploration"]) & cached.layer.isin(layers)]
+    graph_rows = cached[~cached.metric.isin(["turnover", "exploration", "weighted_spectral_gap"])
+                        & cached.layer.isin(layers)]
     covered = graph_rows.groupby("epoch")["layer"].nunique()
     complete = [e for e in covered.index[covered == len(set(layers))] if e in set(epochs)]
     return graph_rows[graph_rows.epoch.isin(complete)]

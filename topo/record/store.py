@@ -52,8 +52,21 @@ STAT_COLUMNS = (
 )
 
 
+def _umask() -> int:
+    """The process's file-mode creation mask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: Files topo writes get the mode a plain ``open()`` would give them (0o666 less the umask, read when topo is
+#: imported): a temporary file from ``mkstemp`` is 0o600, which colleagues on a shared file system cannot read.
+FILE_MODE = 0o666 & ~_umask()
+
+
 def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
-    """Write ``path`` through ``write(file)`` into a temporary file in the same directory, then rename it."""
+    """Write ``path`` through ``write(file)`` into a temporary file in the same directory, then rename it; the
+    file gets :data:`FILE_MODE`, as if written in place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -61,6 +74,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
+            os.fchmod(handle.fileno(), FILE_MODE)
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:

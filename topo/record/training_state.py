@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,20 +34,44 @@ READABLE_FORMATS = ("topo-checkpoint/1", CHECKPOINT_FORMAT)
 _TENSOR = "__topo_tensor__"
 
 
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def refusal(path: Path, exc: Exception) -> str:
+    """One line saying why the safe loader refused ``path``: the Python class it would have had to import, or
+    that the file is a pickle of another kind (topo never runs code from a checkpoint)."""
+    text = _ANSI.sub("", str(exc))
+    found = _GLOBAL.search(text)
+    if found:
+        return (f"{path}: holds a Python object of class {found.group(1)}, which topo will not import (checkpoints "
+                "are read with weights_only=True, never running their code); save its state_dict() instead")
+    return (f"{path}: a pickle that is not a PyTorch checkpoint of tensors (topo reads checkpoints with "
+            "weights_only=True, never running their code); save the model's state_dict() with torch.save")
+
+
 def safe_load(path: str | os.PathLike) -> Any:
-    """``torch.load(path, map_location="cpu", weights_only=True)`` with every failure as one CheckpointError."""
+    """``torch.load(path, map_location="cpu", weights_only=True)`` with every failure as one CheckpointError (one
+    line, naming the file and, for a refused pickle, the class it would have imported); torch's own warnings about
+    the file are not shown."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file")
     if path.is_dir():
         raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: refused by the safe loader (weights_only=True): {first}") from None
+        raise CheckpointError(refusal(path, exc)) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        with open(path, "rb") as handle:
+            start = handle.read(4)
+        if not start.startswith((b"PK", b"\x80")):  # neither a zip archive (torch.save) nor a pickle (PROTO)
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither a torch.save zip archive nor a "
+                                  "pickle)") from None
+        first = _ANSI.sub("", str(exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (corrupt or truncated?): {first}") from None
 
 

@@ -35,6 +35,7 @@ every ``every`` steps (``unit="step"``) or, with ``unit="epoch"``, at the first 
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from collections.abc import Iterable
@@ -158,7 +159,8 @@ def _decide(exponent: torch.Tensor, g: float, generator: torch.Generator) -> tor
 
 
 def _masked_mean(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
-    return (values * where).sum() / where.sum().clamp(min=1)
+    """The mean of ``values`` where ``where`` holds, summed in float64 (as :func:`adapt_layers_fused` does)."""
+    return ((values.double() * where).sum() / where.sum().clamp(min=1)).float()
 
 
 @torch.no_grad()
@@ -217,7 +219,8 @@ def _grow_count(
     n_candidates = quota if sampled_all else int(flat_candidates.sum().item())
     if n_candidates >= quota:
         scores = torch.where(flat_candidates, grad_abs.flatten(), -1.0)
-        grown[torch.topk(scores, quota, sorted=False).indices] = True
+        order = torch.sort(scores, descending=True, stable=True).indices  # ties: the lower position first
+        grown[order[:quota]] = True
         return grown.view(mask.shape)
     grown |= flat_candidates
     others = (~mask).flatten() & ~flat_candidates
@@ -225,6 +228,66 @@ def _grow_count(
     keys = torch.where(others, keys, -1.0)
     grown[torch.topk(keys, quota - n_candidates, sorted=False).indices] = True
     return grown.view(mask.shape)
+
+
+def fusable(cfg: AdaptiveConfig) -> bool:
+    """Whether a layer's rule is the paper's preset form that :func:`adapt_layers_fused` computes (g = s = ∞,
+    β0 = β1 = 1: deterministic thresholds, exact counts, every weight a candidate)."""
+    return math.isinf(cfg.g) and math.isinf(cfg.s) and cfg.beta0 >= 1.0 and cfg.beta1 >= 1.0
+
+
+@torch.no_grad()
+def adapt_layers_fused(weights: list[torch.Tensor], masks: list[torch.Tensor], grads: list[torch.Tensor],
+                       configs: list[AdaptiveConfig],
+                       generator: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`adapt_layer` of every layer at once, for the preset form (:func:`fusable`); the same masks and
+    weights as the per-layer pass, in a few kernels over the concatenated layers and without a host
+    synchronisation.
+
+    The layers' magnitudes, masks and gradients are concatenated; every layer's W̄ is a segment mean, its
+    threshold k·W̄ is broadcast back, and pruning is one comparison. Growth sorts the whole concatenation once by
+    |∇J| (descending, ties to the lower position) and then stably by layer, so each layer's candidates come in
+    its own order and the first (pruned count) of them are grown. New values draw their noise layer by layer, in
+    the order (and from the generator) of the per-layer pass. Returns (pruned, grown) per layer.
+    """
+    device = weights[0].device
+    counts = [w.numel() for w in weights]
+    offsets = [0, *itertools.accumulate(counts)]  # on the host: slicing the layers back needs no device read
+    sizes = torch.tensor(counts, device=device)
+    ends = torch.cumsum(sizes, 0)
+    starts = ends - sizes
+    segment = torch.repeat_interleave(torch.arange(len(weights), device=device), sizes)
+    magnitude = torch.cat([w.detach().reshape(-1).abs().float() for w in weights])
+    mask = torch.cat([m.reshape(-1) for m in masks])
+    gradient = torch.cat([g.reshape(-1).float() for g in grads])
+    active = _segment_sum(mask.float(), ends)
+    mean = _segment_sum(magnitude * mask, ends) / active.clamp(min=1)
+    k = torch.tensor([cfg.k for cfg in configs], device=device, dtype=torch.float32)
+    dropped = mask & (magnitude < (k * mean)[segment])  # |w|/(k·W̄) − 1 < 0, without dividing by a zero mean
+    quota = _segment_sum(dropped.float(), ends).round().long()
+    candidates = ~(mask & ~dropped)
+    scores = torch.where(candidates, gradient.abs(), -1.0)
+    by_score = torch.sort(scores, descending=True, stable=True).indices
+    by_layer = torch.sort(segment[by_score], stable=True).indices
+    order = by_score[by_layer]
+    rank = torch.arange(order.numel(), device=device) - starts[segment[order]]
+    grown = torch.zeros_like(mask)
+    grown[order] = rank < quota[segment[order]]
+    results = []
+    for index, (weight, layer_mask, grad, cfg) in enumerate(zip(weights, masks, grads, configs, strict=True)):
+        piece = slice(offsets[index], offsets[index + 1])
+        radius = 2.0 * cfg.k * mean[index] if cfg.r is None else torch.tensor(cfg.r, device=device)
+        noise = torch.rand(weight.shape, generator=generator, device=device) * 2 - 1
+        results.append(change_topology(weight, layer_mask, dropped[piece].view(weight.shape),
+                                       grown[piece].view(weight.shape), cfg.cg * grad.float() + noise * radius))
+    return results
+
+
+def _segment_sum(values: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    """Sums of consecutive segments of ``values`` ending (exclusive) at ``ends``, in float64, deterministic."""
+    running = torch.cumsum(values, 0, dtype=torch.float64)
+    totals = running[ends - 1]
+    return torch.diff(totals, prepend=totals.new_zeros(1)).float()
 
 
 class Adaptive(Sparsifier):
@@ -295,7 +358,9 @@ class Adaptive(Sparsifier):
     @torch.no_grad()
     def adapt(self, grads: dict[str, torch.Tensor]) -> bool:
         """Run the prune/grow rule on every sparse layer that has a gradient in ``grads`` (dense, unmasked);
-        layers at density 1 (:attr:`~topo.sparsity.base.Sparsifier.sparse_layers`) are never adapted.
+        layers at density 1 (:attr:`~topo.sparsity.base.Sparsifier.sparse_layers`) are never adapted. With the
+        paper's presets (:func:`fusable`) all layers are adapted at once by :func:`adapt_layers_fused` (the same
+        result as one layer at a time, without a host synchronisation per layer).
 
         Returns False, changing nothing, when a gradient holds inf/NaN (with a warning naming the layer; with
         ``unit="epoch"`` the adaptation stays pending for the next step). Raises :class:`~topo.errors.TopoError`
@@ -312,9 +377,16 @@ class Adaptive(Sparsifier):
                 warnings.warn(f"adaptive: gradient of layer {name!r} holds inf/NaN; no adaptation at this step",
                               RuntimeWarning, stacklevel=2)
                 return False
-        for name, grad in grads.items():
-            weight, mask = self.masked.params[name], self.masked.masks[name]  # only sparse layers were stashed
-            pruned, grown = adapt_layer(weight.data, mask, grad, self._layer_cfg[name], self.generator)
+        names = list(grads)
+        configs = [self._layer_cfg[name] for name in names]
+        weights = [self.masked.params[name].data for name in names]
+        masks = [self.masked.masks[name] for name in names]
+        if names and all(fusable(cfg) for cfg in configs) and len({w.device for w in weights}) == 1:
+            changes = adapt_layers_fused(weights, masks, [grads[n] for n in names], configs, self.generator)
+        else:
+            changes = [adapt_layer(weight, mask, grads[name], cfg, self.generator)
+                       for name, weight, mask, cfg in zip(names, weights, masks, configs, strict=True)]
+        for name, (pruned, grown) in zip(names, changes, strict=True):
             self._record_change(name, pruned, grown)
         self._masks_changed()
         return True
