@@ -459,3 +459,12 @@ def test_table2_never_selects_an_epoch_before_the_last_pruning(tmp_path):
     assert int(selected_epoch(history).epoch) in (2, 3)
     with pytest.raises(ConfigError, match="never reached its target density"):
         selected_epoch(history.assign(at_target=0.0))
+
+
+def test_the_model_names_the_cli_offers_are_the_models():
+    from topo.experiments import DATASET_NAMES, MODEL_NAMES, TRAIN_METHODS
+    from topo.experiments.data import DATASETS
+    from topo.experiments.train import TRAIN_METHODS as TRAINED
+
+    assert tuple(MODELS) == MODEL_NAMES and DATASETS == DATASET_NAMES and TRAIN_METHODS == TRAINED
+    assert sum(1 for m in MODELS["resnet20"].build([16, 32, 64]).modules() if isinstance(m, torch.nn.Conv2d)) == 19

@@ -5,7 +5,7 @@ The names below are what the command line offers; this module imports nothing, s
 """
 
 #: The Table 1 models (:data:`topo.experiments.models.MODELS`).
-MODEL_NAMES = ("mlp", "vae", "lstm", "cnn", "resnet110")
+MODEL_NAMES = ("mlp", "vae", "lstm", "cnn", "resnet110", "resnet20")
 #: The datasets (:data:`topo.experiments.data.DATASETS`).
 DATASET_NAMES = ("digits", "mnist", "mnist-5k", "fashion-mnist", "cifar10", "text")
 #: What ``topo train`` and ``topo reproduce`` train: the sparsity methods, and ``wide-dense`` (the dense method on

@@ -1,14 +1,15 @@
 """The models of Table 1, each built from a list of hidden widths so that budgets can be matched.
 
-=================  =============  ===========================  =========================================
+=================  =============  ===========================  ======================================================
 name               dataset        base widths                  notes
-=================  =============  ===========================  =========================================
+=================  =============  ===========================  ======================================================
 ``mlp``            MNIST          64-64-64                     ReLU
 ``vae``            MNIST          256-10-256                   encoder 256, latent 10, decoder 256
 ``lstm``           War and Peace  512                          char-level, dropout 0.5 (Karpathy 2016)
 ``cnn``            CIFAR-10       32-64-64                     3×3 filters
 ``resnet110``      CIFAR-10       16-32-64                     He et al. (2016), 3×18 basic blocks
-=================  =============  ===========================  =========================================
+``resnet20``       CIFAR-10       16-32-64                     the same family, 3×3 basic blocks (a CPU-sized ResNet)
+=================  =============  ===========================  ======================================================
 
 Every builder has the signature ``build(widths, n_in, n_out) -> nn.Module``; only hidden widths change when
 budgets are matched (:func:`topo.sparsity.match_budget`). The VAE's latent size is not widened.
@@ -16,6 +17,7 @@ budgets are matched (:func:`topo.sparsity.match_budget`). The VAE's latent size 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -179,6 +181,8 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("cnn", CNN, (32, 64, 64), "cifar10", epochs=200, adapt_every=5, weight_decay=1e-3,
                   inputs="image"),
         ModelSpec("resnet110", ResNet, (16, 32, 64), "cifar10", epochs=200, adapt_every=5, inputs="image"),
+        ModelSpec("resnet20", functools.partial(ResNet, depth=20), (16, 32, 64), "cifar10", epochs=200,
+                  adapt_every=5, inputs="image"),
     )
 }
 

@@ -58,7 +58,7 @@ class CPUBackend:
 
     dense_limit: int = 256
     blas_triangles_from: float = 0.15
-    blas_bfs_from: float = 0.05
+    blas_bfs_from: float = 0.35
     blas_cycles_from: float = 0.06
     name: str = "cpu"
 
@@ -66,7 +66,7 @@ class CPUBackend:
         return adjacency.sum(1, dtype=np.int64)
 
     def n_components(self, adjacency: np.ndarray) -> int:
-        return int(scipy.sparse.csgraph.connected_components(scipy.sparse.csr_array(adjacency), directed=False)[0])
+        return int(scipy.sparse.csgraph.connected_components(bitsets.csr_of(adjacency), directed=False)[0])
 
     def lambda2(self, adjacency: np.ndarray) -> float:
         """Second-smallest Laplacian eigenvalue of a connected graph with n >= 2."""

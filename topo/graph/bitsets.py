@@ -22,6 +22,20 @@ import numpy as np
 import scipy.sparse
 
 CHUNK_WORDS = 1 << 22  # 32 MiB of uint64 temporaries per chunk
+_LAST_CSR: tuple = (None, None)
+
+
+def csr_of(adjacency: np.ndarray) -> scipy.sparse.csr_array:
+    """The CSR form of a dense boolean adjacency, kept for the last adjacency asked about: the kernels of one graph
+    (components, λ2, breadth-first search) share one conversion. The cache holds one graph; it is replaced, never
+    wrong (the entry is read and written as one tuple)."""
+    global _LAST_CSR
+    cached, csr = _LAST_CSR
+    if cached is adjacency:
+        return csr
+    csr = scipy.sparse.csr_array(adjacency)
+    _LAST_CSR = (adjacency, csr)
+    return csr
 
 
 def pack_rows(adjacency: np.ndarray) -> np.ndarray:
@@ -69,7 +83,7 @@ def sampled_bfs(adjacency: np.ndarray, sources: np.ndarray) -> tuple[np.ndarray,
     """Per source, (Σ of shortest-path lengths to the nodes it reaches, number of nodes it reaches, itself
     excluded), by bit-parallel BFS from all ``sources`` at once."""
     n, count = adjacency.shape[0], len(sources)
-    csr = scipy.sparse.csr_array(adjacency)
+    csr = csr_of(adjacency)
     indptr, indices = csr.indptr.astype(np.int64), csr.indices.astype(np.int64)
     words = max(1, -(-count // 64))
     frontier = np.zeros((n, words), dtype=np.uint64)
@@ -93,7 +107,7 @@ def sampled_bfs(adjacency: np.ndarray, sources: np.ndarray) -> tuple[np.ndarray,
 def all_pairs_bfs(adjacency: np.ndarray) -> tuple[int, int]:
     """(Σ of shortest-path lengths, number of reachable pairs) over ordered pairs u ≠ v, by bit-parallel BFS."""
     n = adjacency.shape[0]
-    csr = scipy.sparse.csr_array(adjacency)
+    csr = csr_of(adjacency)
     indptr, indices = csr.indptr.astype(np.int64), csr.indices.astype(np.int64)
     frontier = pack_rows(adjacency)
     reached = frontier.copy()

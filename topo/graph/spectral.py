@@ -27,6 +27,8 @@ import scipy.sparse
 import scipy.sparse.linalg
 import torch
 
+from topo.graph.bitsets import csr_of
+
 #: Krylov sizes at which convergence is checked (and :data:`MAX_ITER` itself).
 CHECKPOINTS = (24, 48, 80, 120, 170, 230)
 MAX_ITER = 300
@@ -120,7 +122,7 @@ def lambda2_scipy(adjacency: np.ndarray, dense_limit: int = 256) -> float:
     """λ2 of one connected graph (numpy boolean adjacency, n ≥ 2) with scipy, on the CPU.
 
     LAPACK's ``eigh`` restricted to the second eigenvalue up to ``dense_limit`` nodes. Above it ARPACK's
-    Lanczos for the two smallest eigenvalues (0 and λ2) of the sparse Laplacian, to relative accuracy 1e-12 and
+    Lanczos for the two smallest eigenvalues (0 and λ2) of the sparse Laplacian, to relative accuracy 1e-10 and
     at most 50 restarts; when that does not converge (λ2 inside a cluster of tiny eigenvalues, as in path-like
     graphs), ARPACK in shift-invert mode around a small negative shift, where 0 and λ2 are the eigenvalues
     nearest the shift and converge at once; if even that fails, the dense solve.
@@ -129,10 +131,10 @@ def lambda2_scipy(adjacency: np.ndarray, dense_limit: int = 256) -> float:
     degrees = adjacency.sum(1, dtype=np.float64)
     if n <= dense_limit:
         return _lambda2_lapack(adjacency, degrees)
-    laplacian = scipy.sparse.diags_array(degrees) - scipy.sparse.csr_array(adjacency, dtype=np.float64)
+    laplacian = scipy.sparse.diags_array(degrees) - csr_of(adjacency).astype(np.float64)
     start = np.random.default_rng(0).standard_normal(n)
     try:
-        values = scipy.sparse.linalg.eigsh(laplacian, k=2, which="SA", tol=1e-12, maxiter=50, v0=start,
+        values = scipy.sparse.linalg.eigsh(laplacian, k=2, which="SA", tol=1e-10, maxiter=50, v0=start,
                                            return_eigenvectors=False)
         return float(np.max(values))
     except scipy.sparse.linalg.ArpackNoConvergence:
