@@ -74,6 +74,20 @@ def test_large_layers_use_lanczos_and_agree_with_the_dense_solve():
     assert top_singular_values(tall) == pytest.approx(numpy_sigmas(tall)[:2], rel=1e-9)
 
 
+
+def test_large_cpu_tensors_take_the_lanczos_path_with_the_same_values():
+    rng = np.random.default_rng(2)
+    block = rng.random((DENSE_LIMIT + 100, DENSE_LIMIT + 40)) < 0.05
+    sigma = numpy_sigmas(block[block.any(1)][:, block.any(0)])
+    found = bipartite_spectrum(torch.from_numpy(block))
+    assert found == bipartite_spectrum(block)
+    assert found["spectral_gap"] == pytest.approx(sigma[0] - sigma[1], rel=1e-9)
+    weights = rng.standard_normal(block.shape).astype(np.float32)
+    magnitudes = np.abs(weights.astype(np.float64) * block)
+    sigma = numpy_sigmas(magnitudes[block.any(1)][:, block.any(0)])
+    assert weighted_spectral_gap(torch.from_numpy(weights), torch.from_numpy(block)) == pytest.approx(
+        sigma[0] - sigma[1], rel=1e-9)
+
 def test_weighted_spectral_gap_reads_the_active_weights_magnitudes():
     rng = np.random.default_rng(1)
     weights = rng.standard_normal((30, 20))

@@ -23,8 +23,9 @@ bound of Lubotzky, Phillips & Sarnak (1988) with the mean degree d̄ of the non-
 2022, use this form for square graphs).
 
 Solvers: LAPACK on the dense matrix up to :data:`DENSE_LIMIT` (the smaller side), above it ARPACK's Lanczos on the
-Gram operator BBᵀ or BᵀB (relative tolerance 1e-12; on no convergence, the dense solve), and on a torch device a
-dense float64 SVD or eigendecomposition there. No unconverged value is returned. An empty graph gives NaN.
+Gram operator BBᵀ or BᵀB (relative tolerance 1e-12; on no convergence, the dense solve), both for numpy arrays and
+CPU tensors; on a CUDA device a dense float64 SVD or eigendecomposition there. No unconverged value is returned. An
+empty graph gives NaN.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def top_singular_values(matrix: np.ndarray | scipy.sparse.sparray, k: int = 2) -
         dense = matrix.toarray() if scipy.sparse.issparse(matrix) else np.asarray(matrix)
         values = scipy.linalg.svdvals(dense.astype(np.float64))
         return np.pad(values[:k], (0, max(0, k - len(values))))
-    sparse = scipy.sparse.csr_array(matrix, dtype=np.float64)
+    sparse = scipy.sparse.csr_array(matrix).astype(np.float64)
     transpose = sparse.T.tocsr()
     small = min(rows, cols)
     if rows <= cols:
@@ -77,6 +78,8 @@ def bipartite_spectrum(biadjacency: np.ndarray | torch.Tensor) -> dict[str, floa
 
     See the module docstring; NaN gaps for a graph without edges.
     """
+    if torch.is_tensor(biadjacency) and biadjacency.device.type == "cpu":
+        biadjacency = biadjacency.numpy()
     if torch.is_tensor(biadjacency):
         block = biadjacency.to(torch.float64)
         fan_in, fan_out = block.sum(1), block.sum(0)
@@ -95,7 +98,7 @@ def bipartite_spectrum(biadjacency: np.ndarray | torch.Tensor) -> dict[str, floa
         if not block.any():
             return {**NAN_BIPARTITE, **dead}
         kept = _non_isolated(block)
-        sigma1, sigma2 = top_singular_values(kept.astype(np.float64))
+        sigma1, sigma2 = top_singular_values(kept)
         d_out, d_in = float(kept.sum(1).mean()), float(kept.sum(0).mean())
     return {"spectral_gap": sigma1 - sigma2,
             "ramanujan_gap": math.sqrt(d_out - 1.0) + math.sqrt(d_in - 1.0) - sigma2, **dead}
@@ -104,6 +107,8 @@ def bipartite_spectrum(biadjacency: np.ndarray | torch.Tensor) -> dict[str, floa
 def square_spectrum(adjacency: np.ndarray | torch.Tensor) -> dict[str, float]:
     """``spectral_gap`` = λ1 − λ2 and ``ramanujan_gap`` = 2√(d̄ − 1) − μ of a symmetric 0/1 adjacency (module
     docstring); NaN without edges."""
+    if torch.is_tensor(adjacency) and adjacency.device.type == "cpu":
+        adjacency = adjacency.numpy()
     if torch.is_tensor(adjacency):
         a = adjacency.to(torch.float64)
         degrees = a.sum(1)
@@ -151,9 +156,11 @@ def graph_spectrum(graph) -> dict[str, float]:
 
 def weighted_spectral_gap(weights: np.ndarray | torch.Tensor, mask: np.ndarray | torch.Tensor | None = None) -> float:
     """σ1 − σ2 of |W ⊙ M| (out × in), isolated nodes removed (module docstring); NaN without an active weight."""
-    magnitudes = np.abs(np.asarray(torch.as_tensor(weights).detach().cpu().double()))
+    magnitudes = torch.as_tensor(weights).detach().cpu()
+    magnitudes = magnitudes.abs() if magnitudes.dtype == torch.float64 else magnitudes.float().abs()
     if mask is not None:
-        magnitudes = magnitudes * np.asarray(torch.as_tensor(mask).cpu(), dtype=bool)
+        magnitudes = magnitudes * torch.as_tensor(mask).cpu().bool()
+    magnitudes = magnitudes.numpy()
     active = magnitudes != 0
     if not active.any():
         return math.nan
