@@ -34,6 +34,13 @@ def test_figure5_four_axes_one_line_per_gate(tmp_path):
     assert not_blank(tmp_path / "f5.png")
 
 
+
+def test_epoch_axes_have_whole_epoch_ticks():
+    fig = plot.figure5(metrics_frame())
+    fig.canvas.draw()
+    ticks = [tick for ax in fig.axes for tick in ax.get_xticks()]
+    assert ticks and all(float(tick).is_integer() for tick in ticks)
+
 def test_figure5_over_seeds_draws_bands():
     fig = plot.figure5(metrics_frame(runs=3), hue="graph")  # the three runs pooled per gate: mean ± sd
     bands = [c for c in fig.axes[0].collections if c.get_label() == "_sd"]

@@ -16,6 +16,7 @@ if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.b
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from topo.errors import ConfigError  # noqa: E402
 
@@ -115,7 +116,8 @@ def figure5(metrics: pd.DataFrame, hue: str | None = None, *, layer: str | None 
                     ax.fill_between(stats["epoch"], low, high, color=palette[line], alpha=0.2, linewidth=0,
                                     label="_sd")
         ax.set_title(panel, fontsize=10)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("epoch" if ax in axes[-1] else "")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     handles, labels = axes.flat[0].get_legend_handles_labels()
     unique = dict(zip(labels, handles, strict=True))
     if unique:
@@ -161,6 +163,7 @@ def figure4(stats: pd.DataFrame, layer: str | None = None, fraction: float = 0.1
     fig, ax = plt.subplots(figsize=(7, 4.5))
     sns.lineplot(data=data, x="epoch", y=column, hue=hue, errorbar="sd", ax=ax)
     ax.set_ylabel(f"weights with |w| < {fraction:g} × mean")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(f"Low-strength weights in {layer} (cf. Figure 4)")
     fig.tight_layout()
     return fig
@@ -172,6 +175,7 @@ def figure3(histories: pd.DataFrame, metric: str = "val_loss", hue: str = "run")
     fig, ax = plt.subplots(figsize=(7, 4.5))
     sns.lineplot(data=histories, x="epoch", y=metric, hue=hue, errorbar="sd", ax=ax)
     ax.set_ylabel(metric.replace("_", " "))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title("Adaptive vs transplanted topology vs random fixed (cf. Figure 3)")
     fig.tight_layout()
     return fig
