@@ -41,9 +41,13 @@ class MLP(nn.Sequential):
 
 
 class VAE(nn.Module):
-    """Variational autoencoder (Kingma & Welling 2013), Table 1's 256-10-256 on binarised MNIST.
+    """Variational autoencoder (Kingma & Welling 2013), Table 1's 256-10-256.
 
-    ``forward`` returns the negative ELBO per example summed over pixels (the loss Table 2 reports), as a vector.
+    ``forward`` returns the negative ELBO per example in nats (the loss Table 2 reports), as a vector: the Bernoulli
+    cross-entropy of the decoder's logits summed over pixels plus the KL divergence of the Gaussian posterior from
+    N(0, I), with one sample of z. topo feeds grey-level pixels in [0, 1] as the Bernoulli targets (the PyTorch VAE
+    example's convention); the paper does not say whether its MNIST was binarised, and a loss on grey-level targets
+    is not the same quantity as one on binary targets, so only orderings compare with the paper's numbers.
     """
 
     def __init__(self, widths: Sequence[int], n_in: int = 784, n_out: int = 784) -> None:
