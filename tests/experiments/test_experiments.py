@@ -131,6 +131,16 @@ def test_images_shaped_for_the_model(inputs, shape, n_in):
         shaped_for(data, "tokens", "lstm")
 
 
+def test_small_images_are_zero_padded_centred_for_the_resnets():
+    data = load_dataset("digits")
+    padded = shaped_for(data, "image", "resnet20", MODELS["resnet20"].image_size)
+    assert padded.image_shape == (1, 32, 32) and padded.train_x.shape[1:] == (1, 32, 32)
+    original = data.train_x.reshape(-1, 1, 8, 8)
+    assert torch.equal(padded.train_x[:, :, 12:20, 12:20], original)
+    assert padded.train_x.sum() == original.sum() and padded.test_x.shape[0] == data.test_x.shape[0]
+    assert shaped_for(data, "image", "cnn", 4).image_shape == (1, 8, 8)
+
+
 def test_cnn_trains_on_mnist_format_images(tmp_path):
     config = TrainConfig(model="cnn", dataset="digits", method="random-channelwise", epochs=1, batch_size=32,
                          max_batches=2)

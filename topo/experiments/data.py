@@ -284,11 +284,13 @@ def load_dataset(name: str, directory: str | os.PathLike | None = None) -> Datas
     raise ConfigError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
 
 
-def shaped_for(data: Dataset, inputs: str, model: str = "this model") -> Dataset:
+def shaped_for(data: Dataset, inputs: str, model: str = "this model", image_size: int = 0) -> Dataset:
     """``data`` as a model of the given input kind takes it (:attr:`ModelSpec.inputs`).
 
     ``"vector"``: images flattened, ``n_in`` pixels; ``"image"``: channels × height × width, ``n_in`` channels
     (so the Table 1 CNNs run on MNIST-format data as well as CIFAR-10); ``"tokens"``: a text corpus as is.
+    Images smaller than ``image_size`` are zero-padded, centred, to ``image_size`` × ``image_size``
+    (:attr:`ModelSpec.image_size`: the CIFAR ResNets see Fashion-MNIST's 28 × 28 as 32 × 32).
     """
     if (inputs == "tokens") != (data.image_shape is None):
         needs = "a text corpus (dataset text)" if inputs == "tokens" else "images"
@@ -296,6 +298,16 @@ def shaped_for(data: Dataset, inputs: str, model: str = "this model") -> Dataset
     if inputs == "tokens":
         return data
     shape = data.image_shape
-    new_shape = shape if inputs == "image" else (int(np.prod(shape)),)
-    return replace(data, train_x=data.train_x.reshape(-1, *new_shape), val_x=data.val_x.reshape(-1, *new_shape),
-                   test_x=data.test_x.reshape(-1, *new_shape), n_in=shape[0] if inputs == "image" else new_shape[0])
+    if inputs == "vector":
+        new_shape = (int(np.prod(shape)),)
+        return replace(data, train_x=data.train_x.reshape(-1, *new_shape), val_x=data.val_x.reshape(-1, *new_shape),
+                       test_x=data.test_x.reshape(-1, *new_shape), n_in=new_shape[0])
+    height, width = max(shape[1], image_size), max(shape[2], image_size)
+    top, left = (height - shape[1]) // 2, (width - shape[2]) // 2
+    padding = (left, width - shape[2] - left, top, height - shape[1] - top)
+
+    def image(x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pad(x.reshape(-1, *shape), padding)
+
+    return replace(data, train_x=image(data.train_x), val_x=image(data.val_x), test_x=image(data.test_x),
+                   n_in=shape[0], image_shape=(shape[0], height, width))

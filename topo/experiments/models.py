@@ -169,6 +169,7 @@ class ModelSpec:
     weight_decay: float = 0.0
     task: str = "classify"
     inputs: str = "vector"  # "vector" (flattened), "image" (channels × height × width) or "tokens"
+    image_size: int = 0  # smaller images are zero-padded, centred, to image_size × image_size (0: as they are)
 
     @property
     def convolutional(self) -> bool:
@@ -184,9 +185,10 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("lstm", CharLSTM, (512,), "text", epochs=100, adapt_every=1, task="language", inputs="tokens"),
         ModelSpec("cnn", CNN, (32, 64, 64), "cifar10", epochs=200, adapt_every=5, weight_decay=1e-3,
                   inputs="image"),
-        ModelSpec("resnet110", ResNet, (16, 32, 64), "cifar10", epochs=200, adapt_every=5, inputs="image"),
+        ModelSpec("resnet110", ResNet, (16, 32, 64), "cifar10", epochs=200, adapt_every=5, inputs="image",
+                  image_size=32),
         ModelSpec("resnet20", functools.partial(ResNet, depth=20), (16, 32, 64), "cifar10", epochs=200,
-                  adapt_every=5, inputs="image"),
+                  adapt_every=5, inputs="image", image_size=32),
     )
 }
 

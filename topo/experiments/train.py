@@ -299,7 +299,8 @@ def setup(config: TrainConfig, masks: Mapping[str, torch.Tensor] | None = None,
     ``initial_state`` when given (a rewound transplant), else from its seeded initialisation."""
     config.validate()
     spec = get_model_spec(config.model)
-    data = shaped_for(load_dataset(config.dataset or spec.dataset, config.data_dir), spec.inputs, spec.name)
+    data = shaped_for(load_dataset(config.dataset or spec.dataset, config.data_dir), spec.inputs, spec.name,
+                      spec.image_size)
     rank, world = _distributed()
     device = pick_device(config.device)
     if device.type == "cuda" and world > 1:
