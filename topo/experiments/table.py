@@ -70,7 +70,7 @@ def table2_configs(base: TrainConfig, log_alphas: Sequence[float], ks: Sequence[
     if unknown:
         raise ConfigError(f"unknown method(s) {unknown}; valid: {', '.join(TRAIN_METHODS)}")
     if "random-channelwise" in methods and not conv:
-        raise ConfigError("random-channelwise is the convolutional control: use it with cnn or resnet110")
+        raise ConfigError("random-channelwise is the convolutional control: use it with cnn, resnet20 or resnet110")
     configs = [replace(base, method="dense")] if "dense" in methods else []
     for log_alpha in log_alphas:
         for method in (m for m in methods if m != "dense"):

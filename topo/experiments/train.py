@@ -92,7 +92,7 @@ class TrainConfig:
         if not self.log_alpha > 0 and self.method not in ("dense",):
             raise ConfigError(f"--log-alpha must be > 0 (α = 10^-log_alpha < 1), got {self.log_alpha}")
         if self.method == "random-channelwise" and not spec.convolutional:
-            raise ConfigError("random-channelwise is the convolutional control: use it with cnn or resnet110")
+            raise ConfigError("random-channelwise is the convolutional control: use it with cnn, resnet20 or resnet110")
         if self.epochs is not None and self.epochs < 1:
             raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
         for name in ("batch_size", "max_batches", "val_max_batches", "patience", "adapt_every"):
