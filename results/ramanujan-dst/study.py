@@ -4,8 +4,9 @@ Usage (after the runs of ../mlp-fashion-mnist-dst and ../lstm-shakespeare-dst, r
 
     python results/ramanujan-dst/study.py [--samples 10] [--every 5]
 
-For every run, layer and epoch: the spectral gap and the Ramanujan gap of the mask (topo.graph.singular), the
-weighted spectral gap of the stored float16 weights, and, at every ``--every``-th epoch and the last, the same two
+For every run, layer and epoch at which the layer is sparse (magnitude pruning's layers are dense until it prunes):
+the spectral gap and the Ramanujan gap of the mask (topo.graph.singular), the weighted spectral gap of the stored
+float16 weights, and, at every ``--every``-th epoch and the last, the same two
 mask gaps of ``--samples`` ER null masks (same shape and active count). Writes gaps.csv (tidy), the figures
 gaps-mlp.png and gaps-lstm.png (mean over seeds, the ER null's mean ± 2 std behind), and spearman.csv: Spearman's ρ
 between each final gap (averaged over a run's sparse layers) and the run's test error across methods × seeds, with
@@ -64,7 +65,7 @@ def run_rows(path: Path, samples: int, every: int) -> list[dict]:
             weights = reader.weights(epoch)
         except Exception:  # noqa: BLE001 - a run without stored weights: mask gaps only
             weights = {}
-        for layer in sparse:
+        for layer in (n for n in sparse if not masks[n].all()):  # pruning's layers are dense until it prunes
             weight_blocks = blocks(layer, weights[layer].astype(np.float32)) if layer in weights else None
             for index, (graph, block, kind) in enumerate(blocks(layer, masks[layer])):
                 row = {"run": reader.name, "method": method, "seed": seed, "epoch": epoch, "layer": layer,
@@ -84,6 +85,7 @@ def run_rows(path: Path, samples: int, every: int) -> list[dict]:
 def gap_figure(frame: pd.DataFrame, title: str):
     import matplotlib.pyplot as plt
     import seaborn as sns
+    from matplotlib.ticker import MaxNLocator
 
     graphs = list(dict.fromkeys(frame["graph"]))
     methods = [m for m in METHODS if m in set(frame["method"])]
@@ -95,6 +97,11 @@ def gap_figure(frame: pd.DataFrame, title: str):
         for row, gap in enumerate(shown):
             ax = axes[row][column]
             data = frame[frame["graph"] == graph]
+            if data[gap].isna().all():
+                ax.axis("off")
+                ax.text(0.5, 0.5, f"{gap.replace('_', ' ')}:\nbipartite graphs only", ha="center", va="center",
+                        fontsize=8, transform=ax.transAxes)
+                continue
             for method in methods:
                 mine = data[data["method"] == method].groupby("epoch")
                 mean = mine[gap].mean()
@@ -104,10 +111,13 @@ def gap_figure(frame: pd.DataFrame, title: str):
                     ax.fill_between(null.index, null.iloc[:, 0] - 2 * null.iloc[:, 1],
                                     null.iloc[:, 0] + 2 * null.iloc[:, 1], color=palette[method], alpha=0.12,
                                     linewidth=0)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             if gap == "ramanujan_gap":
                 ax.axhline(0, color="black", linewidth=0.6, linestyle=":")
             ax.set_title(f"{graph}\n{gap.replace('_', ' ')}" if row == 0 else gap.replace("_", " "), fontsize=8)
             ax.tick_params(labelsize=7)
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch", fontsize=8)
     axes[0][0].legend(fontsize=7, frameon=False)
     fig.suptitle(title)
     fig.tight_layout()
