@@ -17,7 +17,10 @@ such and the suite goes on):
    magnitude backbone (``topo analyze``'s streaming path);
 7. ``bench/grid_executors.py``: one seed of the MLP Table 2 grid (8 methods, 20 epochs; Fashion-MNIST from
    ``data/fashion-mnist`` when carried there, else the bundled digits) with the local executor and with Ray at
-   ``--gpus-per-run 0.2`` (needs Ray among the carried wheels).
+   ``--gpus-per-run 0.2`` (needs Ray among the carried wheels);
+8. the ResNet row of Table 2 on the GPU (issue 25): ResNet-110 on Fashion-MNIST padded to 32 × 32 (from
+   ``data/fashion-mnist`` when carried there, else the bundled digits), dense, random fixed, the paper's rule and
+   RigL at −log α = 0.5, one seed, 10 epochs of 100 minibatches, into ``<out>/resnet110-<dataset>/``.
 
 Everything measured, with the device, the torch and CUDA versions and the commands, is written to
 ``<out>/<device>.md`` and ``<out>/<device>.csv`` after every part, so a run cut short keeps its finished parts.
@@ -172,6 +175,7 @@ def _write(path: Path, text: str) -> None:
 def plan(args: argparse.Namespace, scratch: Path) -> list[Part]:
     py = sys.executable
     quick = args.quick
+    out_dir = Path(args.out)
     wheels = sorted(str(p) for p in Path(args.wheels).glob("*.whl")) if args.wheels else []
     pip = [py, "-m", "pip", "install", "-q", "--no-deps", "--no-index"]
     overhead = [py, "bench/sparsity_overhead.py"] + (["--depth", "8", "--batch", "8", "--steps", "1", "--blocks", "2"]
@@ -207,6 +211,18 @@ def plan(args: argparse.Namespace, scratch: Path) -> list[Part]:
                              *(["--data-dir", "data"] if (REPO / "data" / "fashion-mnist").exists()
                                else ["--dataset", "digits"])])],
              limit(300, 180), scratch / "grid.json"),
+        Part("resnet110", [py, "-c", "import sys; from topo.cli import main; sys.exit(main())", "--quiet",
+                           "reproduce", "table2", "--log-alpha", "0.5", "--k", "0.25", "--seeds", "1",
+                           "--methods", "dense", "random-fixed", "adaptive", "rigl", "--adapt-every", "1",
+                           *(["--model", "resnet20", "--dataset", "digits", "--epochs", "2", "--max-batches", "2",
+                              "--out", str(scratch / "resnet")] if quick else
+                             ["--model", "resnet110", "--epochs", "10", "--max-batches", "100",
+                              "--val-max-batches", "20", "--device", "cuda",
+                              *(["--data-dir", "data/fashion-mnist", "--dataset", "fashion-mnist",
+                                 "--out", str(out_dir / "resnet110-fashion-mnist")]
+                                if (REPO / "data" / "fashion-mnist").exists()
+                                else ["--dataset", "digits", "--out", str(out_dir / "resnet110-digits")])])],
+             limit(420, 240)),
     ]
     if args.skip_install:
         parts = parts[2:]
