@@ -26,10 +26,10 @@ def last_masks(name: str, seed: int) -> dict:
 
 def main() -> None:
     rows = []
+    seed_1 = {b: last_masks(run_b, 1) for b, run_b in METHODS.items()}
     for a, run_a in METHODS.items():
         first = last_masks(run_a, 0)
-        for b, run_b in METHODS.items():
-            second = last_masks(run_b, 1)
+        for b, second in seed_1.items():
             names = [n for n in first if n in second]
             layers_a, layers_b = [first[n] for n in names], [second[n] for n in names]
             mean, std = nnstd_random(layers_a, layers_b, 20)

@@ -23,7 +23,7 @@ from topo.experiments.data import (
     shaped_for,
 )
 from topo.experiments.models import MODELS, get_model_spec
-from topo.experiments.table import reproduce_table2, score, summarize_table, to_markdown
+from topo.experiments.table import reproduce_table2, score, summarize_table, table2_configs, to_markdown
 from topo.experiments.train import TrainConfig, TrainResult, _factory, evaluate, fresh_run_dir, resolve_widths, train
 from topo.experiments.transplant import transplant
 from topo.record import RunReader, read_checkpoint
@@ -139,6 +139,14 @@ def test_small_images_are_zero_padded_centred_for_the_resnets():
     assert torch.equal(padded.train_x[:, :, 12:20, 12:20], original)
     assert padded.train_x.sum() == original.sum() and padded.test_x.shape[0] == data.test_x.shape[0]
     assert shaped_for(data, "image", "cnn", 4).image_shape == (1, 8, 8)
+
+
+def test_channelwise_on_a_model_without_convolutions_names_every_convolutional_model():
+    for check in (lambda: TrainConfig(model="mlp", dataset="digits", method="random-channelwise").validate(),
+                  lambda: table2_configs(TrainConfig(model="mlp", dataset="digits"), [0.5], [0.25],
+                                         methods=["random-channelwise"])):
+        with pytest.raises(ConfigError, match="use it with cnn, resnet110, resnet20$"):
+            check()
 
 
 def test_cnn_trains_on_mnist_format_images(tmp_path):

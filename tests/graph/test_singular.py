@@ -74,7 +74,6 @@ def test_large_layers_use_lanczos_and_agree_with_the_dense_solve():
     assert top_singular_values(tall) == pytest.approx(numpy_sigmas(tall)[:2], rel=1e-9)
 
 
-
 def test_large_cpu_tensors_take_the_lanczos_path_with_the_same_values():
     rng = np.random.default_rng(2)
     block = rng.random((DENSE_LIMIT + 100, DENSE_LIMIT + 40)) < 0.05
@@ -87,6 +86,7 @@ def test_large_cpu_tensors_take_the_lanczos_path_with_the_same_values():
     sigma = numpy_sigmas(magnitudes[block.any(1)][:, block.any(0)])
     assert weighted_spectral_gap(torch.from_numpy(weights), torch.from_numpy(block)) == pytest.approx(
         sigma[0] - sigma[1], rel=1e-9)
+
 
 def test_weighted_spectral_gap_reads_the_active_weights_magnitudes():
     rng = np.random.default_rng(1)

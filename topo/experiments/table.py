@@ -22,6 +22,7 @@ from topo.errors import ConfigError
 from topo.executors import Job, RayOptions, run_jobs
 from topo.experiments.models import get_model_spec
 from topo.experiments.train import (
+    CHANNELWISE_NEEDS_CONV,
     TRAIN_METHODS,
     TrainConfig,
     TrainResult,
@@ -70,7 +71,7 @@ def table2_configs(base: TrainConfig, log_alphas: Sequence[float], ks: Sequence[
     if unknown:
         raise ConfigError(f"unknown method(s) {unknown}; valid: {', '.join(TRAIN_METHODS)}")
     if "random-channelwise" in methods and not conv:
-        raise ConfigError("random-channelwise is the convolutional control: use it with cnn, resnet20 or resnet110")
+        raise ConfigError(CHANNELWISE_NEEDS_CONV)
     configs = [replace(base, method="dense")] if "dense" in methods else []
     for log_alpha in log_alphas:
         for method in (m for m in methods if m != "dense"):

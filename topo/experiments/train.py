@@ -43,6 +43,11 @@ def default_prune_epoch(epochs: int) -> int:
     return max(0, (2 * epochs) // 3 - 1)
 
 
+#: Why random-channelwise fails on a model without convolutions, naming the models that have them.
+CHANNELWISE_NEEDS_CONV = ("random-channelwise is the convolutional control: use it with "
+                          + ", ".join(name for name, spec in MODELS.items() if spec.convolutional))
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a training run (serialised into ``run.json``).
@@ -92,7 +97,7 @@ class TrainConfig:
         if not self.log_alpha > 0 and self.method not in ("dense",):
             raise ConfigError(f"--log-alpha must be > 0 (α = 10^-log_alpha < 1), got {self.log_alpha}")
         if self.method == "random-channelwise" and not spec.convolutional:
-            raise ConfigError("random-channelwise is the convolutional control: use it with cnn, resnet20 or resnet110")
+            raise ConfigError(CHANNELWISE_NEEDS_CONV)
         if self.epochs is not None and self.epochs < 1:
             raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
         for name in ("batch_size", "max_batches", "val_max_batches", "patience", "adapt_every"):
