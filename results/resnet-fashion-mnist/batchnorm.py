@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from topo.experiments.table import welch_interval
-from topo.experiments.train import TrainConfig, evaluate, setup
+from topo.experiments.train import Session, TrainConfig, evaluate_splits, setup
 from topo.record import RunReader
 from topo.record.training_state import read_checkpoint
 
@@ -39,14 +39,10 @@ def recompute_batchnorm(model: nn.Module, images: torch.Tensor, batch_size: int)
     model.eval()
 
 
-def errors(session, prefix: str) -> dict[str, float]:
-    row = {}
-    for split in ("val", "test"):
-        _, accuracy = evaluate(session.spec, session.model, getattr(session.data, f"{split}_x"),
-                               getattr(session.data, f"{split}_y"), session.device,
-                               max_batches=session.config.val_max_batches)
-        row[f"{split}_{prefix}"] = 100 * (1 - accuracy)
-    return row
+def errors(session: Session, prefix: str) -> dict[str, float]:
+    """Validation and test error (%) of the session's model, as training scores them."""
+    metrics = evaluate_splits(session)
+    return {f"{split}_{prefix}": 100 * (1 - metrics[f"{split}_acc"]) for split in ("val", "test")}
 
 
 def main() -> None:
