@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -63,3 +64,26 @@ def test_transformer_benchmark_reports_both_reads(tmp_path):
     backbone, two_four = figures["magnitude backbone"], figures["2:4"]
     assert backbone["matrices"] == 14 and backbone["graphs"] == 2 * (4 * 4 + 3)  # q/k/v/o per head, then the MLP
     assert two_four["n_m"] == ["2:4"] and two_four["peak_rss_mib"] > 0
+
+
+def test_mutation_score_counts_killed_survived_and_equivalent_mutants_per_package():
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import mutation_score
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    listing = "\n".join([
+        "    topo.graph.null.x_er_masks__mutmut_1: killed", "    topo.graph.null.x_er_masks__mutmut_2: survived",
+        "    topo.graph.null.x_er_masks__mutmut_3: timeout", "    topo.graph.null.x_er_masks__mutmut_4: survived",
+        "    topo.sparsity.base.x_active_count__mutmut_1: not checked",
+        "    topo.families.x_natural_key__mutmut_1: no tests", "    topo.analyze.x_f__mutmut_1: survived"])
+    statuses = mutation_score.parse_results(listing)
+    assert len(statuses) == 7
+    table = mutation_score.scores(statuses, {"topo.graph.null.x_er_masks__mutmut_4": "equal by construction"})
+    assert table["topo.graph"] == {"killed": 2, "survived": 1, "equivalent": 1, "not run": 0, "total": 4,
+                                   "score": 2 / 3}
+    assert table["topo.families"]["survived"] == 1 and table["topo.families"]["score"] == 0.0  # untested code
+    assert table["topo.sparsity"]["not run"] == 1 and math.isnan(table["topo.sparsity"]["score"])
+    assert mutation_score.mutant_glob("topo/graph/null.py") == "topo.graph.null.*"
+    equivalent = mutation_score.read_equivalent()
+    assert all(why.strip() and mutation_score.package_of(name) for name, why in equivalent.items())

@@ -64,7 +64,7 @@ def test_analyze_topo_checkpoint_matches_topo_graph(recorded_run):
     expected = summarize(graphs["lstm.weight_hh_l0[f]"])
     for key in ("algebraic_connectivity", "degree_gini", "global_clustering", "mean_shortest_path"):
         assert forget[key] == pytest.approx(expected[key], rel=1e-9)
-    assert forget["shape"] == "64×16"
+    assert forget["shape"] == "16×16"  # the gate's own block of the stacked (4·16) × 16 weight
 
 
 def test_analyze_plain_state_dict_with_zeroed_weights(tmp_path):

@@ -103,6 +103,39 @@ def test_fused_projections_are_one_graph_per_projection_and_heads_split_further(
     output = heads[heads.graph.str.contains("c_proj")]
     assert list(output.graph) == [f"transformer.h.0.attn.c_proj.weight[o.h{h}]" for h in range(4)]
     assert (output.n_nodes == 32 + 8).all()  # the output projection splits along its inputs: 8 per head
+    # every graph's shape is its own block's, out × in: a query head reads all 32 inputs into 8 outputs, an output
+    # head 8 of the concatenated heads' inputs into all 32 outputs
+    assert set(heads[heads.graph.str.contains(r"\[q\.h")]["shape"]) == {"8×32"}
+    assert set(output["shape"]) == {"32×8"}
+    with torch.no_grad():  # silence head 1's inputs of the output projection (stored (in, out): rows 8-15)
+        model.transformer.h[0].attn.c_proj.weight[8:16] = 0.0
+    silenced = analyze_model(model, layers="*h.0.attn.c_proj*", heads=True, progress=False).table
+    assert silenced["mask_density"].tolist() == [1.0, 0.0, 1.0, 1.0]
+
+
+def test_fused_qkv_splits_only_where_the_sizes_are_known():
+    # q has the hidden size (the inputs) and k, v share the rest: (96, 64) is q 64, k 16, v 16, not three thirds
+    for rows, sizes in ((96, (64, 16, 16)), (128, (64, 32, 32)), (192, (64, 64, 64))):
+        graphs = layer_graphs({"layers.0.self_attn.qkv_proj.weight": torch.ones(rows, 64, dtype=torch.bool)},
+                              family=detect({"layers.0.self_attn.qkv_proj.weight": (rows, 64)}))
+        assert [g.parts[1] for g in graphs.values()] == list(sizes), rows
+        assert [name[-3:] for name in graphs] == ["[q]", "[k]", "[v]"]
+    odd = detect({"a.qkv_proj.weight": (65, 64)})  # no q of 64 with equal k and v: one graph, and said so
+    assert list(layer_graphs({"a.qkv_proj.weight": torch.ones(65, 64, dtype=torch.bool)}, family=odd)) == \
+        ["a.qkv_proj.weight"]
+    assert any("a.qkv_proj.weight left fused" in note for note in odd.notes)
+    # with head counts the k and v sizes must agree with them: 4 heads of 16, 2 key/value heads -> 32 each
+    gqa = detect({"a.qkv_proj.weight": (128, 64)}, {"num_attention_heads": 4, "num_key_value_heads": 2})
+    assert gqa.role("a.qkv_proj.weight", (128, 64)).sizes == (64, 32, 32)
+    wrong = detect({"a.qkv_proj.weight": (128, 64)}, {"num_attention_heads": 4, "num_key_value_heads": 1})
+    assert wrong.role("a.qkv_proj.weight", (128, 64)).parts == ()
+
+
+def test_erk_reads_a_conv1d_fused_projection_along_its_outputs():
+    # c_attn is stored (in 32, out 96): its parts are three 32 x 32 projections, the shape of c_proj
+    sparsifier = make_sparsifier("set", tiny_gpt2(), density=0.2, distribution="erk", seed=0)
+    density = sparsifier.layer_density
+    assert density["transformer.h.0.attn.c_attn.weight"] == pytest.approx(density["transformer.h.0.attn.c_proj.weight"])
 
 
 def test_multihead_attention_in_proj_and_the_transformer_encoder_train_sparse():
@@ -237,14 +270,55 @@ def test_layers_come_in_model_order(tmp_path):
     assert [int(layer.split(".")[1]) for layer in sharded.layer] == [6, 7, 8, 9, 10, 11, 0, 1, 2, 3, 4, 5]
 
 
+def test_a_tied_head_is_read_once_in_every_format(tmp_path):
+    model = tiny_gpt2()
+    torch.save(model.state_dict(), tmp_path / "gpt2.pt")  # lm_head shares wte's storage
+    model.save_pretrained(tmp_path / "hf")  # safetensors: lm_head left out of the file
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    safetensors_torch.save_file(state, str(tmp_path / "copies.safetensors"))  # both kept, equal element for element
+    layers = {}
+    for path in (tmp_path / "gpt2.pt", tmp_path / "hf", tmp_path / "copies.safetensors"):
+        result = analyze_checkpoint(path, embeddings=True, progress=False)
+        layers[path.name] = sorted(set(result.table.layer))
+        assert "lm_head.weight" not in layers[path.name], path.name
+    assert layers["gpt2.pt"] == layers["hf"] == layers["copies.safetensors"]
+    assert "lm_head.weight tied to transformer.wte.weight" in analyze_checkpoint(tmp_path / "gpt2.pt",
+                                                                                 progress=False).reading
+    untied = dict(state, **{"lm_head.weight": state["lm_head.weight"] + 1.0})
+    torch.save(untied, tmp_path / "untied.pt")  # a head of its own stays a layer
+    assert "lm_head.weight" in set(analyze_checkpoint(tmp_path / "untied.pt", progress=False).table.layer)
+
+
+def test_with_a_config_safetensors_layers_come_in_module_order(tmp_path):
+    names = ["model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight",
+             "model.layers.0.self_attn.k_proj.weight", "model.layers.0.self_attn.v_proj.weight",
+             "model.layers.0.self_attn.o_proj.weight", "model.layers.0.mlp.gate_proj.weight",
+             "model.layers.0.mlp.up_proj.weight", "model.layers.0.mlp.down_proj.weight",
+             "model.layers.1.self_attn.q_proj.weight", "model.layers.1.mlp.down_proj.weight", "lm_head.weight"]
+    generator = torch.Generator().manual_seed(0)
+    safetensors_torch.save_file({n: torch.randn(8, 8, generator=generator) for n in names},
+                                str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "num_attention_heads": 2,
+                                                      "tie_word_embeddings": False}))
+    table = analyze_checkpoint(tmp_path, embeddings=True, progress=False).table
+    assert list(dict.fromkeys(table.layer)) == names
+    tiny_bert().save_pretrained(tmp_path / "bert")
+    bert = list(dict.fromkeys(analyze_checkpoint(tmp_path / "bert", progress=False).table.layer))
+    block = [n for n in bert if n.startswith("encoder.layer.0.")]
+    assert block == [f"encoder.layer.0.{n}.weight" for n in ("attention.self.query", "attention.self.key",
+                                                              "attention.self.value", "attention.output.dense",
+                                                              "intermediate.dense", "output.dense")]
+
+
 # -- N:M --------------------------------------------------------------------------------------------------------
 def test_nm_pattern_by_hand():
-    two_four = torch.tensor([[1, 1, 0, 0, 0, 1, 0, 1], [0, 0, 1, 1, 1, 0, 1, 0]], dtype=torch.bool)
+    two_four = torch.tensor([[1, 1, 0, 0, 0, 1, 0, 1], [0, 0, 1, 1, 1, 0, 1, 0]], dtype=torch.bool).repeat(20, 1)
     assert nm_pattern(two_four) == "2:4"
-    one_four = torch.zeros(4, 8, dtype=torch.bool)
+    assert nm_pattern(two_four[:2]) is None  # 4 groups: a random mask of density 1/2 fits 2:4 one time in 4.5
+    one_four = torch.zeros(40, 8, dtype=torch.bool)
     one_four[:, [1, 6]] = True
     assert nm_pattern(one_four) == "1:4"
-    four_eight = torch.zeros(2, 8, dtype=torch.bool)
+    four_eight = torch.zeros(40, 8, dtype=torch.bool)
     four_eight[:, :4] = True  # 4 of 4 in the first group: not 4-structured, 4 of every 8
     assert nm_pattern(four_eight) == "4:8"
     torch.manual_seed(0)
@@ -261,6 +335,18 @@ def test_analysis_reports_n_m_and_zero_fan_in_gini(tmp_path):
     table = analyze_checkpoint(tmp_path / "nm.pt", progress=False).table.set_index("layer")
     assert table.loc["fc.weight", "n_m"] == "2:4" and pd.isna(table.loc["other.weight", "n_m"])
     assert table.loc["fc.weight", "fan_in_gini"] == 0.0  # every output reads N/M of its inputs
+
+
+def test_a_convolution_pruned_2_4_along_input_channels_is_reported_n_m(tmp_path):
+    # apex ASP's layout: at every output channel and tap, the two largest of each four input channels
+    torch.manual_seed(0)
+    weight = torch.randn(16, 32, 3, 3)
+    groups = weight.permute(0, 2, 3, 1).reshape(16, 3, 3, 8, 4)
+    keep = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, groups.abs().topk(2, -1).indices, True)
+    mask = keep.reshape(16, 3, 3, 32).permute(0, 3, 1, 2)
+    torch.save({"conv.weight": weight * mask, "dense.weight": torch.randn(16, 32, 3, 3)}, tmp_path / "asp.pt")
+    table = analyze_checkpoint(tmp_path / "asp.pt", progress=False).table.set_index("layer")
+    assert table.loc["conv.weight", "n_m"] == "2:4" and pd.isna(table.loc["dense.weight", "n_m"])
 
 
 @settings(max_examples=8, deadline=None)
@@ -317,7 +403,7 @@ def test_semi_structured_export_off_gpu_is_one_clear_error():
     assert nm_pattern(sp.masks["0.weight"]) == "2:4"
     with pytest.raises(ConfigError, match="need a CUDA GPU"):
         to_semi_structured(model)
-    with pytest.raises(ConfigError, match="no nn.Linear weight of the model is 2:4"):
+    with pytest.raises(ConfigError, match="no nn.Linear or Conv1D weight of the model fits 2:4"):
         to_semi_structured(nn.Sequential(nn.Linear(8, 8)))
 
 

@@ -10,7 +10,7 @@ import pytest
 from matplotlib.image import imread
 
 from topo import plot
-from topo.errors import ConfigError
+from topo.errors import ConfigError, OutputError
 
 
 def metrics_frame(runs: int = 1) -> pd.DataFrame:
@@ -104,7 +104,7 @@ def test_table2_curves_one_panel_per_alpha_with_the_dense_reference(tmp_path):
     (tmp_path / "sub").mkdir()
     path = plot.save(fig, tmp_path / "sub" / "curves.png")
     assert not_blank(path) and [p.name for p in path.parent.iterdir()] == ["curves.png"]
-    with pytest.raises(FileNotFoundError):  # no folder is made for a mistyped path
+    with pytest.raises(OutputError, match="missing/curves.png: cannot be written"):  # no folder made for a typo
         plot.save(plot.table2_curves(histories), tmp_path / "missing" / "curves.png")
     assert not (tmp_path / "missing").exists()
 

@@ -59,6 +59,7 @@ def test_a_report_holds_everything_it_shows(runs, tmp_path):
     assert "http://" not in page and "https://" not in page
     assert page.count('<img alt="Figure 5 of') >= 2 * 2 + 2 and 'alt="mask of 0.weight"' in page
     assert "the null model's mean ± 2 std" in page
+    assert "bipartite_clustering_null_mean" in page and "bipartite_clustering_z" in page  # the null was measured
     assert oct(out.stat().st_mode & 0o777) == oct(0o666 & ~current_umask())
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,12 +30,12 @@ from topo.errors import CheckpointError, ConfigError
 from topo.executors import Job, RayOptions, run_jobs
 from topo.families import Family, detect, detect_model, oriented, read_config
 from topo.graph import Graph, metrics_table, recurrent_gates, summarize
-from topo.graph.backbone import BackboneSpec, GlobalMagnitude, disparity_backbone, magnitude_backbone, parse_backbone
-from topo.graph.build import CONV_VIEWS, graph_sources
+from topo.graph.backbone import GlobalMagnitude, disparity_backbone, magnitude_backbone
+from topo.graph.build import graph_sources
 from topo.graph.compare import run_topology
 from topo.graph.metrics import null_rows
-from topo.graph.null import NULLS
 from topo.graph.singular import weighted_spectral_gap
+from topo.options import BackboneSpec, check_analysis_options
 from topo.record import RunReader, read_checkpoint
 from topo.record.formats import CheckpointSource, open_checkpoint, state_dict_source
 from topo.record.live import METRICS_FILE, read_metrics, reusable_rows
@@ -53,7 +54,8 @@ class CheckpointAnalysis:
 
     Attributes
     ----------
-    table: one row per graph (layer, graph, kind, shape (out × in, a Conv1D weight read transposed),
+    table: one row per graph (layer, graph, kind, shape (the graph's own block, out × in: a head's rows, a gate's
+        block, a Conv1D weight read transposed; a convolution's out × in × kernel),
         mask_density, ``n_m`` for N:M layers (:func:`topo.sparsity.structure.nm_pattern`), then every metric that
         applies to any graph; cells of metrics that do not apply to a graph's kind are empty).
     records: the same rows as dicts holding only the metrics that apply.
@@ -73,10 +75,10 @@ class CheckpointAnalysis:
     reading: str = ""
 
 
-def describe_reading(family: Family, names: list[str], left_out: list[str]) -> str:
+def describe_reading(family: Family, names: list[str], left_out: list[str], tied: dict[str, str] | None = None) -> str:
     """One line on how a model's weights were read: the family, the weights read transposed, the embedding
-    tables left out and anything left fused."""
-    parts = []
+    tables left out, the weights tied to others (read once) and anything left fused."""
+    parts = [f"{', '.join(f'{a} tied to {b}' for a, b in list(tied.items())[:3])} (read once)"] if tied else []
     transposed = [n for n in names if n in family.transposed]
     if transposed:
         parts.append(f"{len(transposed)} Conv1D weight(s) stored (in, out) read transposed (found by "
@@ -145,6 +147,9 @@ def analyze_checkpoint(
     Bipartite graphs (layers, projections, kernels) also get the weighted spectral gap of their active weights'
     magnitudes (:func:`topo.graph.singular.weighted_spectral_gap`).
     """
+    check_analysis_options(backbone=backbone, global_backbone=global_backbone, path_sources=path_sources,
+                           small_world=small_world, null=null, null_samples=null_samples, conv=conv,
+                           num_heads=num_heads)
     source = open_checkpoint(path, key)
     family = detect({n: source.shape(n) for n in source.names}, read_config(path), heads=num_heads)
     return _analyze_source(source, family, layers=layers, backbone=backbone, global_backbone=global_backbone,
@@ -177,15 +182,8 @@ def _analyze_source(
     null: str | None = None,
     null_samples: int = 20,
 ) -> CheckpointAnalysis:
-    spec = parse_backbone(backbone) if isinstance(backbone, str) else backbone
-    if null is not None and null not in NULLS:
-        raise ConfigError(f"--null must be one of {', '.join(NULLS)}, got {null!r}")
-    if global_backbone and (spec is None or spec.kind != "magnitude"):
-        raise ConfigError("--global applies to the magnitude backbone (--backbone magnitude:F)")
-    if path_sources is not None and path_sources < 1:
-        raise ConfigError(f"--path-sources must be >= 1, got {path_sources}")
-    if conv not in CONV_VIEWS:
-        raise ConfigError(f"--conv must be one of {', '.join(CONV_VIEWS)}, got {conv!r}")
+    spec = check_analysis_options(backbone=backbone, global_backbone=global_backbone, path_sources=path_sources,
+                                  small_world=small_world, null=null, null_samples=null_samples, conv=conv)
     names = _select(source.names, layers, source.path)
     left_out = [] if embeddings else [n for n in names if family.role(n, source.shape(n)).kind == "embedding"]
     names = [n for n in names if n not in left_out]
@@ -212,12 +210,11 @@ def _analyze_source(
             mask = layer.mask
         del layer  # the mask and the weight are needed from here on, nothing else
         dense = dense and bool(mask.all())
-        role = family.role(name, tuple(mask.shape))
-        shape = "×".join(map(str, oriented(mask, role).shape))
-        pattern = nm_pattern(oriented(mask, role)) if mask.ndim == 2 else None
+        pattern = nm_pattern(oriented(mask, family.role(name, tuple(mask.shape))))
         on_device = mask.to(device) if device is not None else mask
         for graph_name, graph_source in graph_sources({name: on_device}, gates, family=family, heads=heads,
                                                       conv=conv, weights={name: weight}).items():
+            shape = "×".join(map(str, graph_source.layer_shape or tuple(graph_source.block.shape)))
             graph = graph_source.build(graph_source.block)
             sources = path_sources if path_sources else (
                 DEFAULT_PATH_SOURCES if graph.n_nodes > EXACT_PATH_LIMIT else None)
@@ -225,8 +222,8 @@ def _analyze_source(
             if graph.kind in WEIGHTED_KINDS:
                 summary["weighted_spectral_gap"] = weighted_spectral_gap(graph_source.weights, graph_source.block)
             if null is not None:
-                summary.update(null_rows(graph_source.block, graph_source.build, summary, null, null_samples,
-                                         zlib.crc32(graph_name.encode()), device))
+                summary.update(null_rows(graph_source, summary, null, null_samples, zlib.crc32(graph_name.encode()),
+                                         device))
             record = {"layer": name, "graph": graph_name, "kind": graph.kind, "shape": shape,
                       "mask_density": summary.pop("mask_density")}
             if pattern is not None:
@@ -234,9 +231,12 @@ def _analyze_source(
             records.append({**record, **summary})
             degrees[graph_name] = _degrees(graph)
         del mask, on_device, weight
+    if null == "nm" and not any("n_m" in record for record in records):
+        warnings.warn(f"--null nm: no analysed layer of {source.path} is N:M, so no graph has an nm null; "
+                      "--null er or --null degree apply to any layer", UserWarning, stacklevel=2)
     table = pd.DataFrame(records)
     return CheckpointAnalysis(table, records, source.description, dense, degrees,
-                              describe_reading(family, names, left_out))
+                              describe_reading(family, names, left_out, source.tied))
 
 
 def is_run_directory(path: str | os.PathLike) -> bool:
@@ -283,6 +283,9 @@ def analyze_run(
     table = metrics_table(timeline, run=reader.name, small_world_graphs=small_world, device=device,
                           progress=progress, family=reader.family, heads=heads, conv=conv, null=null,
                           null_samples=null_samples)
+    if null == "nm" and not table["metric"].str.endswith("_null_mean").any():
+        warnings.warn(f"--null nm: no analysed layer of {path} is N:M, so no graph has an nm null; --null er or "
+                      "--null degree apply to any layer", UserWarning, stacklevel=2)
     table = pd.concat([table, weighted_gaps(reader, selected, heads=heads, conv=conv)], ignore_index=True)
     if done:
         table = pd.concat([cached.assign(run=reader.name), table], ignore_index=True)

@@ -1,4 +1,4 @@
-"""The ``topo`` command: analyze, compare, plot, report, train, transplant, reproduce, demo.
+"""The ``topo`` command: analyze, compare, plot, report, prune, train, transplant, reproduce, demo.
 
 Exit codes: 0 success, 1 failure (one line on stderr naming the file or option; ``--debug`` shows the traceback),
 2 usage error. Global options (``--quiet``, ``--debug``) go before or after the command. Building the parser and
@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import sys
+import tempfile
 import traceback
 import warnings
 from collections.abc import Sequence
@@ -37,6 +38,26 @@ def _wide(table: pd.DataFrame) -> pd.DataFrame:
     metrics = list(dict.fromkeys(table["metric"]))
     wide = table.pivot(index=["layer", "graph"], columns="metric", values="value").reindex(order)[metrics]
     return wide.reset_index().rename_axis(columns=None)
+
+
+def json_text(data: object) -> str:
+    """``data`` as standard JSON: NaN and ±inf, which JSON has no number for, become ``null`` (Python's ``json``
+    would write bare ``NaN``, which strict parsers refuse); numpy numbers become plain ones."""
+    import json
+    import math
+
+    def clean(value: object) -> object:
+        if isinstance(value, dict):
+            return {str(k): clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", None) == 0:
+            value = value.item()
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        return value
+
+    return json.dumps(clean(data), allow_nan=False)
 
 
 def _analysis_device(name: str):
@@ -80,19 +101,26 @@ def check_output(path: str | os.PathLike | None, option: str, figure: bool = Fal
         raise ConfigError(f"{option} {path}: no such directory {folder}")
     if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise ConfigError(f"{option} {path}: not writable")
+    try:  # permissions do not tell everything (a root user in /proc, a read-only mount): try, and leave nothing
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=folder)
+    except OSError as exc:
+        raise ConfigError(f"{option} {path}: not writable ({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from topo.analyze import analyze_runs, is_run_directory
-    from topo.record.store import write_csv
+    from topo.options import check_analysis_options
 
     paths = [Path(p) for p in args.path]
     check_output(args.csv, "--csv")
     check_output(args.plot, "--plot", figure=True)
-    if args.null_samples < 2:
-        raise ConfigError(f"--null-samples must be >= 2 (a null needs a spread), got {args.null_samples}")
-    if args.small_world < 0:
-        raise ConfigError(f"--small-world must be >= 0 (random graphs to compare with), got {args.small_world}")
+    check_analysis_options(backbone=args.backbone, global_backbone=args.global_backbone, path_sources=args.path_sources,
+                           small_world=args.small_world, null=args.null, null_samples=args.null_samples,
+                           conv=args.conv, num_heads=args.num_heads)
+    from topo.analyze import analyze_runs, is_run_directory
+    from topo.record.store import write_csv
+
     runs = [is_run_directory(p) for p in paths]
     if len(paths) > 1 and not all(runs):
         other = paths[runs.index(False)]
@@ -143,7 +171,6 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _analyze_checkpoint(args: argparse.Namespace, path: Path, device, to_stdout: bool) -> int:
-    import json
 
     import pandas as pd
 
@@ -172,7 +199,7 @@ def _analyze_checkpoint(args: argparse.Namespace, path: Path, device, to_stdout:
         save(layer_figure(result.table, degrees, title=f"Layers of {named}"), args.plot)
         print(f"topo: figure written to {args.plot}", file=sys.stderr)
     if args.json:
-        print(json.dumps(result.records, allow_nan=True))
+        print(json_text(result.records))
     elif to_stdout:
         result.table.to_csv(sys.stdout, index=False)
     elif args.csv:
@@ -207,15 +234,13 @@ def _compared_masks(path: str, epoch: int | None, key: str | None) -> tuple[dict
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    import json
-
+    if args.random_samples < 2:
+        raise ConfigError(f"--random-samples must be >= 2, got {args.random_samples}")
     import numpy as np
     import pandas as pd
 
     from topo.graph.compare import nnstd, nnstd_random
 
-    if args.random_samples < 2:
-        raise ConfigError(f"--random-samples must be >= 2, got {args.random_samples}")
     (a, where_a), (b, where_b) = (_compared_masks(p, args.epoch, args.key) for p in (args.run_a, args.run_b))
     names = [n for n in a if n in b]
     if not names:
@@ -229,7 +254,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     table = pd.DataFrame({"layer": names, "nnstd": nnstd(first, second), "nnstd_random": mean,
                           "nnstd_random_std": std})
     if args.json:
-        print(json.dumps({"a": where_a, "b": where_b, "layers": table.to_dict(orient="records")}))
+        print(json_text({"a": where_a, "b": where_b, "layers": table.to_dict(orient="records")}))
     else:
         print(f"NNSTD topology distance ({where_a} of {args.run_a} and {where_b} of {args.run_b}; 0: the same "
               "topology up to neuron permutation, 1: disjoint; nnstd_random: independent random masks of the same "
@@ -288,16 +313,32 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from topo.options import check_analysis_options
+
     check_output(args.output, "-o")
     if not args.output.lower().endswith((".html", ".htm")):
         raise ConfigError(f"-o {args.output}: a report is an HTML file (.html)")
-    if args.null_samples < 2:
-        raise ConfigError(f"--null-samples must be >= 2 (a null needs a spread), got {args.null_samples}")
+    check_analysis_options(backbone=args.backbone, null=args.null, null_samples=args.null_samples)
     from topo.report import write_report
 
     path = write_report(args.paths, args.output, title=args.title, null=args.null, null_samples=args.null_samples,
                         layers=args.layers, backbone=args.backbone)
     print(f"topo: report written to {path}", file=sys.stderr)
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from topo.prune import check_prune_options
+
+    check_prune_options(args.model_dir, args.output, args.method, args.calibration, args.density, args.structure,
+                        args.samples, args.seqlen)
+    from topo.prune import prune_pretrained
+
+    result = prune_pretrained(args.model_dir, args.output, args.method, args.calibration, density=args.density,
+                              structure=args.structure, samples=args.samples, seqlen=args.seqlen, seed=args.seed,
+                              progress=not args.quiet)
+    target = f"density {args.density:g}" if args.density is not None else args.structure
+    print(f"topo: {result.line(args.method, target)}", file=sys.stderr)
     return 0
 
 
@@ -509,6 +550,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--null", choices=["er", "degree", "nm"], help="null-model bands and z-scores (see analyze)")
     p.add_argument("--null-samples", type=int, default=20, metavar="K")
     p.set_defaults(func=cmd_report)
+
+    p = command("prune", help="prune a Hugging Face causal language model one-shot (magnitude, Wanda, SparseGPT)",
+                description="One-shot pruning of every linear layer in each decoder block of a Hugging Face causal "
+                            "language model, block by block on calibration text (the authors' rules: "
+                            "topo.sparsity.oneshot); the pruned model and its tokenizer are saved as safetensors.")
+    p.add_argument("model_dir", help="a Hugging Face model directory (config.json, weights, tokenizer)")
+    p.add_argument("--method", required=True, choices=["magnitude", "wanda", "sparsegpt"])
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--density", type=float, metavar="S", help="the fraction of each layer's weights kept")
+    target.add_argument("--structure", metavar="N:M", help="N of every M consecutive inputs kept, e.g. 2:4")
+    p.add_argument("--calibration", metavar="FILE.txt",
+                   help="text to draw the calibration sequences from (wanda, sparsegpt)")
+    p.add_argument("--samples", type=int, default=128, help="calibration sequences (default 128)")
+    p.add_argument("--seqlen", type=int, help="tokens per sequence (default 2048, at most the model's context)")
+    p.add_argument("--seed", type=int, default=0, help="where the calibration windows start (default 0)")
+    p.add_argument("-o", "--output", required=True, help="the pruned model's folder (new, or empty)")
+    p.set_defaults(func=cmd_prune)
 
     p = command("train", help="train one model with one method, recorded",
                        description="Train a Table 1 model with a sparsity method and record the run.")

@@ -23,5 +23,9 @@ class CheckpointError(TopoError):
     """A checkpoint, snapshot or run directory is missing, unreadable, corrupt or not of a known format."""
 
 
+class OutputError(TopoError, OSError):
+    """A result could not be written where it was asked for (the message names that path, not a temporary)."""
+
+
 class EmptyGraphWarning(UserWarning):
     """A graph metric is undefined (no nodes, no edges or no reachable pair) and is reported as NaN."""

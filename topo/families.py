@@ -11,7 +11,9 @@ weight means the same thing everywhere:
   ``c_fc``, ``q_attn``) when the model's ``c_attn`` has three times as many columns as rows.
 * **Fused projections** are split into one graph per projection, named like the LSTM gates:
   GPT-2's ``c_attn`` → ``[q]``, ``[k]``, ``[v]`` (thirds of its outputs); ``nn.MultiheadAttention``'s
-  ``in_proj_weight`` → ``[q|k|v]``; ``qkv_proj`` / ``Wqkv`` → ``[q|k|v]`` (sizes from the head counts);
+  ``in_proj_weight`` → ``[q|k|v]``; ``qkv_proj`` / ``Wqkv`` → ``[q|k|v]``, q of the hidden size (the weight's
+  inputs) and k and v sharing the rest equally, checked against the head counts where they are known; a fused
+  weight whose shape allows no such split stays one graph, and the reading line says so;
   GPT-NeoX's and BLOOM's ``query_key_value``, interleaved per head as (heads, 3, head_dim), de-interleaved into
   ``[q|k|v]`` (this needs the head count, from ``config.json`` or the model); ``gate_up_proj`` → ``[gate|up]``.
 * **Heads.** With ``heads=True`` the query, key and value projections are split into one graph per head along
@@ -21,7 +23,9 @@ weight means the same thing everywhere:
 * **Embeddings** (``wte``, ``wpe``, ``embed_tokens``, ``word_embeddings``, ``position_embeddings``,
   ``token_type_embeddings``, ``embed_positions``, ``shared``, an ``nn.Embedding`` when a model is given, and an
   ``lm_head`` tied to one) are kind ``embedding``: tables, not layers, so analyses leave them out unless asked.
-* **Order.** :func:`natural_key` sorts dotted names with their numbers compared as numbers (layer 2 before 10).
+* **Order.** :func:`natural_key` sorts dotted names with their numbers compared as numbers (layer 2 before 10);
+  :func:`module_order_key` puts a transformer's weights in module order (embeddings, each block's attention then
+  its MLP, the head), which safetensors files, sorted by name, lose.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ _EMBEDDING_NAME = re.compile(r"(^|\.)(wte|wpe|embed_tokens|word_embeddings|posit
 _TIED_HEAD_NAME = re.compile(r"(^|\.)(lm_head|embed_out|decoder)\.weight$")
 #: Fused projections: name pattern → the parts along the outputs, and whether they are interleaved per head.
 _FUSED = (
-    (re.compile(r"(^|\.)attn\.c_attn\.weight$"), ("q", "k", "v")),
+    (re.compile(r"(^|\.)(attn|crossattention)\.c_attn\.weight$"), ("q", "k", "v")),
     (re.compile(r"(^|\.)in_proj_weight$"), ("q", "k", "v")),
     (re.compile(r"(^|\.)(qkv_proj|Wqkv)\.weight$"), ("q", "k", "v")),
     (re.compile(r"(^|\.)query_key_value\.weight$"), ("q", "k", "v")),
@@ -65,6 +69,48 @@ _NUMBER = re.compile(r"(\d+)")
 def natural_key(name: str) -> tuple:
     """Sort key of a dotted name with its numbers compared as numbers: ``h.2.attn`` before ``h.10.attn``."""
     return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in _NUMBER.split(name) if part)
+
+
+def is_embedding_name(name: str) -> bool:
+    """Whether ``name`` is an embedding table's by its name (``wte``, ``embed_tokens``, ``word_embeddings`` …)."""
+    return bool(_EMBEDDING_NAME.search(name))
+
+
+def is_output_head_name(name: str) -> bool:
+    """Whether ``name`` is an output head's that models often tie to their embedding table (``lm_head`` …)."""
+    return bool(_TIED_HEAD_NAME.search(name))
+
+
+#: Where a weight sits within its block, by name: attention (q, k, v or fused; then its output projection), then
+#: the MLP (gate, up or fused; then down). Names matching none sit between the attention and the MLP.
+_BLOCK_ORDER = (
+    (re.compile(r"(^|\.)(c_attn|qkv_proj|Wqkv|query_key_value|in_proj_weight|q_proj|query|q_lin|q)(\.weight)?$"), 0),
+    (re.compile(r"(^|\.)(k_proj|key|k_lin|k)\.weight$"), 1),
+    (re.compile(r"(^|\.)(v_proj|value|v_lin|v)\.weight$"), 2),
+    (_PROJECTIONS[3][0], 3),
+    (re.compile(r"(^|\.)(gate_up_proj|gate_proj|c_fc|fc1|fc_in|intermediate\.dense|dense_h_to_4h|w1|wi|wi_0)"
+                r"\.weight$"), 5),
+    (re.compile(r"(^|\.)(up_proj|w3|wi_1)\.weight$"), 6),
+    (re.compile(r"(^|\.)(down_proj|mlp\.c_proj|fc2|fc_out|output\.dense|dense_4h_to_h|w2|wo)\.weight$"), 7),
+)
+_BLOCK = re.compile(r"^(.*?)\.(\d+)\.(.*)$")
+
+
+def module_order_key(name: str) -> tuple:
+    """Sort key putting a transformer's weights in module order: embeddings, then block by block (an encoder's
+    before a decoder's) each block's attention (q, k, v, output) before its MLP (gate, up, down), then whatever
+    follows the blocks (final norms, pooler, the output head last). Numbers compare as numbers
+    (:func:`natural_key`); a block's sub-blocks (T5's ``layer.0`` self-attention, ``layer.1`` cross-attention)
+    keep their order."""
+    if is_embedding_name(name):
+        return (0, natural_key(name))
+    block = _BLOCK.match(name)
+    if block is None:
+        return (2, int(is_output_head_name(name)), natural_key(name))
+    stack, index, rest = block.groups()
+    inner = tuple(int(number) for number in _NUMBER.findall(rest))
+    rank = next((rank for pattern, rank in _BLOCK_ORDER if pattern.search(rest)), 4)
+    return (1, "decoder" in stack.split("."), natural_key(stack), int(index), inner, rank, natural_key(rest))
 
 
 @dataclass(frozen=True)
@@ -138,7 +184,8 @@ class Family:
                 interleaved = bool(_INTERLEAVED.search(name))
                 if interleaved and not (self.interleaved_qkv and self.heads):
                     break  # its layout is not known: one graph
-                sizes = self._part_sizes(parts, rows, cols=int(shape[0] if transposed else shape[1]))
+                sizes = self._part_sizes(parts, rows, int(shape[0] if transposed else shape[1]),
+                                         pair=pattern is _FUSED[0][0])
                 if sizes is None:
                     break
                 if len(parts) == 3 and len(sizes) == 2:
@@ -150,14 +197,24 @@ class Family:
                 return Role("attention", transposed, projection=projection)
         return Role("layer", transposed)
 
-    def _part_sizes(self, parts: tuple[str, ...], rows: int, cols: int) -> tuple[int, ...] | None:
-        if parts == ("q", "k", "v") and self.heads and self.kv_heads and self.kv_heads != self.heads:
-            head_dim = cols // self.heads
-            sizes = (self.heads * head_dim, self.kv_heads * head_dim, self.kv_heads * head_dim)
-            return sizes if sum(sizes) == rows else None
-        if parts == ("q", "k", "v") and rows == 2 * cols and rows % 2 == 0:
-            return (rows // 2, rows // 2)
-        return (rows // len(parts),) * len(parts) if rows % len(parts) == 0 else None
+    def _part_sizes(self, parts: tuple[str, ...], rows: int, cols: int, pair: bool) -> tuple[int, ...] | None:
+        """Rows of each fused part of an (out=rows, in=cols) weight, or None where they are not known.
+
+        q, k, v: q has the hidden size (the weight's inputs) and k and v share the rest equally, as in every family
+        of the table (GQA's smaller k and v included); with head counts known, k and v must also hold
+        ``kv_heads`` heads of ``cols / heads`` rows. A GPT-2 ``c_attn`` of twice as many outputs as inputs is a
+        cross-attention's keys and values (``pair``). Other fused weights split into equal parts."""
+        if parts != ("q", "k", "v"):
+            return (rows // len(parts),) * len(parts) if rows % len(parts) == 0 else None
+        if pair and rows == 2 * cols:
+            return (cols, cols)
+        rest = rows - cols
+        if rest <= 0 or rest % 2:
+            return None
+        known = self.heads and self.kv_heads and cols % self.heads == 0
+        if known and rest // 2 != self.kv_heads * (cols // self.heads):
+            return None
+        return (cols, rest // 2, rest // 2)
 
     def head_counts(self, projection: str) -> int | None:
         """Heads of a projection: the key/value heads for k and v, else the attention heads."""
@@ -220,6 +277,12 @@ def detect(shapes: Mapping[str, Sequence[int]], config: Mapping[str, Any] | None
     if any(_INTERLEAVED.search(n) for n in shapes) and not (interleaved and heads):
         notes.append("query_key_value left fused: its layout needs config.json (gpt_neox or bloom) with the "
                      "number of heads")
+    family = Family(model_type, transposed, frozenset(tables), heads, kv_heads, interleaved, found_by)
+    unsplit = [n for n, s in shapes.items() if len(s) == 2 and n not in tables and not _INTERLEAVED.search(n)
+               and any(pattern.search(n) for pattern, _ in _FUSED) and not family.role(n, s).parts]
+    if unsplit:
+        notes.append(f"{', '.join(unsplit[:3])}{', …' if len(unsplit) > 3 else ''} left fused: the shape does not "
+                     "split into q of the hidden size and equal k and v (or into equal parts)")
     return Family(model_type, transposed, frozenset(tables), heads, kv_heads, interleaved, found_by, tuple(notes))
 
 

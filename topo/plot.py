@@ -1,12 +1,18 @@
 """Figures 2–5 of the paper as seaborn plots. Every function takes a tidy DataFrame and returns the Figure.
 
-Uses matplotlib's Agg backend unless another was chosen before import, so it works without a display.
+Uses matplotlib's Agg backend unless another was chosen before import, so it works without a display. Names in
+the data (runs, layers, graphs, methods) and titles are drawn as written: matplotlib would read a ``$…$`` in a
+name as mathematics (and fail on one it cannot parse), so every figure escapes the dollar signs it is given
+(:func:`literal`).
 """
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import matplotlib
 
@@ -18,7 +24,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from topo.errors import ConfigError  # noqa: E402
+from topo.errors import ConfigError, OutputError  # noqa: E402
 
 #: The four panels of Figure 5: a title and the metrics drawn in it. Square graphs (recurrent gate blocks, the
 #: paper's case) use degree Gini and global clustering; bipartite layers, whose transitivity is always 0, their
@@ -36,6 +42,38 @@ TOPOLOGY_PANELS = {
 }
 
 
+def literal(value: Any) -> Any:
+    """``value`` as matplotlib should draw it verbatim: a string's ``$`` escaped (``\\$``, which matplotlib draws as
+    ``$`` and never reads as mathematics), the strings of a list or a DataFrame so escaped; anything else as it
+    is."""
+    if isinstance(value, str):
+        return value.replace("$", r"\$")
+    if isinstance(value, (list, tuple)):
+        return type(value)(literal(item) for item in value)
+    if isinstance(value, pd.DataFrame):
+        frame = value
+        for column in value.columns:
+            if value[column].dtype == object or pd.api.types.is_string_dtype(value[column]):
+                escaped = value[column].map(literal)
+                if not escaped.equals(value[column]):
+                    frame = frame.assign(**{column: escaped}) if isinstance(column, str) else frame
+        return frame
+    return value
+
+
+Figure = TypeVar("Figure", bound=Callable[..., Any])
+
+
+def _drawn_literally(function: Figure) -> Figure:
+    """Every DataFrame and string argument of a figure function passed through :func:`literal`."""
+
+    @functools.wraps(function)
+    def draw(*args: Any, **kwargs: Any) -> Any:
+        return function(*map(literal, args), **{key: literal(value) for key, value in kwargs.items()})
+
+    return draw  # type: ignore[return-value]
+
+
 def save(fig: plt.Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
     """Write ``fig`` to ``path`` atomically (format from the suffix) and close it; returns the path. The folder
     must exist (no folder is created for a mistyped path)."""
@@ -44,6 +82,8 @@ def save(fig: plt.Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
     try:
         fig.savefig(partial, dpi=dpi, bbox_inches="tight")  # legends outside the axes stay in the image
         partial.replace(path)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot be written ({exc.strerror or exc})") from None
     finally:
         partial.unlink(missing_ok=True)
         plt.close(fig)
@@ -63,6 +103,7 @@ def _clip(metric: str, values: pd.Series) -> pd.Series:
     return values.clip(lower=low, upper=high)
 
 
+@_drawn_literally
 def figure5(metrics: pd.DataFrame, hue: str | None = None, *, layer: str | None = None,
             title: str | None = None) -> plt.Figure:
     """The graph metrics over epochs (Figure 5): one line per graph of one run, or per run and graph of several.
@@ -151,6 +192,7 @@ def null_band(ax: plt.Axes, metrics: pd.DataFrame, metric: str, hue: str, palett
                         color=palette.get(value, "grey"), alpha=0.15, linewidth=0, label="_null")
 
 
+@_drawn_literally
 def figure4(stats: pd.DataFrame, layer: str | None = None, fraction: float = 0.1, hue: str = "run") -> plt.Figure:
     """Number of low-strength weights (|w| below ``fraction`` × layer mean) over epochs (Figure 4).
 
@@ -169,6 +211,7 @@ def figure4(stats: pd.DataFrame, layer: str | None = None, fraction: float = 0.1
     return fig
 
 
+@_drawn_literally
 def figure3(histories: pd.DataFrame, metric: str = "val_loss", hue: str = "run") -> plt.Figure:
     """Validation curves of adaptive, transplanted-topology and random fixed runs (Figure 3)."""
     _require(histories, ["epoch", metric, hue], "figure3")
@@ -181,6 +224,7 @@ def figure3(histories: pd.DataFrame, metric: str = "val_loss", hue: str = "run")
     return fig
 
 
+@_drawn_literally
 def figure2(runs: pd.DataFrame, metric_label: str = "validation error (%)") -> plt.Figure:
     """Table 2 as bars: score per method for each −log α, mean ± std over seeds (cf. Figure 2).
 
@@ -200,6 +244,7 @@ def figure2(runs: pd.DataFrame, metric_label: str = "validation error (%)") -> p
     return fig
 
 
+@_drawn_literally
 def table2_curves(histories: pd.DataFrame, metric: str = "val_error") -> plt.Figure:
     """Validation curves behind a Table 2 block: one panel per −log α, one line per method (mean ± std over seeds).
 
@@ -226,6 +271,7 @@ DEPTH_PANELS = {"algebraic connectivity": ("algebraic_connectivity",),
                 "clustering (Robins–Alexander for layers)": ("global_clustering", "bipartite_clustering")}
 
 
+@_drawn_literally
 def layer_figure(table: pd.DataFrame, degrees: pd.DataFrame, title: str = "") -> plt.Figure:
     """A checkpoint at a glance: degree distributions per graph, and the metrics by depth with graph names.
 
@@ -317,6 +363,7 @@ def _short(name: str, width: int = 38) -> str:
     return name if len(name) <= width else "…" + name[-(width - 1):]
 
 
+@_drawn_literally
 def degree_figure(degrees: pd.DataFrame, layers: list[str] | None = None) -> plt.Figure:
     """Fan-in and fan-out distributions of each layer at the first and last recorded epoch, with the Binomial
     distribution of a uniformly random mask of the same density (dashed) for comparison.

@@ -117,7 +117,7 @@ def run_section(path: str | os.PathLike, *, null: str | None, null_samples: int,
             rows.insert(0, selected_epoch(history)[["epoch", *scores]].rename("epoch validation picks"))
         parts += ["<h3>Scores</h3>", table_html(pd.DataFrame(rows).reset_index(names="at"))]
     parts.append("<h3>Graph metrics over training, per layer (cf. Figure 5)</h3>")
-    if null is not None or table["metric"].str.endswith("_null_mean").any():
+    if table["metric"].str.endswith("_null_mean").any():  # the bands are drawn from these rows
         parts.append('<p class="note">Shaded behind each line: the null model\'s mean ± 2 std.</p>')
     for layer in dict.fromkeys(table["layer"]):
         rows = table[table["layer"] == layer]

@@ -11,8 +11,9 @@ import torch
 
 from topo.errors import ConfigError
 from topo.graph import bipartite_graph, mean_shortest_path, square_graph
-from topo.graph.backbone import GlobalMagnitude, disparity_backbone, magnitude_backbone, parse_backbone
+from topo.graph.backbone import GlobalMagnitude, disparity_backbone, magnitude_backbone
 from topo.graph.metrics import sampled_shortest_path
+from topo.options import parse_backbone
 
 
 @pytest.mark.parametrize("fraction", [0.01, 0.1, 0.37, 1.0])

@@ -7,7 +7,15 @@ import pytest
 import torch
 from torch import nn
 
-from topo.graph.compare import exploration_rate, jaccard_distance, mask_turnover, nnstd, run_topology
+from topo.families import Family
+from topo.graph.compare import (
+    degree_distributions,
+    exploration_rate,
+    jaccard_distance,
+    mask_turnover,
+    nnstd,
+    run_topology,
+)
 from topo.record import Recorder, RunReader
 from topo.sparsity import SET, RandomFixed
 
@@ -64,3 +72,35 @@ def test_run_topology_records_turnover_and_exploration(tmp_path):
     assert (table["turnover"].dropna() > 0).all()
     ever = reader.ever_active(3)["0.weight"]
     assert np.array_equal(ever, dynamic.ever_active["0.weight"].numpy())
+
+
+class _Run:
+    """The part of a run reader :func:`degree_distributions` reads: epochs, their masks, the model family."""
+
+    def __init__(self, masks: dict, family: Family | None = None) -> None:
+        self.epochs, self._masks, self.family = [0], masks, family
+
+    def masks(self, epoch: int) -> dict:
+        return self._masks
+
+
+def test_degree_distributions_count_fan_in_and_fan_out_by_hand():
+    mask = np.array([[1, 1, 0], [1, 0, 0], [1, 1, 1], [0, 0, 0]], bool)  # 4 outputs, 3 inputs
+    table = degree_distributions(_Run({"fc.weight": mask, "fc.bias": np.ones(4, bool)}), "r").set_index(
+        ["side", "degree"])
+    assert table.loc["in", "count"].to_dict() == {0: 1, 1: 1, 2: 1, 3: 1}  # fan-in of each output
+    assert table.loc["out", "count"].to_dict() == {1: 1, 2: 1, 3: 1}  # fan-out of each input: 3, 2, 1
+    assert set(table["n"].groupby("side").first().items()) == {("in", 3), ("out", 4)}
+    assert (table["density"] == 6 / 12).all() and (table["run"] == "r").all() and (table["layer"] == "fc.weight").all()
+    conv = np.zeros((2, 3, 2, 2), bool)
+    conv[0, :, 0, 0] = True  # output channel 0 reads one tap of each of the 3 input channels
+    kernels = degree_distributions(_Run({"conv.weight": conv})).set_index(["side", "degree"])
+    assert kernels.loc["in", "count"].to_dict() == {0: 1, 3: 1} and kernels.loc["in", "n"].iloc[0] == 12
+
+
+def test_degree_distributions_read_a_conv1d_weight_as_out_by_in():
+    stored = np.array([[1, 1, 1, 1], [0, 0, 0, 1]], bool)  # Conv1D (in 2, out 4)
+    family = Family(transposed=frozenset({"h.0.mlp.c_fc.weight"}))
+    table = degree_distributions(_Run({"h.0.mlp.c_fc.weight": stored}, family)).set_index(["side", "degree"])
+    assert table.loc["in", "count"].to_dict() == {1: 3, 2: 1}  # each of the 4 outputs reads 1 or 2 inputs
+    assert table.loc["out", "count"].to_dict() == {1: 1, 4: 1}

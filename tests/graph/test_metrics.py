@@ -229,3 +229,19 @@ def test_bipartite_clustering_hand_worked():
     assert bipartite_clustering(bipartite_graph(mask)) == pytest.approx(4 * 1 / (2 + 2 + 0 + 1 + 1))
     with pytest.raises(ConfigError, match="bipartite"):
         bipartite_clustering(square_graph(np.ones((3, 3), bool)))
+
+
+def test_fan_in_and_fan_out_gini_by_hand_and_as_summarize_reports_them():
+    from topo.graph import bipartite_graph, fan_in_gini, fan_out_gini
+
+    mask = np.array([[1, 1, 1, 1], [1, 0, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0]], bool)  # fan-in 4, 1, 1, 1
+    graph = bipartite_graph(mask)
+    # Gini of (1, 1, 1, 4): Σ|xi − xj| / (2 n² mean) = (2 · 3 · 3) / (2 · 16 · 7/4) = 18 / 56
+    assert fan_in_gini(graph) == pytest.approx(18 / 56)
+    assert fan_out_gini(graph) == pytest.approx(18 / 56)  # fan-out of the inputs: 4, 1, 1, 1 too
+    lopsided = bipartite_graph(np.array([[1, 1, 0, 0], [1, 1, 0, 0]], bool))  # fan-in 2, 2; fan-out 2, 2, 0, 0
+    assert fan_in_gini(lopsided) == 0.0 and fan_out_gini(lopsided) == pytest.approx(0.5)
+    summary = summarize(lopsided)
+    assert summary["fan_in_gini"] == fan_in_gini(lopsided) and summary["fan_out_gini"] == fan_out_gini(lopsided)
+    with pytest.raises(Exception, match="bipartite"):
+        fan_in_gini(square_graph(np.eye(3, dtype=bool)))

@@ -42,13 +42,40 @@ def test_curveball_mixes_to_the_overlap_of_a_random_mask():
 
 
 def test_nm_null_draws_random_nm_masks_and_applies_only_to_nm_blocks():
-    block = torch.zeros(8, 16, dtype=torch.bool)
+    block = torch.zeros(16, 16, dtype=torch.bool)
     block[:, ::2] = True  # 2:4
     masks = null_masks("nm", block, 5, seed=0)
     assert all(nm_pattern(m) == "2:4" for m in masks) and not all(torch.equal(m, block) for m in masks)
-    assert null_masks("nm", torch.rand(8, 16) < 0.1, 5) is None
+    generator = torch.Generator().manual_seed(0)
+    assert all(null_masks("nm", torch.rand(8, 16, generator=generator) < 0.1, 5) is None for _ in range(20))
     with pytest.raises(ConfigError, match="valid: er, degree, nm"):
         null_masks("config", block, 5)
+
+
+def test_nm_null_keeps_every_groups_observed_count():
+    # a 2:4 layer with some kept weights at zero (RigL's regrown zeros read back): the null keeps its edge count
+    generator = torch.Generator().manual_seed(0)
+    block = torch.zeros(16, 32, dtype=torch.bool)
+    keys = torch.rand(16, 8, 4, generator=generator)
+    block = block.reshape(16, 8, 4).scatter_(-1, keys.topk(2, -1).indices, True).reshape(16, 32)
+    block[torch.rand(16, 32, generator=generator) < 0.2] = False
+    masks = null_masks("nm", block, 6, seed=1)
+    counts = block.reshape(16, 8, 4).sum(-1)
+    assert (masks.reshape(6, 16, 8, 4).sum(-1) == counts).all()
+    assert not all(torch.equal(m, block) for m in masks)
+
+
+def test_nm_null_of_a_convolution_keeps_counts_along_input_channels():
+    generator = torch.Generator().manual_seed(0)
+    rows = torch.rand(3 * 3 * 8, 8, generator=generator)
+    keep = torch.zeros(72, 2, 4, dtype=torch.bool).scatter_(-1, rows.reshape(72, 2, 4).topk(2, -1).indices, True)
+    conv = keep.reshape(3, 3, 8, 8).permute(2, 3, 0, 1)  # (out 8, in 8, 3, 3), 2:4 along input channels
+    block = conv.reshape(8, -1)  # as graphs see it: out x in·taps
+    assert null_masks("nm", block, 4, seed=0) is None  # without the layer's shape its groups are unknown
+    masks = null_masks("nm", block, 4, seed=0, shape=(8, 8, 3, 3))
+    per_channel_group = masks.reshape(4, 8, 2, 4, 3, 3).sum(3)
+    assert (per_channel_group == conv.reshape(8, 2, 4, 3, 3).sum(2)).all()
+    assert not all(torch.equal(m, block) for m in masks)
 
 
 def test_z_scores_of_random_masks_are_standard_normal():

@@ -53,13 +53,13 @@ class InactiveStayZero(transformers.TrainerCallback):
         unwrap(optimizer).register_step_post_hook(check)
 
 
-def _train(tmp_path, callbacks, optimizers=(None, None), model=None, **arguments):
+def _train(tmp_path, callbacks, optimizers=(None, None), model=None, eval_dataset=None, **arguments):
     args = transformers.TrainingArguments(**{
         "output_dir": str(tmp_path / "hf"), "num_train_epochs": 2, "per_device_train_batch_size": 8, "report_to": [],
         "save_strategy": "no", "logging_steps": 2, "use_cpu": True, "disable_tqdm": True,
         "gradient_accumulation_steps": 2, "max_grad_norm": 1.0, **arguments})
     trainer = transformers.Trainer(model=model or tiny_bert(), args=args, train_dataset=Tokens(), callbacks=callbacks,
-                                   optimizers=optimizers)
+                                   optimizers=optimizers, eval_dataset=eval_dataset)
     trainer.train()
     return trainer
 
@@ -78,6 +78,15 @@ def test_a_sparse_fine_tune_is_recorded_and_inactive_weights_stay_zero(tmp_path)
     assert (last.pruned > 0).all() and (last.grown == last.pruned).all()  # SET moved connections
     assert "trainer_epoch" in reader.stats and "loss" in reader.stats
     assert (tmp_path / "run" / "graph_metrics.csv").exists() and any((tmp_path / "run" / "tensorboard").iterdir())
+
+
+def test_each_epochs_recorded_score_is_the_evaluation_of_that_epochs_weights(tmp_path):
+    # the Trainer calls on_epoch_end before it evaluates: the snapshot of epoch e must carry epoch e's evaluation
+    topo = TopoTrainerCallback("set", density=0.3, record_dir=tmp_path / "run", zeta=0.3)
+    trainer = _train(tmp_path, [topo], num_train_epochs=3, eval_strategy="epoch", eval_dataset=Tokens())
+    logged = [entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry]
+    recorded = RunReader(tmp_path / "run").stats.groupby("epoch").eval_loss.first().tolist()
+    assert len(logged) == 3 and recorded == pytest.approx(logged)
 
 
 def test_every_n_steps_adapts_and_records_by_optimizer_step(tmp_path):

@@ -100,3 +100,13 @@ def test_fixed_mask_without_masks_or_with_an_empty_mask_is_one_clear_error():
     with pytest.raises(MaskError, match="'1.weight' has no active weight"):
         FixedMask(model, masks={"0.weight": torch.ones(3, 4, dtype=torch.bool),
                                 "1.weight": torch.zeros(2, 3, dtype=torch.bool)})
+
+
+def test_active_count_is_exact_for_every_density_k_over_n():
+    # (1 - 0.9) * 10 is 0.9999999999999998 in floating point: flooring it would leave a layer at 0.9 dense
+    assert active_count(10, 0.9) == 9
+    wrong = [(k, n) for n in range(1, 400) for k in range(1, n + 1) if active_count(n, k / n) != k]
+    assert wrong == []
+    for n in (10_000, 45_088_768, 4096 * 11008):  # a Llama MLP matrix
+        assert all(active_count(n, k / n) == k for k in (1, 7, n // 3, n // 2, n - 1, n))
+    assert active_count(7, 0.3) == 7 - 4 and active_count(100, 0.015) == 2  # ⌊4.9⌋, ⌊98.5⌋: the references' floor

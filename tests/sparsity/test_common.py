@@ -24,7 +24,7 @@ def build(method: str, model: nn.Module, opt: torch.optim.Optimizer, seed: int =
         kwargs.update(density=DENSITY, prune_after=[0])
     elif method == "fixed-mask":
         kwargs["masks"] = {n: torch.rand_like(p) < DENSITY for n, p in model.named_parameters() if n.endswith("weight")}
-    elif method == "rigl":
+    elif method in ("rigl", "srigl"):
         kwargs.update(density=DENSITY, delta_t=5, total_steps=100)
     elif method == "snip":
         device = next(model.parameters()).device
@@ -60,7 +60,7 @@ def test_inactive_weights_exactly_zero_after_100_adam_steps_with_weight_decay(me
     for name, mask in sp.masks.items():
         weight = sp.weights[name]
         assert torch.count_nonzero(weight[~mask]) == 0, name
-        if method not in ("set", "rigl"):  # these grow new weights at zero: active and zero until trained
+        if method not in ("set", "rigl", "srigl"):  # these grow new weights at zero: active and zero until trained
             assert torch.count_nonzero(weight[mask]) == mask.sum(), name
 
 

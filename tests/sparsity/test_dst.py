@@ -45,7 +45,7 @@ def with_mask(sp, mask: torch.Tensor, values: list[float]):
 # v[⌊6 + 0.3·6⌋] = v[7] = 0.2. Dropped: −0.2, −0.05 (2 of the 5 negatives) and 0.01, 0.1, 0.2 (3 of 7 positives).
 SET_VALUES = [-0.9, 0.6, -0.5, 0.2, -0.3, 0.01, -0.2, 0.1, -0.05, 0.4, 0.8, 1.0]
 SET_DROPPED_PER_SIGN = {3, 5, 6, 7, 8}
-SET_DROPPED_MAGNITUDE = {5, 8, 7, 3}  # round(0.3·12) = 4 smallest |w|; −0.2 and 0.2 tie, the lower position wins
+SET_DROPPED_MAGNITUDE = {5, 8, 7}  # ⌊0.3·12⌋ = 3 smallest |w| (google-research/rigl's SET truncates)
 
 
 @pytest.mark.parametrize("drop,expected", [("per-sign", SET_DROPPED_PER_SIGN), ("magnitude", SET_DROPPED_MAGNITUDE)])
@@ -53,6 +53,8 @@ def test_set_drops_by_the_authors_thresholds_or_by_magnitude(drop, expected):
     model = hand_layer(SET_VALUES, inactive=30)
     sp = with_mask(SET(model, density=0.5, zeta=0.3, drop=drop, seed=0), torch.arange(42) < 12, SET_VALUES)
     before = model[0].weight.detach().clone().flatten()
+    chosen = sp.dropped(model[0].weight, sp.masks["0.weight"]).flatten()
+    assert set(torch.nonzero(chosen).flatten().tolist()) == expected
     sp.adapt()
     mask = sp.masks["0.weight"].flatten()
     kept = set(range(12)) - expected
@@ -65,7 +67,19 @@ def test_set_drops_by_the_authors_thresholds_or_by_magnitude(drop, expected):
     assert (weight[gone] == 0).all()
     new = [i for i in range(12, 42) if mask[i]]
     assert len(new) == len(expected) - len(regrown_same) and (weight[new] != 0).all()
-    assert sp.pop_changes()["0.weight"] == (len(gone), len(new))
+    assert sp.pop_changes()["0.weight"] == (len(gone), len(new)) and len(gone) > 0  # connections moved
+
+
+def test_set_magnitude_drop_count_is_google_research_rigls_truncation():
+    from topo.sparsity.dst import set_drop_count
+
+    # int(float32(n_ones) * drop_fraction): truncated, never rounded (sparse_learning would take ceil)
+    assert [set_drop_count(n, 0.3) for n in (1, 3, 4, 12, 13, 100)] == [0, 0, 1, 3, 3, 30]
+    assert set_drop_count(10, 0.7) == 7 and set_drop_count(7, 0.5) == 3
+    tie = hand_layer([0.5, -0.2, 0.2, 0.9], inactive=4)  # 0.3 of 4: one weight; -0.2 and 0.2 tie: the lower goes
+    sp = with_mask(SET(tie, density=0.5, zeta=0.3, drop="magnitude", seed=0), torch.arange(8) < 4,
+                   [0.5, -0.2, 0.2, 0.9])
+    assert torch.nonzero(sp.dropped(tie[0].weight, sp.masks["0.weight"]).flatten()).flatten().tolist() == [1]
 
 
 def test_set_per_sign_rule_on_a_large_asymmetric_layer_matches_a_direct_restatement():
@@ -82,11 +96,14 @@ def test_set_per_sign_rule_on_a_large_asymmetric_layer_matches_a_direct_restatem
     low = values[int((1 - 0.3) * first)]
     high = values[int(min(len(values) - 1, after_last + 0.3 * (len(values) - after_last)))]
     keep = mask & ((w.double() < low) | (w.double() > high))
+    dropped = sp.dropped(model[0].weight, mask)
+    assert torch.equal(dropped, mask & ~keep)
     sp.adapt()
     assert (sp.masks["0.weight"] & keep).sum() == keep.sum()
     negatives, positives = int((mask & (w < 0)).sum()), int((mask & (w > 0)).sum())
-    dropped_neg, dropped_pos = int((mask & ~keep & (w < 0)).sum()), int((mask & ~keep & (w > 0)).sum())
+    dropped_neg, dropped_pos = int((dropped & (w < 0)).sum()), int((dropped & (w > 0)).sum())
     assert abs(dropped_neg - 0.3 * negatives) <= 2 and abs(dropped_pos - 0.3 * positives) <= 2
+    assert dropped_pos > dropped_neg  # more positive weights: more of them go
 
 
 def test_set_regrown_values_follow_the_authors_normal_or_the_options():
@@ -278,13 +295,15 @@ def test_distributions_keep_the_uniform_budget_on_conv_and_linear_stacks(distrib
 def reference_erdos_renyi(shapes: dict, sparsity: float, custom: set, include_kernel: bool) -> dict:
     """google-research/rigl's ``get_sparsities_erdos_renyi`` restated from its rules (our own code): shapes in the
     reference's TensorFlow layout (kernel dims first, then in, out); whole zeros ⌊sparsity·n⌋ per layer; returns
-    sparsities."""
+    sparsities. With topo's one stated difference: a product within float error of a whole number is that number
+    (the reference's float product floors 0.09999999999999998 · 1000 to 99, topo counts 100 zeros)."""
     dense: set = set()
     while True:
         divisor, rhs, raw = 0.0, 0, {}
         for name, shape in shapes.items():
             n = int(np.prod(shape))
-            zeros = int(np.floor(sparsity * n))
+            product = sparsity * n
+            zeros = round(product) if abs(product - round(product)) < 1e-9 else int(np.floor(product))
             if name in dense:
                 rhs -= zeros
             elif name not in custom:

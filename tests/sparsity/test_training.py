@@ -22,7 +22,7 @@ def method_kwargs(method: str, model: nn.Module, digits=None) -> dict:
         gen = torch.Generator().manual_seed(0)
         return {"masks": {n: torch.rand(p.shape, generator=gen) < 0.3
                           for n, p in model.named_parameters() if n.endswith("weight")}}
-    if method == "rigl":
+    if method in ("rigl", "srigl"):
         return {"density": 0.3, "delta_t": 20, "total_steps": 12 * 22}
     if method == "snip":
         x, y = digits

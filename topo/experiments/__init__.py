@@ -11,4 +11,4 @@ DATASET_NAMES = ("digits", "mnist", "mnist-5k", "fashion-mnist", "cifar10", "tex
 #: What ``topo train`` and ``topo reproduce`` train: the sparsity methods, and ``wide-dense`` (the dense method on
 #: budget-matched widths).
 TRAIN_METHODS = ("dense", "wide-dense", "random-fixed", "random-channelwise", "adaptive", "pruning", "set", "rigl",
-                 "snip")
+                 "srigl", "snip")

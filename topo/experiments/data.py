@@ -247,6 +247,22 @@ def load_text(path: Path | None, held_out_fraction: float = 0.1, seq_len: int = 
                    n_in=len(vocabulary), n_out=len(vocabulary), vocabulary=vocabulary)
 
 
+def char_tokenizer(vocabulary: str):
+    """A Hugging Face tokenizer of one token per character of ``vocabulary`` (ids as :func:`load_text` numbers
+    them: the characters' positions), with ``[UNK]`` last for any other character; ``save_pretrained`` writes it
+    beside a model, so ``topo prune`` and ``AutoTokenizer`` read it offline. Needs ``transformers``."""
+    import transformers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    if len(set(vocabulary)) != len(vocabulary):
+        raise ConfigError("char_tokenizer: the vocabulary repeats a character")
+    table = {c: i for i, c in enumerate(vocabulary)} | {"[UNK]": len(vocabulary)}
+    tokenizer = Tokenizer(models.WordLevel(table, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")
+    tokenizer.decoder = decoders.Fuse()
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]")
+
+
 def _with_test(name: str, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
                **sizes) -> Dataset:
     """A dataset from its training and test splits, with the validation split held out from training."""

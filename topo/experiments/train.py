@@ -219,7 +219,7 @@ def make_sparsifier_for(
         kwargs["prune_after"] = config.prune_after or [default_prune_epoch(epochs)]
     if config.method == "set":
         kwargs["every"] = config.adapt_every or 1
-    if config.method == "rigl":
+    if config.method in ("rigl", "srigl"):
         kwargs["total_steps"] = epochs * steps_per_epoch
     if config.method == "snip":
         kwargs.update(batch=first_batch, loss=lambda net, batch: _loss_and_correct(spec, net, *batch)[0])
@@ -366,10 +366,10 @@ def _resumable(run_dir: Path, wanted: Mapping[str, Any]) -> tuple[bool, bool]:
                           "another name, or --fresh-dir to train this configuration into a new directory")
     extend = wanted["epochs"] > recorded_epochs
     train_config = wanted["train"]
-    scheduled = train_config["method"] == "rigl" or (train_config["method"] == "pruning"
-                                                     and train_config.get("prune_after") is None)
+    scheduled = train_config["method"] in ("rigl", "srigl") or (train_config["method"] == "pruning"
+                                                                and train_config.get("prune_after") is None)
     if extend and scheduled:
-        what = "RigL's T_end" if train_config["method"] == "rigl" else "the pruning epoch"
+        what = "RigL's T_end" if train_config["method"] in ("rigl", "srigl") else "the pruning epoch"
         raise ConfigError(f"{run_dir}: cannot extend from {recorded_epochs} to {wanted['epochs']} epochs: {what} "
                           "is set from the number of epochs, so the longer run would follow another schedule; "
                           "train it into a new directory")

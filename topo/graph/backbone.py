@@ -12,13 +12,11 @@ science reads a dense weighted network through its backbone, the edges that matt
 
 A layer's weight (out × in, or out × in × kernel) is read as a bipartite graph between its input and output
 neurons with |w| as edge weights; a convolution's edge between two channels weighs Σ|w| over the kernel, and a
-kept channel pair keeps every tap of its kernel. :func:`parse_backbone` reads the command line's
+kept channel pair keeps every tap of its kernel. :func:`topo.options.parse_backbone` reads the command line's
 ``magnitude:F`` / ``disparity:A``.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 
@@ -125,29 +123,3 @@ def disparity_backbone(weight: torch.Tensor, alpha: float) -> torch.Tensor:
 def _check_fraction(fraction: float) -> None:
     if not 0 < fraction <= 1:
         raise ConfigError(f"magnitude backbone: the fraction kept must be in (0, 1], got {fraction}")
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """A backbone named on the command line: ``kind`` (``magnitude`` or ``disparity``) and its ``value``."""
-
-    kind: str
-    value: float
-
-
-def parse_backbone(text: str) -> BackboneSpec:
-    """``"magnitude:0.1"`` or ``"disparity:0.05"`` → :class:`BackboneSpec`, with ranges checked."""
-    kind, _, value = text.partition(":")
-    try:
-        number = float(value)
-    except ValueError:
-        raise ConfigError(f"--backbone {text!r}: expected magnitude:F or disparity:A with a number") from None
-    if kind == "magnitude":
-        if not 0 < number <= 1:
-            raise ConfigError(f"--backbone {text!r}: the fraction F kept must be in (0, 1]")
-    elif kind == "disparity":
-        if not 0 < number < 1:
-            raise ConfigError(f"--backbone {text!r}: the significance level A must be in (0, 1)")
-    else:
-        raise ConfigError(f"--backbone {text!r}: unknown backbone {kind!r}; valid: magnitude:F, disparity:A")
-    return BackboneSpec(kind, number)

@@ -34,6 +34,7 @@ import torch
 
 from topo.errors import ConfigError, MaskError
 from topo.families import Family, views
+from topo.options import CONV_VIEWS
 
 LSTM_GATES = ("i", "f", "g", "o")
 #: Where a graph comes from: a recurrent gate block (hidden → hidden, the paper's Figure 5), another square mask,
@@ -41,9 +42,6 @@ LSTM_GATES = ("i", "f", "g", "o")
 #: recurrent input weight (bipartite), or a whole stack of layers.
 KINDS = ("recurrent", "square", "bipartite", "channel", "kernel", "recurrent-input", "attention", "embedding",
          "layered")
-#: Convolution views: the channel graph, the kernel graph, or the kernel graph where the channel graph is
-#: nearly complete.
-CONV_VIEWS = ("auto", "channel", "kernel")
 #: A channel graph at least this dense is "nearly complete" (``conv="auto"``).
 NEAR_COMPLETE = 0.9
 GRU_GATES = ("r", "z", "n")
@@ -330,12 +328,14 @@ def recurrent_gates(shapes: Mapping[str, Sequence[int]]) -> dict[str, tuple[str,
 @dataclass(frozen=True)
 class GraphSource:
     """Where a graph comes from: its 2-D mask ``block``, the ``build`` that turns a block of that shape into the
-    graph (a null model randomises the block and builds again, :mod:`topo.graph.null`), and the layer's weights cut
-    the same way (``weights``, when given: weighted measures read them)."""
+    graph (a null model randomises the block and builds again, :mod:`topo.graph.null`), the layer's weights cut
+    the same way (``weights``, when given: weighted measures read them), and, for a convolution read as
+    out × in·taps, the layer's own shape (``layer_shape``: where its input channels are)."""
 
     block: Array
     build: Callable[[Array], Graph]
     weights: Any = None
+    layer_shape: tuple[int, ...] | None = None
 
 
 def _pieces(name: str, tensor: Any, known: Mapping[str, Sequence[str]], family: Family, heads: bool,
@@ -386,8 +386,10 @@ def graph_sources(masks: Mapping[str, Any], gates: Mapping[str, Sequence[str]] |
         pieces = _pieces(name, block, known, family, heads, view)
         weight = (weights or {}).get(name)
         cut = _pieces(name, weight, known, family, heads, view) if weight is not None else [None] * len(pieces)
+        layer_shape = tuple(block.shape) if block.ndim > 2 else None
         for (label, piece, build), weight_piece in zip(pieces, cut, strict=True):
-            sources[label] = GraphSource(piece, build, None if weight_piece is None else weight_piece[1])
+            sources[label] = GraphSource(piece, build, None if weight_piece is None else weight_piece[1],
+                                         layer_shape)
     return sources
 
 

@@ -26,6 +26,7 @@ import pandas as pd
 import scipy.optimize
 
 from topo.errors import MaskError, TopoError
+from topo.families import Family, oriented
 from topo.graph.build import as_mask
 
 
@@ -138,14 +139,17 @@ def degree_distributions(run: Any, name: str = "") -> pd.DataFrame:
 
     Columns run, epoch, layer, side (``in``: active weights into each output neuron, its fan-in; ``out``: from
     each input neuron, its fan-out), degree, count (neurons with that degree), n (the most a degree can be) and
-    density (the layer's). Under a uniformly random mask of that density the degrees would be Binomial(n, density),
+    density (the layer's). Weights are read as the run's model family means them (a Conv1D weight transposed).
+    Under a uniformly random mask of that density the degrees would be Binomial(n, density),
     which :func:`topo.plot.degree_figure` draws beside them; SET reports a drift towards scale-free degrees.
     """
+    family = getattr(run, "family", None) or Family()
     rows = []
     for epoch in run.epochs:
         for layer, mask in run.masks(epoch).items():
             if mask.ndim < 2:
                 continue
+            mask = oriented(mask, family.role(layer, mask.shape))  # a Conv1D weight's outputs are its columns
             flat = mask.reshape(mask.shape[0], mask.shape[1], -1)
             density = float(np.count_nonzero(mask)) / mask.size
             for side, degrees, most in (("in", flat.sum((1, 2)), flat.shape[1] * flat.shape[2]),

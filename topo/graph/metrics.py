@@ -28,7 +28,7 @@ from topo.families import Family
 from topo.graph import bitsets
 from topo.graph.backends import CPUBackend, PathCounts, TorchBackend, pick_backend
 from topo.graph.batched import batch_size, count_batch
-from topo.graph.build import Graph, graph_sources, recurrent_gates, square_graph
+from topo.graph.build import Graph, GraphSource, graph_sources, recurrent_gates, square_graph
 from topo.graph.compare import run_topology
 from topo.graph.null import NULLS, null_masks, z_scores
 from topo.graph.singular import graph_spectrum
@@ -360,13 +360,15 @@ def _snapshots(source: Any) -> tuple[Iterable[tuple[int | None, Snapshot]], int 
     return source, len(source) if hasattr(source, "__len__") else None
 
 
-def null_rows(block: Any, build: Callable[[Any], Graph], observed: Mapping[str, float], null: str, samples: int,
-              seed: int, device: torch.device | None = None) -> dict[str, float]:
-    """``<metric>_null_mean``, ``_null_std`` and ``_z`` of one graph against ``samples`` graphs built by ``build``
-    from null masks of its ``block`` (:mod:`topo.graph.null`): generated in one batch, measured in one batch on
-    ``device`` when given, else one at a time by the CPU kernels. Empty where the null does not apply."""
+def null_rows(source: GraphSource, observed: Mapping[str, float], null: str, samples: int, seed: int,
+              device: torch.device | None = None) -> dict[str, float]:
+    """``<metric>_null_mean``, ``_null_std`` and ``_z`` of one graph against ``samples`` graphs built by its
+    ``source``'s builder from null masks of its block (:mod:`topo.graph.null`): generated in one batch, measured in
+    one batch on ``device`` when given, else one at a time by the CPU kernels. Empty where the null does not
+    apply."""
+    block, build = source.block, source.build
     on_device = torch.as_tensor(block).to(device) if device is not None else torch.as_tensor(np.asarray(block))
-    masks = null_masks(null, on_device, samples, seed)
+    masks = null_masks(null, on_device, samples, seed, source.layer_shape)
     if masks is None:
         return {}
     if device is not None:
@@ -392,8 +394,7 @@ def _rows_per_graph(
                 summary = summarize(source.build(source.block), backend, small_world_graphs=small_world_graphs,
                                     seed=seed)
                 if null is not None:
-                    summary.update(null_rows(source.block, source.build, summary, null[0], null[1],
-                                             _null_seed(seed, epoch, graph_name)))
+                    summary.update(null_rows(source, summary, null[0], null[1], _null_seed(seed, epoch, graph_name)))
                 yield epoch, layer, graph_name, summary
 
 
@@ -433,7 +434,7 @@ def _rows_batched(
     pending: dict[tuple[int, tuple[int, ...] | None], list[int]] = {}
     keys: list[tuple[int | None, str, str]] = []
     graphs: dict[int, Graph] = {}
-    sources: dict[int, tuple[Any, Callable[[Any], Graph]]] = {}
+    sources: dict[int, GraphSource] = {}
     done: dict[int, dict[str, float]] = {}
     emitted = 0
 
@@ -442,9 +443,9 @@ def _rows_batched(
         if indices:
             summaries = _batch_summaries([graphs.pop(i) for i in indices], small_world_graphs, seed)
             for index, summary in zip(indices, summaries, strict=True):
-                block, build = sources.pop(index)
+                source = sources.pop(index)
                 if null is not None:
-                    summary.update(null_rows(block, build, summary, null[0], null[1],
+                    summary.update(null_rows(source, summary, null[0], null[1],
                                              _null_seed(seed, keys[index][0], keys[index][2]), device))
                 done[index] = summary
 
@@ -463,7 +464,7 @@ def _rows_batched(
                 index = len(keys)
                 keys.append((epoch, layer, graph_name))
                 graphs[index] = graph
-                sources[index] = (source.block, source.build)
+                sources[index] = source
                 group = (graph.n_nodes, graph.parts)  # equal size and layout: one batch
                 pending.setdefault(group, []).append(index)
                 if len(pending[group]) >= batch_size(graph.n_nodes, batch_bytes):

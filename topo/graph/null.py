@@ -1,7 +1,7 @@
 """Null models: is a layer's topology unusual? Random masks with stated invariants, and z-scores against them.
 
 A null model is a generator of random masks that keep some invariants of an observed (out × in) mask block, from
-which the same graph is built and measured (:func:`null_summaries`):
+which the same graph is built and measured (:func:`topo.graph.metrics.null_rows`):
 
 * ``er``: uniformly random masks of the same shape and active count (the Erdős–Rényi G(n, m) of masks);
 * ``degree``: degree-preserving randomisation of the bipartite biadjacency, every row sum (an output's fan-in)
@@ -11,7 +11,11 @@ which the same graph is built and measured (:func:`null_summaries`):
   stay, the others are pooled and dealt back at random in the rows' former numbers. The chain runs until the
   fraction of the observed active positions still active changes by less than :data:`MIXING_TOLERANCE` between
   rounds (at least :data:`MIN_ROUNDS`, at most :data:`MAX_ROUNDS`): the mixing check;
-* ``nm``: uniformly random N:M masks of the same N:M (only for N:M blocks; :mod:`topo.sparsity.structure`).
+* ``nm``: random masks of the same N:M layout (only for N:M blocks, :func:`topo.sparsity.structure.nm_pattern`):
+  every group of M consecutive inputs keeps its observed count of active weights, at uniformly random positions
+  within the group, so the null has the observed edge count and fan-in even where some groups hold fewer than N
+  (RigL's regrown zeros read back from a checkpoint). A convolution's groups run along its input channels at each
+  tap (apex ASP's layout, :func:`topo.sparsity.structure.input_rows`).
 
 A recurrent gate block is randomised as the directed (h × h) mask it is, then symmetrised into its graph as the
 observed one was; a convolution as its out × in·kh·kw matrix. Samples are generated in batches (one tensor of K
@@ -23,16 +27,15 @@ fan-in Gini of an N:M layer under ``nm``). Every row names its null.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
 from topo.errors import ConfigError
+from topo.options import NULLS
 
-#: The null models.
-NULLS = ("er", "degree", "nm")
 #: Curveball rounds: at least this many …
 MIN_ROUNDS = 5
 #: … and at most this many, stopping earlier when the overlap with the observed mask has settled to this.
@@ -91,17 +94,28 @@ def degree_masks(block: torch.Tensor, samples: int, generator: torch.Generator) 
     return masks, rounds
 
 
-def nm_masks(block: torch.Tensor, n: int, m: int, samples: int, generator: torch.Generator) -> torch.Tensor:
-    """``samples`` uniformly random N:M masks of the (out, in) ``block``'s shape."""
-    rows, cols = block.shape
-    keys = torch.rand(samples, rows, cols // m, m, generator=generator, device=block.device)
-    keep = torch.zeros_like(keys, dtype=torch.bool).scatter_(-1, keys.topk(n, dim=-1).indices, True)
-    return keep.reshape(samples, rows, cols)
+def nm_masks(block: torch.Tensor, m: int, samples: int, generator: torch.Generator,
+             shape: tuple[int, ...] | None = None) -> torch.Tensor:
+    """``samples`` masks of the (out, in) ``block``'s shape in which every group of ``m`` consecutive inputs holds
+    as many active weights as the block's group, at uniformly random positions within it (K, *block.shape).
+    ``shape``: the layer's shape when ``block`` is a convolution read as out × in·taps, whose groups run along
+    input channels."""
+    from topo.sparsity.structure import from_input_rows, input_rows
+
+    layer_shape = tuple(shape) if shape is not None else tuple(block.shape)
+    rows = input_rows(block.reshape(layer_shape))
+    count, cols = rows.shape
+    counts = rows.reshape(count, cols // m, m).sum(-1, keepdim=True)
+    keys = torch.rand(samples, count, cols // m, m, generator=generator, device=block.device)
+    keep = keys.argsort(-1).argsort(-1) < counts
+    return from_input_rows(keep.reshape(samples, count, cols), layer_shape).reshape(samples, *block.shape)
 
 
-def null_masks(kind: str, block: Any, samples: int, seed: int = 0) -> torch.Tensor | None:
+def null_masks(kind: str, block: Any, samples: int, seed: int = 0,
+               shape: tuple[int, ...] | None = None) -> torch.Tensor | None:
     """``samples`` null masks of the 2-D ``block`` under null ``kind`` (K, *shape), or None when the null does not
-    apply (``nm`` of a block that is not N:M)."""
+    apply (``nm`` of a block that is not N:M). ``shape``: the layer's own shape when the block is a convolution
+    read as out × in·taps (the ``nm`` null needs its input channels)."""
     from topo.sparsity.structure import nm_pattern
 
     if kind not in NULLS:
@@ -114,11 +128,10 @@ def null_masks(kind: str, block: Any, samples: int, seed: int = 0) -> torch.Tens
         return er_masks(block, samples, generator)
     if kind == "degree":
         return degree_masks(block, samples, generator)[0]
-    pattern = nm_pattern(block)
+    pattern = nm_pattern(block.reshape(shape) if shape is not None else block)
     if pattern is None:
         return None
-    n, m = (int(part) for part in pattern.split(":"))
-    return nm_masks(block, n, m, samples, generator)
+    return nm_masks(block, int(pattern.split(":")[1]), samples, generator, shape)
 
 
 def z_scores(observed: Mapping[str, float], null: list[Mapping[str, float]], kind: str) -> dict[str, float]:
@@ -139,13 +152,3 @@ def z_scores(observed: Mapping[str, float], null: list[Mapping[str, float]], kin
         if std > 1e-12 * max(1.0, abs(mean)):
             rows[f"{metric}_z"] = (float(value) - mean) / std
     return rows
-
-
-def null_summaries(build: Callable[[Any], Any], block: Any, kind: str, samples: int, seed: int,
-                   summarize: Callable[[Any], Mapping[str, float]]) -> list[Mapping[str, float]] | None:
-    """The summaries of the graphs ``build`` makes from ``samples`` null masks of ``block`` (None when the null
-    does not apply to it)."""
-    masks = null_masks(kind, block, samples, seed)
-    if masks is None:
-        return None
-    return [summarize(build(mask if torch.is_tensor(block) else mask.cpu().numpy())) for mask in masks]

@@ -14,7 +14,12 @@ values (the two largest eigenvalues of the bipartite adjacency [[0, Bᵀ], [B, 0
 * ``weighted_spectral_gap`` = σ1(|W|) − σ2(|W|) of the weighted biadjacency of the active weights' magnitudes,
   isolated nodes removed: the weighted spectral gap of Hoang et al. (NeurIPS 2023, "Don't just prune by
   magnitude! Your mask topology is a secret weapon"), as their code computes it (``Ramanujan.ramanujan_bounds``
-  with ``is_weight``, on |W ⊙ M|); it needs the weights (:func:`weighted_spectral_gap`);
+  with ``is_weight``, on |W ⊙ M|; the paper's official repository holds only a README, the code is in the first
+  author's ScottHoang/dst-ram-pruning, ``sparselearning/ramanujan.py``); it needs the weights
+  (:func:`weighted_spectral_gap`). One difference, stated: their code gates the value on the layer's mean degrees
+  over its non-isolated nodes, reading the weight transposed (inputs as the left side): it returns inf unless the
+  inputs' mean fan-out is at least 3 and the outputs' mean fan-in above 1; topo reports the value wherever it is
+  defined;
 * ``dead_inputs`` and ``dead_outputs``: nodes of degree 0 on each side (the effective width RigL's code reports).
 
 For a square (recurrent) graph with adjacency A and eigenvalues λ1 ≥ λ2 ≥ … ≥ λn: ``spectral_gap`` = λ1 − λ2 and
@@ -155,11 +160,14 @@ def graph_spectrum(graph) -> dict[str, float]:
 
 
 def weighted_spectral_gap(weights: np.ndarray | torch.Tensor, mask: np.ndarray | torch.Tensor | None = None) -> float:
-    """σ1 − σ2 of |W ⊙ M| (out × in), isolated nodes removed (module docstring); NaN without an active weight."""
+    """σ1 − σ2 of |W ⊙ M| (out × in), isolated nodes removed (module docstring); NaN without an active weight.
+    Non-finite weights (inf, NaN) are inactive, as everywhere in topo."""
     magnitudes = torch.as_tensor(weights).detach().cpu()
     magnitudes = magnitudes.abs() if magnitudes.dtype == torch.float64 else magnitudes.float().abs()
+    active = torch.isfinite(magnitudes)
     if mask is not None:
-        magnitudes = magnitudes * torch.as_tensor(mask).cpu().bool()
+        active &= torch.as_tensor(mask).cpu().bool()
+    magnitudes = torch.where(active, magnitudes, 0.0)
     magnitudes = magnitudes.numpy()
     active = magnitudes != 0
     if not active.any():

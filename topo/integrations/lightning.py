@@ -74,7 +74,7 @@ class TopoCallback(pl.Callback):
     # -- attach ----------------------------------------------------------------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         hyperparameters = dict(self.hyperparameters)
-        if self.method == "rigl":
+        if self.method in ("rigl", "srigl"):
             hyperparameters.setdefault("total_steps", int(trainer.estimated_stepping_batches))
         # masks to keep: a Lightning checkpoint's, or this module's from an earlier fit with this callback
         previous = self.sparsifier if self.sparsifier is not None and self.sparsifier.model is pl_module else None

@@ -6,12 +6,14 @@
 At ``on_train_begin`` the callback builds the sparsity method on the optimizer the trainer hands it (unwrapped
 from accelerate's wrapper, :mod:`topo.integrations.attach`), which zeroes inactive gradients in its step
 pre-hook. After every optimizer step (``on_step_end``, once per accumulated step) it re-zeroes inactive weights.
-It records at each epoch end, or every ``every_n_steps`` optimizer steps when given (the snapshot's "epoch" is then
+It records each epoch, or every ``every_n_steps`` optimizer steps when given (the snapshot's "epoch" is then
 the index of the adaptation, and ``global_step`` is in its metrics), and adapts (``end_epoch``) at the beginning of
-the next optimizer step: the Trainer evaluates and saves after the callbacks' epoch or step end, so evaluation sees
-the weights the optimizer trained, and nothing changes after the last step. The Trainer clips gradients before its
-optimizer-step callbacks, so there its clipping norm includes the inactive weights' gradients (the update of
-inactive weights is zeroed all the same).
+the next optimizer step. The Trainer evaluates and saves after the callbacks' epoch or step end, so evaluation sees
+the weights the optimizer trained; the snapshot is written once that evaluation is done (at the next step's
+beginning, at a checkpoint's save or at the end of training, whichever comes first), so the scores recorded with an
+epoch are the evaluation of that epoch's weights, as in a hand loop; nothing changes after the last step. The
+Trainer clips gradients before its optimizer-step callbacks, so there its clipping norm includes the inactive
+weights' gradients (the update of inactive weights is zeroed all the same).
 
 The method's state (masks, counters, random generator, the pending adaptation) is saved beside every Trainer
 checkpoint (``checkpoint-N/topo_sparsifier.pt``) and restored by ``trainer.train(resume_from_checkpoint=...)``,
@@ -78,6 +80,7 @@ class TopoTrainerCallback(TrainerCallback):
         self.recorder: Recorder | None = None
         self._adaptations = 0
         self._pending: int | None = None
+        self._unrecorded: int | None = None
         self._last_logs: dict[str, float] = {}
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
@@ -85,7 +88,7 @@ class TopoTrainerCallback(TrainerCallback):
         if optimizer is None:
             raise ConfigError("the Trainer gave the callback no optimizer at train begin")
         hyperparameters = dict(self.hyperparameters)
-        if self.method == "rigl":
+        if self.method in ("rigl", "srigl"):
             hyperparameters.setdefault("total_steps", int(state.max_steps))
         previous = self.sparsifier if self.sparsifier is not None and self.sparsifier.model is model else None
         if self.sparsifier is not None:
@@ -111,7 +114,7 @@ class TopoTrainerCallback(TrainerCallback):
             if resume:
                 self.recorder.rewind(self._adaptations - 1)
         if restored is not None and self._adaptations < self._due(state):
-            self._record(state)  # saved at the step that ended an epoch, before the callbacks' epoch end
+            self._record(state.global_step)  # saved at the step that ended an epoch, before the callbacks' epoch end
 
     def _due(self, state: Any) -> int:
         """How many snapshots an uninterrupted run has taken by ``state.global_step``."""
@@ -149,6 +152,7 @@ class TopoTrainerCallback(TrainerCallback):
         state.stateful_callbacks[STATE_KEY] = {"state_file": str(folder / STATE_FILE)}
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._flush()  # the Trainer saves after it evaluates: the snapshot due has its scores
         if not state.is_world_process_zero or self.sparsifier is None:
             return
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -158,6 +162,7 @@ class TopoTrainerCallback(TrainerCallback):
             write_atomic(folder / STATE_FILE, lambda f: torch.save(saved, f))
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._flush()
         if self._pending is not None:
             self.sparsifier.end_epoch(self._pending)
             self._pending = None
@@ -166,24 +171,31 @@ class TopoTrainerCallback(TrainerCallback):
         self.sparsifier.step()
         self._note_state_file(args, state)
         if self.every_n_steps is not None and state.global_step % self.every_n_steps == 0:
-            self._record(state)
+            self._unrecorded = state.global_step
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.every_n_steps is None:
-            self._record(state)
+            self._unrecorded = state.global_step
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None,
                **kwargs: Any) -> None:
         self._last_logs.update(loggable(logs or {}))
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._flush()
         if self.recorder is not None:
             self.recorder.finish(epochs=self._adaptations, steps=state.global_step, reason="trainer finished")
 
-    def _record(self, state: Any) -> None:
+    def _flush(self) -> None:
+        """Take the snapshot that came due at an epoch's (or N steps') end, now that its evaluation is logged."""
+        if self._unrecorded is not None:
+            step, self._unrecorded = self._unrecorded, None
+            self._record(step)
+
+    def _record(self, global_step: int) -> None:
         """Snapshot the masks the optimizer trained; the adaptation follows at the next step's beginning."""
         index = self._adaptations
         if self.recorder is not None:
-            self.recorder.snapshot(index, {**self._last_logs, "global_step": state.global_step}, force=True)
+            self.recorder.snapshot(index, {**self._last_logs, "global_step": global_step}, force=True)
         self._pending = index
         self._adaptations += 1

@@ -12,10 +12,14 @@
 * sharded Hugging Face checkpoints: a ``*.index.json`` with a ``weight_map``, or a directory holding one (or one
   ``model.safetensors`` / ``pytorch_model.bin``).
 
-Layers are the floating-point tensors with two or more dimensions, in model order: a PyTorch file's own order,
-and for safetensors (whose headers sort names alphabetically) shard by shard and, within a shard, by
-:func:`topo.families.natural_key` (layer 2 before layer 10). float8 weights are read as float32, one layer at a
-time; an int8 or otherwise quantized weight is one error naming it ("dequantize first").
+Layers are the floating-point tensors with two or more dimensions, in model order: a PyTorch file's own order;
+for safetensors (whose headers sort names alphabetically) and sharded checkpoints with a ``config.json`` beside
+them, the family's module order (:func:`topo.families.module_order_key`: embeddings, then each block's attention
+and its MLP, then the head), and without one shard by shard and, within a shard, by
+:func:`topo.families.natural_key` (layer 2 before layer 10). A weight tied to another (an output head sharing the
+embedding table's storage, or equal to it) is read once, under the first name (:func:`tied_weights`). float8
+weights are read as float32, one layer at a time; an int8 or otherwise quantized weight, and ``quantize_dynamic``'s
+packed parameters, are one error naming them ("dequantize first").
 ``x.weight_orig`` + ``x.weight_mask`` (``torch.nn.utils.prune``) give layer ``x.weight``, and a ``x.weight_mask``
 beside ``x.weight`` is its mask; otherwise the mask is the non-zero, finite weights. Reading never executes code.
 """
@@ -24,10 +28,8 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import re
 import warnings
-import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +38,8 @@ from typing import Any
 import torch
 
 from topo.errors import CheckpointError, ConfigError
-from topo.families import natural_key
+from topo.families import is_embedding_name, is_output_head_name, module_order_key, natural_key, read_config
+from topo.record.storage_check import check_storage_records
 from topo.record.training_state import is_topo_checkpoint, safe_load, unpack_state
 
 #: Keys under which a mapping of tensors is optimizer (or similar) state, never weights.
@@ -116,13 +119,17 @@ class CheckpointSource:
     ----------
     path: the file or directory read.
     description: where the weights were found (for the user), e.g. ``"state_dict under 'model_state'"``.
+    tied: weight name → the earlier weight it is tied to (the same storage, or an output head equal to an
+        embedding table); tied weights are one layer, read under the first name (:func:`tied_weights`).
     """
 
-    def __init__(self, path: Path, description: str, entries: dict[str, _Entry]) -> None:
+    def __init__(self, path: Path, description: str, entries: dict[str, _Entry],
+                 tied: Mapping[str, str] | None = None) -> None:
         self.path = path
         self.description = description
-        self._entries = entries
-        if not entries:
+        self.tied = dict(tied or {})
+        self._entries = {name: entry for name, entry in entries.items() if name not in self.tied}
+        if not self._entries:
             raise CheckpointError(f"{path}: no weight with two or more dimensions (nothing to analyse)")
 
     @property
@@ -152,18 +159,59 @@ class CheckpointSource:
         return (self.load(name) for name in self.names)
 
 
+def _storage_identity(tensor: torch.Tensor) -> tuple:
+    """What makes two tensors the same weight: the same bytes of the same storage, viewed alike."""
+    return (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()),
+            tensor.dtype)
+
+
+def tied_weights(names: list[str], shape: Any, load: Any, same_storage: Any = None) -> dict[str, str]:
+    """Weight name → the earlier weight it is tied to, among ``names`` (in order; ``shape(name)``,
+    ``load(name)`` give a weight's shape and tensor).
+
+    Two weights are tied when ``same_storage(name)`` gives both the same key (their weight, and their stored
+    mask if any, share storage: a ``torch.save``'d model whose output head is its embedding table), or when an
+    output head (``lm_head``, ``embed_out``, ``decoder``) equals an embedding table of the same shape element for
+    element (a copy that kept both). Hugging Face's ``save_pretrained`` leaves a tied head out of its safetensors
+    file; counting it once keeps both copies of a model alike."""
+    tied: dict[str, str] = {}
+    if same_storage is not None:
+        seen: dict[Any, str] = {}
+        for name in names:
+            key = same_storage(name)
+            if key in seen:
+                tied[name] = seen[key]
+            else:
+                seen[key] = name
+    tables = [n for n in names if is_embedding_name(n) and n not in tied]
+    for head in (n for n in names if is_output_head_name(n) and n not in tied):
+        for table in tables:
+            if tuple(shape(table)) == tuple(shape(head)):
+                first, second = load(table), load(head)
+                if first.dtype == second.dtype and torch.equal(first, second):
+                    tied[head] = table
+                    break
+    return tied
+
+
 class _MappingSource(CheckpointSource):
     def __init__(self, path: Path, description: str, tensors: Mapping[str, torch.Tensor],
                  masks: Mapping[str, torch.Tensor] | None = None) -> None:
         self._tensors = dict(tensors)
         self._masks = dict(masks or {})
+        tied: dict[str, str] = {}
         if masks is not None:  # a topo checkpoint: its masks name the layers
             entries = {n: _Entry(n, f"{n}\0mask", tuple(m.shape)) for n, m in masks.items()}
         else:
             _refuse_quantized({k: (tuple(v.shape), v.dtype) for k, v in self._tensors.items()}, str(path))
             keys = {k: (tuple(v.shape), v.is_floating_point()) for k, v in self._tensors.items()}
             entries = _layers_of(keys)
-        super().__init__(path, description, entries)
+            tied = tied_weights(list(entries), lambda n: entries[n].shape,
+                                lambda n: self._tensors[entries[n].weight],
+                                lambda n: (_storage_identity(self._tensors[entries[n].weight]),
+                                           None if entries[n].mask is None else
+                                           _storage_identity(self._tensors[entries[n].mask])))
+        super().__init__(path, description, entries, tied)
 
     def _tensor(self, key: str) -> torch.Tensor:
         if key.endswith("\0mask"):
@@ -174,7 +222,7 @@ class _MappingSource(CheckpointSource):
 
 
 class _SafetensorsSource(CheckpointSource):
-    def __init__(self, path: Path, files: Mapping[str, Path]) -> None:
+    def __init__(self, path: Path, files: Mapping[str, Path], module_order: bool = False) -> None:
         try:
             from safetensors import SafetensorError, safe_open
         except ImportError:
@@ -203,9 +251,13 @@ class _SafetensorsSource(CheckpointSource):
                                   f"{self._files[absent[0]].name}, which does not hold it")
         _refuse_quantized(dtypes, str(path))
         shards = len(set(self._files.values()))
-        in_order = sorted(keys, key=lambda k: (natural_key(self._files[k].name), natural_key(k)))
-        super().__init__(path, f"safetensors, {shards} file(s), {len(keys)} tensors",
-                         _layers_of({k: keys[k] for k in in_order}))
+        if module_order:
+            in_order = sorted(keys, key=module_order_key)
+        else:
+            in_order = sorted(keys, key=lambda k: (natural_key(self._files[k].name), natural_key(k)))
+        entries = _layers_of({k: keys[k] for k in in_order})
+        tied = tied_weights(list(entries), lambda n: entries[n].shape, lambda n: self._tensor(entries[n].weight))
+        super().__init__(path, f"safetensors, {shards} file(s), {len(keys)} tensors", entries, tied)
 
     def _tensor(self, key: str) -> torch.Tensor:
         with self._safe_open(str(self._files[key]), framework="pt") as handle:
@@ -255,7 +307,7 @@ def _find_weights(obj: Any, key: str | None, source: str) -> tuple[Mapping[str, 
             return
         if isinstance(node, Mapping):
             tensors = {k: v for k, v in node.items() if isinstance(k, str) and torch.is_tensor(v)}
-            values = sum(v.numel() for v in tensors.values() if v.is_floating_point())
+            values = sum(v.numel() for v in tensors.values() if v.is_floating_point() or v.is_quantized)
             if values:
                 candidates.append((values, "/".join(path) or "the top level", tensors))
             for k, v in node.items():
@@ -275,14 +327,37 @@ def _find_weights(obj: Any, key: str | None, source: str) -> tuple[Mapping[str, 
     return tensors, f"weights under {where!r} ({values:,} values{others})"
 
 
+def _refuse_packed(obj: Any, path: Path) -> None:
+    """One line naming the first layer stored as ``torch.ao.quantization.quantize_dynamic``'s packed parameters
+    (``fc._packed_params._packed_params``: int8 weights inside an opaque tuple)."""
+    pending = [obj]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, Mapping):
+            for key, value in node.items():
+                if isinstance(key, str) and key.endswith("_packed_params"):
+                    layer = key.split("._packed_params")[0]
+                    raise CheckpointError(f"{path}: layer {layer!r} is stored as quantized packed parameters "
+                                          "(torch.ao.quantization.quantize_dynamic); topo reads floating point "
+                                          "weights: dequantize first")
+                if isinstance(value, (Mapping, list, tuple)):
+                    pending.append(value)
+        elif isinstance(node, (list, tuple)):
+            pending.extend(v for v in node if isinstance(v, (Mapping, list, tuple)))
+
+
 def _load_torch(path: Path) -> Any:
+    """A PyTorch file, memory-mapped, with its storage records' sizes checked (:mod:`topo.record.storage_check`);
+    files that cannot be memory-mapped (the legacy format) or fail to load that way go through the safe loader,
+    which reads them or says in one line why not."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, ValueError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, KeyError,
-            AttributeError):  # legacy (non-zip) files cannot be memory-mapped; the safe loader reads or reports
+            loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # any failure: the safe loader reads the file or names what is wrong
         return safe_load(path)
+    check_storage_records(path)
+    return loaded
 
 
 def _index_files(index: Path) -> dict[str, Path]:
@@ -330,6 +405,7 @@ def open_checkpoint(path: str | os.PathLike, key: str | None = None) -> Checkpoi
         state = unpack_state(obj["packed"]) if "packed" in obj else obj
         _no_key(key, path)
         return _MappingSource(path, "topo checkpoint (stored masks)", state["model"], state["masks"])
+    _refuse_packed(obj, path)
     tensors, description = _find_weights(obj, key, str(path))
     return _MappingSource(path, description, tensors)
 
@@ -354,14 +430,15 @@ def _single_safetensors(path: Path) -> CheckpointSource:
             names = list(handle.keys())
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
-    return _SafetensorsSource(path, {name: path for name in names})
+    return _SafetensorsSource(path, {name: path for name in names}, module_order=read_config(path) is not None)
 
 
 def _open_index(index: Path, key: str | None) -> CheckpointSource:
     _no_key(key, index)
     files = _index_files(index)
+    module_order = read_config(index) is not None
     if all(f.suffix == ".safetensors" for f in files.values()):
-        return _SafetensorsSource(index, files)
+        return _SafetensorsSource(index, files, module_order)
     missing = sorted({f for f in files.values() if not f.exists()})
     if missing:
         raise CheckpointError(f"{index}: shard {missing[0].name} is missing (looked for {missing[0]})")
@@ -369,4 +446,6 @@ def _open_index(index: Path, key: str | None) -> CheckpointSource:
     for file in sorted(set(files.values())):
         loaded, _ = _find_weights(_load_torch(file), None, str(file))
         tensors.update({k: v for k, v in loaded.items() if files.get(k) == file})
+    if module_order:
+        tensors = {k: tensors[k] for k in sorted(tensors, key=module_order_key)}
     return _MappingSource(index, f"sharded PyTorch checkpoint, {len(set(files.values()))} file(s)", tensors)

@@ -31,9 +31,10 @@ from torch import nn
 
 from topo.errors import ConfigError
 from topo.families import Family, detect_model
-from topo.sparsity.distributions import layer_densities
+from topo.options import parse_structure
+from topo.sparsity.distributions import inactive_count, layer_densities
 from topo.sparsity.masks import LayerCount, MaskedParams, ParamFilter
-from topo.sparsity.structure import parse_structure, random_nm_mask
+from topo.sparsity.structure import random_nm_mask
 
 
 def check_density(density: float) -> float:
@@ -49,8 +50,13 @@ def active_count(total: int, density: float) -> int:
     The inactive count is ⌊(1 − α)·n⌋ as google-research/rigl (``sparse_utils.get_n_zeros``) and rigl-torch
     (``random_sparsify``) count it, for every topo method, so that a mask of any method at α holds as many
     weights as these references' (one more than round(α·n) where α·n has a fractional part below ½).
+
+    Differs from them where their floating-point product falls an ulp below a whole number: they compute
+    ``floor((1 - 0.9) * 10)`` = ⌊0.9999999999999998⌋ = 0 and leave a layer at density 0.9 of 10 weights dense;
+    topo's :func:`inactive_count` takes a product within a few ulps of an integer as that integer, so every
+    density k/n gives exactly k active weights.
     """
-    return max(1, min(total, total - math.floor((1.0 - density) * total)))
+    return max(1, min(total, total - inactive_count(total, density)))
 
 
 def draw_seed() -> int:
@@ -152,7 +158,8 @@ class Sparsifier:
         names = self.masked.names
         shapes = {n: tuple(p.shape) for n, p in self.masked.params.items()}
         fused = {n: len(self.family.role(n, s).parts) for n, s in shapes.items() if self.family.role(n, s).parts}
-        self.layer_density = layer_densities(shapes, self.density, distribution, parts=fused,
+        as_out_in = {n: (s[1], s[0]) if n in self.family.transposed else s for n, s in shapes.items()}
+        self.layer_density = layer_densities(as_out_in, self.density, distribution, parts=fused,
                                              dense={names[0], names[-1]} if dense_first_last else ())
         self.structure = parse_structure(structure)
         if self.structure is not None:

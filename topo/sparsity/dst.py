@@ -82,6 +82,13 @@ def per_sign_smallest(weight: torch.Tensor, mask: torch.Tensor, zeta: float) -> 
     return mask & (w >= low) & (w <= high)
 
 
+def set_drop_count(active: int, zeta: float) -> int:
+    """How many of ``active`` weights SET's magnitude drop removes: ``int(float32(active) · float32(ζ))``, the
+    truncated float32 product of google-research/rigl's ``SparseSETOptimizerBase`` (0.3 of 12 is 3, where
+    rounding gives 4)."""
+    return int(torch.tensor(active, dtype=torch.float32) * torch.tensor(zeta, dtype=torch.float32))
+
+
 class _DropAndGrow(Sparsifier):
     """What SET and RigL share: random initial masks at the layer densities, and one drop-and-grow pass over the
     sparse layers (:attr:`~topo.sparsity.base.Sparsifier.sparse_layers`), where a position dropped and regrown at
@@ -148,8 +155,11 @@ class SET(_DropAndGrow):
     ----------
     zeta: ζ, the fraction of each layer's active weights dropped and regrown, in (0, 1).
     every: epochs between adaptations (at the end of every ``every``-th epoch).
-    drop: ``"per-sign"`` (the authors') or ``"magnitude"``: the round(ζ·active) smallest |w| overall
-        (sparse_learning's magnitude death, RigL's SET baseline).
+    drop: ``"per-sign"`` (the authors') or ``"magnitude"``: the ⌊ζ·active⌋ smallest |w| overall, the count of
+        google-research/rigl's SET baseline (``SparseSETOptimizerBase._get_update_op``: ``n_prune`` is
+        ``int(float32(n_ones) · drop_fraction)``, truncated: 0.3 of 12 drops 3), ties to the lower position where
+        the reference breaks them with noise of std 1e-5 (:func:`set_drop_count`; sparse_learning's magnitude
+        death rounds ζ·active up, to 4 there).
     init: regrown weights are ``"normal"`` N(0, ``init_scale``²), ``"uniform"`` in ±``init_scale``, or ``"zero"``.
     init_scale: the standard deviation (normal) or half-width (uniform) of regrown weights; 0.1 by default.
     reinit_when_same: give a position dropped and regrown at once a new value (see above).
@@ -190,7 +200,7 @@ class SET(_DropAndGrow):
         """The active positions one SET pass drops from a layer (by :attr:`drop`)."""
         if self.drop == "per-sign":
             return per_sign_smallest(weight, mask, self.zeta)
-        return smallest_active(weight, mask, round(self.zeta * int(torch.count_nonzero(mask))))
+        return smallest_active(weight, mask, set_drop_count(int(torch.count_nonzero(mask)), self.zeta))
 
     def adapt(self) -> None:
         """One SET pass: drop by :attr:`drop`, regrow as many at random (scores from the method's generator)."""

@@ -24,19 +24,10 @@ from topo.errors import ConfigError
 
 #: The group sizes :func:`nm_pattern` looks for.
 GROUP_SIZES = (4, 8)
-
-
-def parse_structure(structure: str | None) -> tuple[int, int] | None:
-    """``"2:4"`` → (2, 4); None stays None. Raises :class:`ConfigError` unless 0 < N < M."""
-    if structure is None:
-        return None
-    try:
-        n, m = (int(part) for part in str(structure).split(":"))
-    except ValueError:
-        raise ConfigError(f"structure must be 'N:M' (e.g. '2:4'), got {structure!r}") from None
-    if not 0 < n < m:
-        raise ConfigError(f"structure {structure!r}: N:M needs 0 < N < M")
-    return n, m
+#: An N:M layer has more than this fraction of its groups holding exactly N active weights (:func:`nm_pattern`) …
+FULL_GROUPS = 0.5
+#: … and a random mask of its density would fit N:M with a probability below this.
+CHANCE = 1e-6
 
 
 def _groups(matrix: torch.Tensor, m: int, name: str = "") -> torch.Tensor:
@@ -47,25 +38,76 @@ def _groups(matrix: torch.Tensor, m: int, name: str = "") -> torch.Tensor:
     return matrix.reshape(out, inputs // m, m)
 
 
-def nm_pattern(mask: torch.Tensor) -> str | None:
-    """``"N:M"`` when the (out, in) ``mask`` is N:M for M in :data:`GROUP_SIZES` (the first M that fits, with the
-    smallest N < M), else None.
+def input_rows(mask: torch.Tensor) -> torch.Tensor:
+    """A weight (or mask) as the rows its N:M groups run along: (out, in) as it is; a convolution (out, in, *kernel)
+    as (out·taps, in), one row per output channel and kernel tap (NVIDIA apex ASP's layout: groups of M
+    consecutive input channels at one tap, ``sparse_masklib.create_mask``; rows in another order, which no N:M
+    property depends on). :func:`from_input_rows` undoes it."""
+    if mask.ndim <= 2:
+        return mask
+    return mask.movedim(1, -1).reshape(-1, mask.shape[1])
 
-    A mask is N:M when every group of M consecutive inputs of every output holds at most N active weights and the
-    mask is denser than (N − 1)/M, so most groups are full: an unstructured sparse mask whose groups merely happen
-    to stay below M (a random 10 % mask has at most 3 of 4 in most layers) is not reported.
+
+def from_input_rows(rows: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """The (…, rows, in) tensor :func:`input_rows` made from a weight of ``shape``, back in that shape (leading
+    dimensions, a batch of samples say, kept)."""
+    if len(shape) <= 2:
+        return rows.reshape(*rows.shape[:-2], *shape)
+    lead = rows.shape[:-2]
+    moved = rows.reshape(*lead, shape[0], *shape[2:], shape[1])
+    return moved.movedim(-1, len(lead) + 1)
+
+
+def _log_chance(m: int, n: int, density: float, groups: int) -> float:
+    """log P(every one of ``groups`` groups of ``m`` holds at most ``n`` active weights) for an unstructured random
+    mask of ``density``: each group's count is Binomial(m, density)."""
+    if density >= 1.0:
+        return -math.inf
+    cdf = sum(math.comb(m, j) * density**j * (1.0 - density) ** (m - j) for j in range(n + 1))
+    return groups * math.log(cdf) if cdf > 0 else -math.inf
+
+
+def nm_pattern(mask: torch.Tensor) -> str | None:
+    """``"N:M"`` when ``mask`` is N:M for an M of :data:`GROUP_SIZES` (the first M that fits), else None.
+
+    ``mask`` is an (out, in) Linear mask (a Conv1D weight's read transposed first) or a convolution's
+    (out, in, *kernel), whose groups run along input channels (:func:`input_rows`). With N the largest count of
+    active weights in a group of M consecutive inputs, the mask is N:M when
+
+    * 0 < N < M: no group exceeds N;
+    * more than :data:`FULL_GROUPS` (half) of the groups hold exactly N — "most groups are full", so a layer
+      trained N:M whose regrown weights are still zero when read back stays N:M;
+    * the structure is no accident: an unstructured random mask of the same density would keep every group at
+      N or fewer with probability below :data:`CHANCE` (each group's count Binomial(M, density)).
+
+    A sparse unstructured mask, whose groups merely happen to stay below M (a 1 %-dense 64 × 64 mask has at most
+    one weight in nearly every group of four), is therefore never reported; nor is a layer too small to tell
+    (a 2:4 mask of fewer than about 40 groups).
     """
-    mask = torch.as_tensor(mask).bool()
-    if mask.ndim != 2 or mask.numel() == 0:
+    rows = input_rows(torch.as_tensor(mask).bool())
+    if rows.ndim != 2 or rows.numel() == 0:
         return None
-    density = float(mask.float().mean())
+    density = float(rows.float().mean())
     for m in GROUP_SIZES:
-        if mask.shape[1] % m:
+        if rows.shape[1] % m:
             continue
-        n = int(_groups(mask, m).sum(-1).max())
-        if n < m and density > (n - 1) / m:
+        counts = _groups(rows, m).sum(-1)
+        n = int(counts.max())
+        if not 0 < n < m or float((counts == n).float().mean()) <= FULL_GROUPS:
+            continue
+        if _log_chance(m, n, density, counts.numel()) < math.log(CHANCE):
             return f"{n}:{m}"
     return None
+
+
+def fits_nm(mask: torch.Tensor, n: int, m: int) -> bool:
+    """Whether every group of ``m`` consecutive inputs of the (out, in) ``mask`` holds at most ``n`` active
+    weights: the layer can be stored N:M (a 1:4 layer is a valid 2:4 one). False when the inputs do not divide
+    into groups of ``m``."""
+    mask = torch.as_tensor(mask).bool()
+    if mask.ndim != 2 or mask.shape[1] % m:
+        return False
+    return bool((_groups(mask, m).sum(-1) <= n).all())
 
 
 def nm_top(scores: torch.Tensor, n: int, m: int, name: str = "") -> torch.Tensor:
@@ -92,32 +134,84 @@ def random_nm_mask(shape: tuple[int, int], n: int, m: int, generator: torch.Gene
     return nm_top(torch.rand(shape, generator=generator, device=device), n, m, name)
 
 
-def to_semi_structured(model: nn.Module) -> nn.Module:
-    """``model`` with the weight of every ``nn.Linear`` whose weight is exactly 2:4 replaced by a
-    ``torch.sparse`` semi-structured tensor (in place; returns the model).
+def _is_conv1d(module: nn.Module) -> bool:
+    """Hugging Face's ``Conv1D`` (stored (in, out)), recognised by class name and its ``nf`` attribute."""
+    return type(module).__name__ == "Conv1D" and hasattr(module, "nf")
 
-    PyTorch's kernels need a CUDA GPU of compute capability 8.0 or higher, float16 or bfloat16 weights, and
-    shapes their kernels accept (rows and columns multiples of 64 here); anything else is one
-    :class:`ConfigError` naming the layer and what it lacks.
+
+def conv1d_as_linear(module: nn.Module) -> nn.Linear:
+    """The ``nn.Linear`` computing what a Hugging Face ``Conv1D`` computes: its (in, out) weight transposed to
+    (out, in), its bias kept, on the same device and dtype."""
+    weight = module.weight.detach()
+    linear = nn.Linear(weight.shape[0], weight.shape[1], bias=module.bias is not None,
+                       device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        linear.weight.copy_(weight.T)
+        if module.bias is not None:
+            linear.bias.copy_(module.bias.detach())
+    return linear
+
+
+def semi_structured_limits(dtype: torch.dtype) -> tuple[int, int] | None:
+    """(rows, columns) that a weight of ``dtype`` must be a multiple of (and at least) for the semi-structured
+    kernels ``torch.sparse.to_sparse_semi_structured`` will use, read from the tensor class it picks
+    (cuSPARSELt by default, CUTLASS when ``SparseSemiStructuredTensor._FORCE_CUTLASS``): 16 × 16 for
+    cuSPARSELt's float16/bfloat16, 32 × 64 for CUTLASS's; None for a dtype that class does not take."""
+    from torch.sparse import (
+        SparseSemiStructuredTensor,
+        SparseSemiStructuredTensorCUSPARSELT,
+        SparseSemiStructuredTensorCUTLASS,
+    )
+
+    chosen = SparseSemiStructuredTensorCUTLASS if getattr(SparseSemiStructuredTensor, "_FORCE_CUTLASS", False) \
+        else SparseSemiStructuredTensorCUSPARSELT
+    limits = getattr(chosen, "_DTYPE_SHAPE_CONSTRAINTS", {}).get(dtype)
+    return None if limits is None else (int(limits.sparse_min_rows), int(limits.sparse_min_cols))
+
+
+def to_semi_structured(model: nn.Module) -> nn.Module:
+    """``model`` with every ``nn.Linear`` and Hugging Face ``Conv1D`` whose weight fits 2:4 (every group of four
+    inputs holds at most two active weights, :func:`fits_nm`; a 1:4 layer fits) turned into a ``torch.sparse``
+    semi-structured tensor (in place; returns the model). A ``Conv1D`` is replaced by the equivalent
+    ``nn.Linear`` (:func:`conv1d_as_linear`), whose (out, in) weight is the layout the kernels take.
+
+    PyTorch's kernels need a CUDA GPU of compute capability 8.0 or higher, a dtype and shape the kernels it picks
+    accept (:func:`semi_structured_limits`); anything else is one :class:`ConfigError` naming the layer and what
+    it lacks, raised before any layer is changed.
     """
-    linears = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    chosen = [(name, module) for name, module in linears if nm_pattern(module.weight.detach() != 0) == "2:4"]
+    chosen = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            weight = module.weight.detach()
+        elif _is_conv1d(module):
+            weight = module.weight.detach().T
+        else:
+            continue
+        if fits_nm(weight != 0, 2, 4):
+            chosen.append((name, module, weight))
     if not chosen:
-        raise ConfigError("to_semi_structured: no nn.Linear weight of the model is 2:4 (train with "
-                          "structure='2:4' first)")
-    for name, module in chosen:
-        weight = module.weight
+        raise ConfigError("to_semi_structured: no nn.Linear or Conv1D weight of the model fits 2:4 (train or prune "
+                          "with structure='2:4' first)")
+    for name, _, weight in chosen:
         if weight.device.type != "cuda" or torch.cuda.get_device_capability(weight.device) < (8, 0):
             raise ConfigError(f"to_semi_structured: {name}.weight is on {weight.device}; semi-structured sparse "
                               "tensors need a CUDA GPU of compute capability 8.0 or higher")
-        if weight.dtype not in (torch.float16, torch.bfloat16):
-            raise ConfigError(f"to_semi_structured: {name}.weight is {weight.dtype}; convert the model to float16 "
-                              "or bfloat16 first (model.half())")
-        if weight.shape[0] % 64 or weight.shape[1] % 64:
-            raise ConfigError(f"to_semi_structured: {name}.weight is {tuple(weight.shape)}; semi-structured "
-                              "kernels need rows and columns in multiples of 64")
+        limits = semi_structured_limits(weight.dtype)
+        if limits is None:
+            raise ConfigError(f"to_semi_structured: {name}.weight is {weight.dtype}, which the semi-structured "
+                              "kernels do not take; convert the model to float16 or bfloat16 first (model.half())")
+        rows, cols = weight.shape
+        if rows % limits[0] or cols % limits[1] or rows < limits[0] or cols < limits[1]:
+            raise ConfigError(f"to_semi_structured: {name}.weight is {rows} × {cols} (out × in); the semi-structured "
+                              f"kernels need rows in multiples of {limits[0]} and columns in multiples of {limits[1]}")
     from torch.sparse import to_sparse_semi_structured
 
-    for _, module in chosen:
-        module.weight = nn.Parameter(to_sparse_semi_structured(module.weight.detach()), requires_grad=False)
+    for name, module, _ in chosen:
+        if _is_conv1d(module):
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            module = conv1d_as_linear(module)
+            setattr(parent, child, module)
+        module.weight = nn.Parameter(to_sparse_semi_structured(module.weight.detach().contiguous()),
+                                     requires_grad=False)
     return model
