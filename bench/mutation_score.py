@@ -5,8 +5,9 @@ Usage: python bench/mutation_score.py [--since REF | --files PATH… | --all] [-
 
 Runs mutmut (``pip install -e ".[mutation]"``; its settings are ``[tool.mutmut]`` in ``pyproject.toml``) over
 ``topo/sparsity``, ``topo/graph`` and ``topo/families.py`` and prints, per package, the mutants killed (a test
-failed or timed out), those that survived, those listed as equivalent in ``bench/mutation_equivalent.tsv`` (a
-mutant that cannot change any result, with one line of why) and the score killed / (all − equivalent). By default
+failed or timed out), those that survived, and those listed in ``bench/mutation_equivalent.tsv`` with one line of
+why: ``equivalent`` (the mutant cannot change any result) or ``cuda`` (it changes only what runs on a CUDA
+device, which ``pytest -m cuda`` tests and a CPU machine cannot); the score is killed / (all − listed). By default
 only the mutants of the files a change touches are run — those that differ from ``--since`` (default ``HEAD``:
 the uncommitted change) — and the score is over every mutant mutmut has a result for; ``--all`` runs every mutant
 (about three hours on two cores); ``--report-only`` runs nothing. Lists every surviving mutant not listed as
@@ -31,13 +32,14 @@ EQUIVALENT = REPO / "bench" / "mutation_equivalent.tsv"
 KILLED = ("killed", "timeout")
 
 
-def read_equivalent(path: Path = EQUIVALENT) -> dict[str, str]:
-    """Mutant name → why it is equivalent, from the two-column TSV (``#`` lines are comments)."""
+def read_listed(path: Path = EQUIVALENT) -> dict[str, tuple[str, str]]:
+    """Mutant name → (kind, why), from the three-column TSV (kind ``equivalent`` or ``cuda``; ``#`` lines are
+    comments)."""
     if not path.exists():
         return {}
     with open(path, newline="") as handle:
         rows = [row for row in csv.reader(handle, delimiter="\t") if row and not row[0].startswith("#")]
-    return {row[0]: row[1] for row in rows}
+    return {row[0]: (row[1], row[2]) for row in rows}
 
 
 def parse_results(text: str) -> dict[str, str]:
@@ -54,9 +56,9 @@ def package_of(mutant: str) -> str | None:
     return next((package for package in PACKAGES if mutant.startswith(package + ".")), None)
 
 
-def scores(statuses: dict[str, str], equivalent: dict[str, str]) -> dict[str, dict[str, float]]:
-    """Per package: killed, survived, equivalent, not run, total and score = killed / (total − equivalent − not
-    run), over the mutants that were run."""
+def scores(statuses: dict[str, str], listed: dict[str, tuple[str, str]]) -> dict[str, dict[str, float]]:
+    """Per package: killed, survived, equivalent, cuda (see the module docstring), not run, total and score =
+    killed / (total − equivalent − cuda − not run), over the mutants that were run."""
     table: dict[str, Counter] = {package: Counter() for package in PACKAGES}
     for mutant, status in statuses.items():
         package = package_of(mutant)
@@ -68,14 +70,14 @@ def scores(statuses: dict[str, str], equivalent: dict[str, str]) -> dict[str, di
             counts["killed"] += 1
         elif status == "not checked":
             counts["not run"] += 1
-        elif mutant in equivalent:
-            counts["equivalent"] += 1
+        elif mutant in listed:
+            counts[listed[mutant][0]] += 1
         else:
             counts["survived"] += 1
     out = {}
     for package, counts in table.items():
-        scored = counts["total"] - counts["equivalent"] - counts["not run"]
-        out[package] = {key: counts[key] for key in ("killed", "survived", "equivalent", "not run", "total")}
+        scored = counts["total"] - counts["equivalent"] - counts["cuda"] - counts["not run"]
+        out[package] = {key: counts[key] for key in ("killed", "survived", "equivalent", "cuda", "not run", "total")}
         out[package]["score"] = counts["killed"] / scored if scored else float("nan")
     return out
 
@@ -115,15 +117,15 @@ def main() -> int:
     listing = subprocess.run(["mutmut", "results", "--all", "true"], cwd=REPO, capture_output=True, text=True,
                              check=True).stdout
     statuses = parse_results(listing)
-    equivalent = read_equivalent()
-    figures = scores(statuses, equivalent)
+    listed = read_listed()
+    figures = scores(statuses, listed)
     print(f"# {' '.join(sys.argv)}")
-    print("| package | killed | survived | equivalent | not run | score |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| package | killed | survived | equivalent | CUDA only | not run | score |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for package, row in figures.items():
-        print(f"| `{PACKAGES[package]}` | {row['killed']} | {row['survived']} | {row['equivalent']} | "
+        print(f"| `{PACKAGES[package]}` | {row['killed']} | {row['survived']} | {row['equivalent']} | {row['cuda']} | "
               f"{row['not run']} | {row['score']:.1%} |")
-    survivors = sorted(m for m, s in statuses.items() if s not in KILLED and s != "not checked" and m not in equivalent
+    survivors = sorted(m for m, s in statuses.items() if s not in KILLED and s != "not checked" and m not in listed
                        and package_of(m))
     for mutant in survivors:
         print(f"survived: {mutant}")

@@ -79,11 +79,13 @@ def test_mutation_score_counts_killed_survived_and_equivalent_mutants_per_packag
         "    topo.families.x_natural_key__mutmut_1: no tests", "    topo.analyze.x_f__mutmut_1: survived"])
     statuses = mutation_score.parse_results(listing)
     assert len(statuses) == 7
-    table = mutation_score.scores(statuses, {"topo.graph.null.x_er_masks__mutmut_4": "equal by construction"})
-    assert table["topo.graph"] == {"killed": 2, "survived": 1, "equivalent": 1, "not run": 0, "total": 4,
-                                   "score": 2 / 3}
+    table = mutation_score.scores(statuses, {"topo.graph.null.x_er_masks__mutmut_4": ("equivalent", "same values"),
+                                             "topo.graph.null.x_er_masks__mutmut_2": ("cuda", "device placement")})
+    assert table["topo.graph"] == {"killed": 2, "survived": 0, "equivalent": 1, "cuda": 1, "not run": 0, "total": 4,
+                                   "score": 1.0}
     assert table["topo.families"]["survived"] == 1 and table["topo.families"]["score"] == 0.0  # untested code
     assert table["topo.sparsity"]["not run"] == 1 and math.isnan(table["topo.sparsity"]["score"])
     assert mutation_score.mutant_glob("topo/graph/null.py") == "topo.graph.null.*"
-    equivalent = mutation_score.read_equivalent()
-    assert all(why.strip() and mutation_score.package_of(name) for name, why in equivalent.items())
+    listed = mutation_score.read_listed()
+    assert all(kind in ("equivalent", "cuda") and why.strip() and mutation_score.package_of(name)
+               for name, (kind, why) in listed.items())

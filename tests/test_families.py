@@ -456,3 +456,38 @@ def test_family_detection_by_names_without_config():
     assert detect(shapes).transposed == frozenset(shapes)
     bigcode = {"h.0.attn.c_attn.weight": (96, 32), "h.0.mlp.c_fc.weight": (128, 32)}  # Linear layout: not Conv1D
     assert detect(bigcode).transposed == frozenset()
+
+
+def test_module_order_key_by_hand():
+    from topo.families import module_order_key
+
+    llama = ["lm_head.weight", "model.norm.weight", "model.final_layernorm.weight",
+             "model.layers.0.post_attention_layernorm.weight", "model.layers.0.mlp.gate_proj.weight",
+             "model.layers.0.self_attn.o_proj.weight", "model.layers.0.input_layernorm.weight",
+             "model.layers.0.self_attn.q_proj.weight", "model.embed_tokens.weight", "model.layers.1.mlp.up_proj.weight"]
+    assert sorted(llama, key=module_order_key) == [
+        "model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.0.self_attn.o_proj.weight", "model.layers.0.input_layernorm.weight",
+        "model.layers.0.post_attention_layernorm.weight", "model.layers.0.mlp.gate_proj.weight",
+        "model.layers.1.mlp.up_proj.weight", "model.final_layernorm.weight", "model.norm.weight", "lm_head.weight"]
+    t5 = ["decoder.block.0.layer.1.EncDecAttention.q.weight", "decoder.block.0.layer.0.SelfAttention.o.weight",
+          "encoder.block.1.layer.0.SelfAttention.q.weight", "encoder.block.0.layer.1.DenseReluDense.wo.weight",
+          "shared.weight"]
+    assert sorted(t5, key=module_order_key) == [
+        "shared.weight", "encoder.block.0.layer.1.DenseReluDense.wo.weight",
+        "encoder.block.1.layer.0.SelfAttention.q.weight", "decoder.block.0.layer.0.SelfAttention.o.weight",
+        "decoder.block.0.layer.1.EncDecAttention.q.weight"]
+
+
+def test_a_family_survives_its_json_round_trip():
+    from topo.families import Family
+
+    family = Family("gpt_neox", frozenset({"b", "a"}), frozenset({"wte.weight"}), 8, 2, True, "config.json (x)")
+    data = family.to_json()
+    assert data == {"model_type": "gpt_neox", "transposed": ["a", "b"], "embeddings": ["wte.weight"], "heads": 8,
+                    "kv_heads": 2, "interleaved_qkv": True, "found_by": "config.json (x)"}
+    assert Family.from_json(json.loads(json.dumps(data))) == family
+    assert Family.from_json(None) == Family() and Family.from_json({}) == Family()
+    partial = Family.from_json({"heads": 4})
+    assert partial.heads == 4 and partial.transposed == frozenset() and partial.found_by == "run.json"
+    assert partial.interleaved_qkv is False and partial.model_type is None and partial.kv_heads is None

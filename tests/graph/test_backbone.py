@@ -101,3 +101,54 @@ def test_sampled_path_length_estimates_the_exact_value():
     layer = bipartite_graph(np.random.default_rng(0).random((50, 40)) < 0.1)
     sampled = sampled_shortest_path(layer, 30, seed=0)
     assert math.isfinite(sampled.mean) and 0 < sampled.reachable_fraction <= 1
+
+
+def test_backbones_refuse_out_of_range_levels_at_the_boundaries():
+    weight = torch.ones(2, 2)
+    for fraction in (0.0, 1.5, -0.1):
+        with pytest.raises(ConfigError, match="fraction kept must be in"):
+            magnitude_backbone(weight, fraction)
+        with pytest.raises(ConfigError, match="fraction kept must be in"):
+            GlobalMagnitude(fraction, 10)
+    for alpha in (0.0, 1.0, 1.5):
+        with pytest.raises(ConfigError, match="significance level must be in"):
+            disparity_backbone(weight, alpha)
+    assert magnitude_backbone(weight, 1.0).all()
+
+
+def test_magnitude_backbone_counts_zero_and_one_and_reads_nan_as_zero():
+    weight = torch.tensor([[float("nan"), 0.5, 0.2], [0.1, -0.3, 0.05]])
+    none = magnitude_backbone(weight, 0.05)  # round(0.3) = 0 weights
+    assert none.dtype == torch.bool and none.shape == weight.shape and not none.any()
+    assert magnitude_backbone(weight, 1 / 6).tolist() == [[False, True, False], [False, False, False]]
+    assert magnitude_backbone(weight, 5 / 6)[0, 0].item() is False  # NaN is the smallest magnitude, 0
+    assert not disparity_backbone(weight, 0.9)[0, 0]
+
+
+def test_global_magnitude_breaks_ties_across_layers_in_order():
+    layers = [torch.tensor([[3.0, 1.0], [1.0, 0.0]]), torch.tensor([[1.0, 1.0, 2.0]])]
+    overall = GlobalMagnitude(4 / 7, 7)  # keep 4: 3 and 2 above the threshold 1, then the first two 1s
+    for w in layers:
+        overall.observe(w)
+    first, second = overall.mask(layers[0]), overall.mask(layers[1])
+    assert first.tolist() == [[True, True], [True, False]] and second.tolist() == [[False, False, True]]
+    nothing = GlobalMagnitude(0.01, 7)  # round(0.07) = 0
+    for w in layers:
+        nothing.observe(w)
+    assert nothing.threshold == float("inf") and not any(nothing.mask(w).any() for w in layers)
+
+
+def test_disparity_filter_with_weights_below_one_and_a_level_met_exactly():
+    weight = torch.tensor([[8.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    # α exactly 0.5 for output 1's two equal edges and input 1's: not significant (α must be below the level)
+    assert disparity_backbone(weight, 0.5).tolist() == [[True, False, False], [False, False, False]]
+    small = weight / 100  # shares, hence the filter, do not depend on the scale
+    assert torch.equal(disparity_backbone(small, 0.6), disparity_backbone(weight, 0.6))
+
+
+def test_disparity_on_a_convolution_is_the_channel_filter_spread_over_the_kernel():
+    torch.manual_seed(2)
+    weight = torch.randn(4, 3, 5, 5) * (torch.rand(4, 3, 5, 5) < 0.4)
+    channels = disparity_backbone(weight.abs().sum((2, 3)), 0.3)
+    expected = channels[:, :, None, None].expand(weight.shape)
+    assert torch.equal(disparity_backbone(weight, 0.3), expected) and channels.any() and not channels.all()

@@ -121,3 +121,32 @@ def test_count_batch_on_graphs_of_one_and_zero_nodes():
     assert one.n_components.tolist() == [1, 1] and np.isnan(one.lambda2).all()
     zero = count_batch(torch.zeros(1, 0, 0, dtype=torch.bool))
     assert zero.reachable_pairs.tolist() == [0]
+
+
+def test_batched_table_equals_per_graph_with_nulls_small_worlds_and_input_gates():
+    rng = np.random.default_rng(3)
+    snapshots = [(epoch, {"lstm.weight_ih_l0": rng.random((4 * 12, 10)) < 0.3,
+                          "lstm.weight_hh_l0": rng.random((4 * 12, 12)) < 0.3,
+                          "fc.weight": nm_mask(rng, 16, 16)}) for epoch in range(2)]
+    for null in ("er", "nm"):
+        per_graph = metrics_table(snapshots, backend="cpu", progress=False, null=null, null_samples=3,
+                                  small_world_graphs=2, seed=5)
+        batched = metrics_table(snapshots, device="cpu", batch_bytes=50_000, progress=False, null=null,
+                                null_samples=3, small_world_graphs=2, seed=5)
+        pd.testing.assert_frame_equal(per_graph[["run", "epoch", "layer", "graph", "metric"]],
+                                      batched[["run", "epoch", "layer", "graph", "metric"]])
+        np.testing.assert_allclose(batched["value"], per_graph["value"], rtol=1e-6, atol=1e-9)
+        graphs = set(batched["graph"])
+        assert "lstm.weight_ih_l0[f]" in graphs and "lstm.weight_hh_l0[o]" in graphs  # the input weight by gate
+        assert {"sigma", "omega"} <= set(batched["metric"])
+        assert batched["metric"].str.endswith("_z").any()
+        if null == "nm":  # only the 2:4 layer has an nm null
+            assert set(batched[batched["metric"].str.endswith("_null_mean")]["graph"]) == {"fc.weight"}
+
+
+def nm_mask(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
+    keys = rng.random((rows, cols // 4, 4))
+    keep = np.argsort(keys, axis=-1)[..., :2]
+    mask = np.zeros((rows, cols // 4, 4), bool)
+    np.put_along_axis(mask, keep, True, axis=-1)
+    return mask.reshape(rows, cols)

@@ -14,6 +14,7 @@ from topo.graph.compare import (
     jaccard_distance,
     mask_turnover,
     nnstd,
+    nnstd_random,
     run_topology,
 )
 from topo.record import Recorder, RunReader
@@ -104,3 +105,68 @@ def test_degree_distributions_read_a_conv1d_weight_as_out_by_in():
     table = degree_distributions(_Run({"h.0.mlp.c_fc.weight": stored}, family)).set_index(["side", "degree"])
     assert table.loc["in", "count"].to_dict() == {1: 3, 2: 1}  # each of the 4 outputs reads 1 or 2 inputs
     assert table.loc["out", "count"].to_dict() == {1: 1, 4: 1}
+
+
+def test_masks_are_read_from_torch_tensors_too_and_bad_ones_are_named():
+    from topo.errors import MaskError
+
+    a, b = torch.tensor([[True, True, False]]), torch.tensor([[False, True, True]])
+    assert jaccard_distance(a, b) == pytest.approx(2 / 3)
+    assert exploration_rate({"w": torch.tensor([True])}) == {"w": 1.0}  # one position, ever active
+    with pytest.raises(MaskError, match="mask 'a' is not boolean"):
+        jaccard_distance(np.array([[2, 0]]), np.array([[1, 0]]))
+    with pytest.raises(MaskError, match="mask 'b' is not boolean"):
+        jaccard_distance(np.array([[1, 0]]), np.array([[3, 0]]))
+    with pytest.raises(MaskError, match="mask 'fc.weight' is not boolean"):
+        exploration_rate({"fc.weight": np.array([[0.5]])})
+    with pytest.raises(MaskError, match=r"mask 'b\[1\]' is not boolean"):
+        nnstd([np.ones((2, 3), bool), np.ones((2, 2), bool)], [np.ones((2, 3), bool), np.full((2, 2), 2)])
+    with pytest.raises(MaskError, match=r"mask 'a\[0\]' is not boolean"):
+        nnstd_random([np.full((2, 2), 2)], [np.ones((2, 2), bool)])
+
+
+def test_edit_distance_of_neurons_by_hand():
+    from topo.graph.compare import _edit_distances
+
+    a = np.array([[1, 0, 0], [0, 0, 0], [1, 1, 0]], bool)
+    b = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 1]], bool)
+    # |A Δ B| / |A ∪ B|: {0} vs {} → 1; {} vs {} → 0; {0, 1} vs {1, 2} → 2/3
+    distances = _edit_distances(a, b)
+    assert distances[0, 0] == 1.0 and distances[1, 0] == 0.0 and distances[0, 1] == 0.0
+    assert distances[2, 2] == pytest.approx(2 / 3) and distances[1, 1] == 1.0
+
+
+def test_run_topology_rows_for_every_layer_and_epoch():
+    class Run:
+        epochs = [0, 1, 2]
+        _masks = {0: {"a": np.array([1, 1, 0, 0], bool), "b": np.array([1, 0], bool)},
+                  1: {"a": np.array([0, 1, 1, 0], bool), "b": np.array([1, 0], bool)},
+                  2: {"a": np.array([0, 1, 1, 0], bool), "b": np.array([0, 1], bool)}}
+
+        def masks(self, epoch):
+            return self._masks[epoch]
+
+        def ever_active(self, epoch):
+            seen = {}
+            for e in range(epoch + 1):
+                for layer, mask in self._masks[e].items():
+                    seen[layer] = seen.get(layer, np.zeros_like(mask)) | mask
+            return seen
+
+    table = run_topology(Run(), "r")
+    assert list(table.columns) == ["run", "epoch", "layer", "graph", "metric", "value"]
+    turnover = table[table.metric == "turnover"].set_index(["epoch", "layer"])["value"].to_dict()
+    assert turnover == {(1, "a"): pytest.approx(2 / 3), (1, "b"): 0.0, (2, "a"): 0.0, (2, "b"): 1.0}
+    explored = table[table.metric == "exploration"].set_index(["epoch", "layer"])["value"].to_dict()
+    assert explored == {(0, "a"): 0.5, (0, "b"): 0.5, (1, "a"): 0.75, (1, "b"): 0.5, (2, "a"): 0.75, (2, "b"): 1.0}
+    assert (table["graph"] == table["layer"]).all() and (table["run"] == "r").all()
+
+
+def test_nnstd_reads_convolutions_as_channel_masks():
+    conv = np.zeros((3, 2, 3, 3), bool)
+    conv[0, 0, 1, 1] = conv[1, 1, 0, 2] = conv[2, :, 2, 2] = True  # channel mask [[1,0],[0,1],[1,1]]
+    taps_moved = np.zeros_like(conv)
+    taps_moved[0, 0, 0, 0] = taps_moved[1, 1, 2, 2] = taps_moved[2, :, 1, 0] = True  # same channels, other taps
+    assert nnstd([conv], [taps_moved]) == [0.0]
+    mean, std = nnstd_random([conv], [taps_moved], samples=4, seed=1)
+    assert len(mean) == 1 and 0 < mean[0] <= 1 and std[0] >= 0

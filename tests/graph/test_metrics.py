@@ -245,3 +245,76 @@ def test_fan_in_and_fan_out_gini_by_hand_and_as_summarize_reports_them():
     assert summary["fan_in_gini"] == fan_in_gini(lopsided) and summary["fan_out_gini"] == fan_out_gini(lopsided)
     with pytest.raises(Exception, match="bipartite"):
         fan_in_gini(square_graph(np.eye(3, dtype=bool)))
+
+
+def _sampled_reference(graph: nx.Graph, sources: int, seed: int) -> tuple[float, float, float]:
+    """sampled_shortest_path restated from its docstring with networkx's distances, the same sources drawn."""
+    n = graph.number_of_nodes()
+    chosen = np.sort(np.random.default_rng(seed).choice(n, size=min(sources, n), replace=False))
+    lengths = [nx.single_source_shortest_path_length(graph, int(c)) for c in chosen]
+    d = np.array([sum(v for k, v in ls.items() if k != c) for c, ls in zip(chosen, lengths, strict=True)], float)
+    r = np.array([len(ls) - 1 for ls in lengths], float)
+    s = len(chosen)
+    mean = d.sum() / r.sum()
+    variance = ((d - mean * r) ** 2).sum() / (s * (s - 1)) / r.mean() ** 2 * (1 - s / n)
+    return mean, r.sum() / (s * (n - 1)), math.sqrt(variance)
+
+
+def test_sampled_shortest_path_is_the_ratio_estimator_with_its_standard_error():
+    from topo.graph.metrics import sampled_shortest_path
+
+    lollipop = nx.lollipop_graph(6, 9)  # a clique and a long tail: distances vary a lot between sources
+    lollipop.add_nodes_from([15, 16])  # two isolated nodes: some pairs unreachable
+    graph = from_nx(lollipop)
+    for sources, seed in ((5, 0), (8, 3), (12, 7)):
+        mean, fraction, error = _sampled_reference(lollipop, sources, seed)
+        got = sampled_shortest_path(graph, sources, seed=seed)
+        assert got.mean == pytest.approx(mean) and got.reachable_fraction == pytest.approx(fraction)
+        assert got.standard_error == pytest.approx(error) and 0 < got.reachable_fraction < 1
+    assert sampled_shortest_path(graph, 6) == sampled_shortest_path(graph, 6, seed=0)  # seeded by default
+    whole = sampled_shortest_path(graph, 100)  # every node a source: the exact value, no error
+    assert whole.standard_error == 0.0 and whole.mean == pytest.approx(mean_shortest_path(graph).mean)
+    single = sampled_shortest_path(graph, 1, seed=2)
+    assert math.isnan(single.standard_error) and single.mean > 0
+
+
+def test_sampled_shortest_path_of_graphs_without_paths_is_nan_with_a_warning():
+    from topo.graph.metrics import sampled_shortest_path
+
+    with pytest.warns(EmptyGraphWarning, match="mean shortest path of graph tiny is undefined \\(1 node\\(s\\)\\)"):
+        one = sampled_shortest_path(Graph(np.zeros((1, 1), bool), "tiny"), 4)
+    assert math.isnan(one.mean) and math.isnan(one.reachable_fraction) and math.isnan(one.standard_error)
+    with pytest.warns(EmptyGraphWarning, match="no reachable pair"):
+        none = sampled_shortest_path(Graph(np.zeros((5, 5), bool), "isolated"), 3)
+    assert math.isnan(none.mean) and none.reachable_fraction == 0.0 and math.isnan(none.standard_error)
+    pair = Graph(np.array([[0, 1, 0], [1, 0, 0], [0, 0, 0]], bool))  # 2 of 6 ordered pairs reachable, at 1
+    exact = sampled_shortest_path(pair, 3)
+    assert exact.mean == 1.0 and exact.reachable_fraction == pytest.approx(2 / 6) and exact.standard_error == 0.0
+
+
+def test_small_world_coefficients_follow_their_formulas():
+    import random
+
+    import igraph
+
+    graph = from_nx(nx.watts_strogatz_graph(60, 6, 0.1, seed=1))
+    got = small_world(graph, n_random=3, seed=5)
+    base = graph.to_igraph()
+    igraph.set_random_number_generator(random.Random(5))  # the same rewirings: σ and ω restated by hand
+    try:
+        rewired = []
+        for _ in range(3):
+            copy = base.copy()
+            copy.rewire(10 * copy.ecount(), "simple")
+            rewired.append(copy)
+    finally:
+        igraph.set_random_number_generator(random)
+    c_r = np.mean([g.transitivity_undirected(mode="zero") for g in rewired])
+    l_r = np.mean([g.average_path_length(directed=False, unconn=True) for g in rewired])
+    c, length = global_clustering(graph), mean_shortest_path(graph).mean
+    k = max(4, 2 * round(2 * graph.n_edges / graph.n_nodes / 2))  # mean degree 6: the lattice of K = 6
+    assert got["sigma"] == pytest.approx((c / c_r) / (length / l_r))
+    assert got["omega"] == pytest.approx(l_r / length - c / (3 * (k - 2) / (4 * (k - 1))))
+    assert small_world(graph, n_random=3) == small_world(graph, n_random=3, seed=0)
+    empty = small_world(Graph(np.zeros((4, 4), bool)), n_random=2)
+    assert math.isnan(empty["sigma"]) and math.isnan(empty["omega"])

@@ -108,3 +108,57 @@ def test_independent_random_masks_land_within_0_05_of_the_nnstd_baseline():
     assert all(abs(o - m) < 0.05 for o, m in zip(observed, mean, strict=True))
     assert 0.7 < mean[0] < 0.9 < 1 - 0.1 / 1.9  # matched: well below the unmatched 1 − d/(2 − d)
     assert all(s > 0 for s in std)
+
+
+@pytest.mark.parametrize("kind", ["er", "degree", "nm"])
+def test_nulls_are_seeded_and_their_samples_differ(kind):
+    generator = torch.Generator().manual_seed(4)
+    block = torch.zeros(12, 16, dtype=torch.bool).reshape(12, 4, 4)
+    block = block.scatter_(-1, torch.rand(12, 4, 4, generator=generator).topk(2, -1).indices, True).reshape(12, 16)
+    first, again, other = (null_masks(kind, block, 4, seed=s) for s in (7, 7, 8))
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert all(not torch.equal(first[0], first[i]) for i in range(1, 4))  # every sample a draw of its own
+
+
+def test_one_curveball_round_trades_between_two_rows():
+    from topo.graph.null import _curveball_round
+
+    block = torch.tensor([[1, 1, 0, 0], [0, 0, 1, 1]], dtype=torch.bool)
+    masks = block.unsqueeze(0).repeat(64, 1, 1)
+    _curveball_round(masks, torch.Generator().manual_seed(0))
+    assert (masks.sum(2) == 2).all() and (masks.sum(1) == 1).all()  # margins kept
+    assert not all(torch.equal(m, block) for m in masks)  # the pair traded in some samples
+
+
+def test_degree_null_stops_when_the_overlap_settles_after_the_minimum_rounds(monkeypatch):
+    import topo.graph.null as null
+
+    stuck = torch.ones(6, 5, dtype=torch.bool)  # identical rows: nothing to trade, the overlap never moves
+    assert degree_masks(stuck, 3, torch.Generator().manual_seed(0))[1] == null.MIN_ROUNDS
+    monkeypatch.setattr(null, "MIXING_TOLERANCE", 0.0)  # a change below 0 never comes: the chain runs to the end
+    assert degree_masks(stuck, 3, torch.Generator().manual_seed(0))[1] == null.MAX_ROUNDS
+
+
+def test_degree_null_is_the_curveball_chain_run_for_the_rounds_it_reports():
+    from topo.graph.null import _curveball_round
+
+    generator = torch.Generator().manual_seed(9)
+    block = torch.rand(14, 20, generator=generator) < 0.3
+    masks, rounds = degree_masks(block, 3, torch.Generator().manual_seed(1))
+    replay = block.unsqueeze(0).repeat(3, 1, 1)
+    chain = torch.Generator().manual_seed(1)
+    overlaps = []
+    for _ in range(rounds):
+        _curveball_round(replay, chain)
+        overlaps.append(float((replay & block).sum()) / (int(block.sum()) * 3))
+    assert torch.equal(masks, replay) and rounds > 5
+    changes = [abs(a - b) for a, b in zip(overlaps[4:-1], overlaps[5:], strict=True)]
+    assert changes[-1] < 0.002 and all(change >= 0.002 for change in changes[:-1])
+
+
+def test_nm_null_draws_positions_at_random_in_a_single_row_layer_too():
+    block = torch.zeros(1, 160, dtype=torch.bool)
+    block[0, ::2] = True  # 2:4 in 40 groups of one output
+    masks = null_masks("nm", block, 6, seed=2)
+    assert (masks.reshape(6, 40, 4).sum(-1) == 2).all()
+    assert len({tuple(m.flatten().tolist()) for m in masks}) == 6 and not masks[:, 0, ::2].all()

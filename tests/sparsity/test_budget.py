@@ -85,3 +85,45 @@ def test_dense_first_and_last_layers_count_inside_the_budget(log_alpha):
     assert sum(match.widths) < sum(plain.widths)  # the dense first layer leaves less budget for widening
     assert match.nonzeros == nonzero_count(model, density, dense_first_last=True)
     assert sp.masks["0.weight" if "0.weight" in sp.masks else next(iter(sp.masks))].all()
+
+
+def _two_layer(widths):
+    return nn.Sequential(nn.Linear(20, widths[0]), nn.ReLU(), nn.Linear(widths[0], 7))
+
+
+@pytest.mark.parametrize("density", [0.5, 0.3, 0.1])
+def test_one_hidden_width_is_the_best_integer_by_brute_force(density):
+    from topo.sparsity import active_count
+
+    target = nonzero_count(_two_layer([16]), 1.0)
+
+    def count(width: int) -> int:  # two sparse weights, dense biases
+        return active_count(20 * width, density) + active_count(7 * width, density) + width + 7
+
+    best = min(range(1, 400), key=lambda w: (abs(count(w) - target), w))
+    match = match_budget(_two_layer, [16], density, tolerance=0.05)
+    assert abs(match.nonzeros - target) == abs(count(best) - target) and match.nonzeros == count(match.widths[0])
+    assert match.target == target and match.wide_dense_params == nonzero_count(_two_layer(match.widths), 1.0)
+
+
+def test_two_widths_end_at_a_local_optimum_of_unit_moves():
+    match = match_budget(lambda ws: mlp(tuple(ws)), [30, 12], 0.2)
+
+    def gap(widths):
+        return abs(nonzero_count(mlp(tuple(widths)), 0.2) - match.target)
+
+    for i in range(2):
+        for delta in (-1, 1):
+            moved = list(match.widths)
+            moved[i] += delta
+            assert gap(moved) >= gap(match.widths)
+    assert nonzero_count(mlp((30, 12)), 1.0) == match.target
+
+
+def test_widths_of_one_are_allowed_and_a_parameter_filter_counts_only_its_weights():
+    assert match_budget(_two_layer, [1], 1.0).widths == [1]
+    only_first = ["0.weight"]
+    match = match_budget(_two_layer, [16], 0.25, params=only_first, tolerance=0.05)
+    dense = nonzero_count(_two_layer([16]), 1.0, only_first)
+    assert match.target == dense and match.nonzeros == nonzero_count(_two_layer(match.widths), 0.25, only_first)
+    assert nonzero_count(_two_layer([16]), 0.25, only_first) != nonzero_count(_two_layer([16]), 0.25)

@@ -156,3 +156,35 @@ def test_optimizer_state_of_regrown_weights_is_reset():
         fresh = mask & was_inactive
         assert torch.all(opt.state[param]["exp_avg_sq"][fresh] >= 0)
     assert sum(p for p, _ in sp.pop_changes().values()) > 0
+
+
+def test_every_method_records_its_hyperparameters_under_their_names():
+    model = mlp((16,))
+    expected = {
+        "set": {"zeta": 0.3, "every": 1, "drop": "per-sign", "init": "normal", "init_scale": 0.1,
+                "reinit_when_same": False},
+        "rigl": {"alpha_drop": 0.3, "delta_t": 5, "t_end": 75, "reinit_when_same": False},
+        "srigl": {"alpha_drop": 0.3, "delta_t": 5, "t_end": 75, "gamma_sal": 0.3, "dynamic_ablation": True},
+        "pruning": {"prune_after": [0], "scope": "layer"},
+    }
+    for method, fields in expected.items():
+        config = build(method, model, None).config()
+        assert config["method"] == method and config["density"] == DENSITY and config["seed"] == 0
+        assert config["distribution"] == "uniform" and config["dense_first_last"] is False
+        for key, value in fields.items():
+            assert config[key] == value, (method, key)
+    structured = make_sparsifier("set", mlp((16,)), density=0.5, structure="2:4", seed=0).config()
+    assert structured["structure"] == "2:4" and "structure" not in build("set", mlp((16,)), None).config()
+
+
+def test_remove_detaches_the_optimizer_hook_once():
+    torch.manual_seed(0)
+    model = mlp((16,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sp = make_sparsifier("random-fixed", model, opt, density=0.3, seed=0)
+    sp.remove()
+    assert sp._hook is None
+    sp.remove()  # a second call is harmless
+    nn.functional.cross_entropy(model(torch.randn(4, 64)), torch.tensor([0, 1, 2, 3])).backward()
+    opt.step()  # no hook: inactive gradients are no longer zeroed, so inactive weights move
+    assert any(torch.count_nonzero(sp.weights[n].detach()[~m]) for n, m in sp.masks.items())

@@ -50,9 +50,9 @@ def mask_turnover(previous: Mapping[str, Any], current: Mapping[str, Any]) -> di
 
 
 def exploration_rate(ever_active: Mapping[str, Any]) -> dict[str, float]:
-    """Per layer, the fraction of positions that were ever active."""
-    return {name: float(np.count_nonzero(_numpy_mask(m, name))) / max(1, np.size(m)) for name, m in
-            ever_active.items()}
+    """Per layer, the fraction of positions that were ever active (numpy arrays or torch tensors)."""
+    masks = {name: _numpy_mask(m, name) for name, m in ever_active.items()}
+    return {name: float(np.count_nonzero(m)) / max(1, m.size) for name, m in masks.items()}
 
 
 def run_topology(run: Any, name: str = "") -> pd.DataFrame:
