@@ -349,6 +349,7 @@ def test_a_convolution_pruned_2_4_along_input_channels_is_reported_n_m(tmp_path)
     assert table.loc["conv.weight", "n_m"] == "2:4" and pd.isna(table.loc["dense.weight", "n_m"])
 
 
+@pytest.mark.slow
 @settings(max_examples=8, deadline=None)
 @given(method=st.sampled_from(["set", "rigl", "random-fixed"]), seed=st.integers(0, 1000))
 def test_nm_training_keeps_every_mask_n_m_after_every_update(method, seed):
@@ -491,3 +492,71 @@ def test_a_family_survives_its_json_round_trip():
     partial = Family.from_json({"heads": 4})
     assert partial.heads == 4 and partial.transposed == frozenset() and partial.found_by == "run.json"
     assert partial.interleaved_qkv is False and partial.model_type is None and partial.kv_heads is None
+
+
+def test_views_cut_every_projection_exactly():
+    from topo.families import Family, views
+
+    gpt2 = Family(transposed=frozenset({"h.0.attn.c_attn.weight"}), heads=2)
+    stored = torch.arange(8 * 24).reshape(8, 24)  # Conv1D (in 8, out 24): q, k, v of 8 rows once transposed
+    pieces = {name: (block, kind) for name, block, kind in views("h.0.attn.c_attn.weight", stored, gpt2)}
+    out_in = stored.T
+    assert list(pieces) == [f"h.0.attn.c_attn.weight[{p}]" for p in "qkv"]
+    for index, part in enumerate("qkv"):
+        assert torch.equal(pieces[f"h.0.attn.c_attn.weight[{part}]"][0], out_in[8 * index:8 * (index + 1)])
+    assert {kind for _, kind in pieces.values()} == {"attention"}
+    family = Family(heads=2, kv_heads=1)  # grouped-query attention: q 8 rows, k and v one head of 4
+    fused = torch.arange(16 * 8).reshape(16, 8)
+    heads = dict((name, block) for name, block, _ in views("layers.0.self_attn.qkv_proj.weight", fused, family,
+                                                           heads=True))
+    assert list(heads) == [f"layers.0.self_attn.qkv_proj.weight[{h}]" for h in ("q.h0", "q.h1", "k.h0", "v.h0")]
+    assert torch.equal(heads["layers.0.self_attn.qkv_proj.weight[q.h1]"], fused[4:8])
+    assert torch.equal(heads["layers.0.self_attn.qkv_proj.weight[v.h0]"], fused[12:])
+    output = torch.arange(8 * 8).reshape(8, 8)
+    o_heads = views("layers.0.self_attn.o_proj.weight", output, family, heads=True)
+    assert [n for n, _, _ in o_heads] == [f"layers.0.self_attn.o_proj.weight[o.h{h}]" for h in (0, 1)]
+    assert torch.equal(o_heads[1][1], output[:, 4:]) and o_heads[1][2] == "attention"
+    gate_up = views("mlp.gate_up_proj.weight", torch.arange(12).reshape(6, 2), family)
+    assert [(n, k) for n, _, k in gate_up] == [("mlp.gate_up_proj.weight[gate]", "bipartite"),
+                                              ("mlp.gate_up_proj.weight[up]", "bipartite")]
+    assert torch.equal(gate_up[1][1], torch.arange(12).reshape(6, 2)[3:])
+    plain = views("fc.weight", torch.ones(3, 2), family)
+    assert [(n, tuple(b.shape), k) for n, b, k in plain] == [("fc.weight", (3, 2), "bipartite")]
+    table = Family(embeddings=frozenset({"wte.weight"}))
+    assert [(n, k) for n, _, k in views("wte.weight", torch.ones(5, 3), table)] == [("wte.weight", "embedding")]
+
+
+def test_interleaved_query_key_value_is_de_interleaved_per_head():
+    from topo.families import Family, views
+
+    family = Family("gpt_neox", heads=2, kv_heads=2, interleaved_qkv=True)
+    rows = torch.arange(12)[:, None].expand(12, 4)  # (heads 2, q|k|v, head_dim 2) rows of the hidden size 4
+    pieces = {n: b for n, b, _ in views("gpt_neox.layers.0.attention.query_key_value.weight", rows, family)}
+    q = pieces["gpt_neox.layers.0.attention.query_key_value.weight[q]"][:, 0].tolist()
+    k = pieces["gpt_neox.layers.0.attention.query_key_value.weight[k]"][:, 0].tolist()
+    assert q == [0, 1, 6, 7] and k == [2, 3, 8, 9]  # head 0's q rows, then head 1's
+
+
+def test_split_heads_and_head_counts_by_hand():
+    from topo.families import Family, split_heads
+
+    with pytest.raises(ConfigError, match="x: 6 outputs do not split into 4 heads"):
+        split_heads(torch.ones(6, 4), "q", 4, "x")
+    with pytest.raises(ConfigError, match="x: 6 inputs do not split into 4 heads"):
+        split_heads(torch.ones(4, 6), "o", 4, "x")
+    family = Family(heads=8, kv_heads=2)
+    assert [family.head_counts(p) for p in "qkvo"] == [8, 2, 2, 8]
+    assert Family(heads=8).head_counts("k") == 8 and Family().head_counts("q") is None
+
+
+def test_read_config_from_a_folder_or_a_file_beside_it(tmp_path):
+    from topo.families import read_config
+
+    assert read_config(tmp_path) is None
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    assert read_config(tmp_path) == {"model_type": "llama"}
+    assert read_config(tmp_path / "model.safetensors") == {"model_type": "llama"}
+    (tmp_path / "config.json").write_text("[1, 2]")
+    assert read_config(tmp_path) is None  # JSON, but not a configuration
+    (tmp_path / "config.json").write_text("{broken")
+    assert read_config(tmp_path) is None

@@ -94,6 +94,7 @@ def test_lanczos_reports_the_path_graph_unconverged_rather_than_a_wrong_value():
     assert not converged[0] and math.isnan(values[0])
 
 
+@pytest.mark.slow
 def test_lanczos_agrees_with_dense_solve_on_random_batches():
     rng = np.random.default_rng(5)
     for n, density in [(120, 0.05), (300, 0.2), (257, 0.01)]:
@@ -105,6 +106,7 @@ def test_lanczos_agrees_with_dense_solve_on_random_batches():
         np.testing.assert_allclose(lambda2_batch(batch, dense_limit=0), lambda2_dense(batch).numpy(), rtol=1e-8)
 
 
+@pytest.mark.slow
 def test_triangle_counts_exact_above_2048_nodes():
     n = 2053
     adjacency = ~torch.eye(n, dtype=torch.bool)

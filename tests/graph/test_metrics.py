@@ -148,6 +148,7 @@ def test_disconnected_graph_has_zero_connectivity_exactly():
     assert algebraic_connectivity(g, "torch") == 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n,p", [(700, 0.05), (900, 0.01)])
 def test_large_graph_paths_agree_with_dense_solution(n, p):
     graph = nx.gnp_random_graph(n, p, seed=3)

@@ -66,6 +66,7 @@ def test_random_bipartite_and_square_graphs_equal_numpy(seed):
     assert square_spectrum(torch.from_numpy(square.adjacency))["spectral_gap"] == pytest.approx(found["spectral_gap"])
 
 
+@pytest.mark.slow
 def test_large_layers_use_lanczos_and_agree_with_the_dense_solve():
     rng = np.random.default_rng(0)
     block = (rng.random((DENSE_LIMIT + 200, DENSE_LIMIT + 50)) < 0.05).astype(np.float64)
@@ -74,6 +75,7 @@ def test_large_layers_use_lanczos_and_agree_with_the_dense_solve():
     assert top_singular_values(tall) == pytest.approx(numpy_sigmas(tall)[:2], rel=1e-9)
 
 
+@pytest.mark.slow
 def test_large_cpu_tensors_take_the_lanczos_path_with_the_same_values():
     rng = np.random.default_rng(2)
     block = rng.random((DENSE_LIMIT + 100, DENSE_LIMIT + 40)) < 0.05

@@ -30,6 +30,7 @@ def method_kwargs(method: str, model: nn.Module, digits=None) -> dict:
     return {"density": 0.3}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_mlp_learns_digits_under_every_method(method, digits):
     x, y = digits
