@@ -136,3 +136,54 @@ def test_semi_structured_size_rule_is_pytorchs():
         assert semi_structured_limits(torch.bfloat16) == (32, 64)
     finally:
         SparseSemiStructuredTensor._FORCE_CUTLASS = forced
+
+
+def test_the_chance_of_an_unstructured_mask_fitting_n_m_by_hand():
+    import math
+
+    from topo.sparsity.structure import _log_chance
+
+    # a group of 4 at density 1/2 holds at most 2 with probability (1 + 4 + 6) / 16
+    assert _log_chance(4, 2, 0.5, 32) == pytest.approx(32 * math.log(11 / 16))
+    assert _log_chance(8, 1, 0.25, 10) == pytest.approx(10 * math.log(0.75**8 + 8 * 0.25 * 0.75**7))
+    assert _log_chance(4, 2, 1.0, 10) == -math.inf  # a full mask never fits 2:4
+
+
+def test_groups_name_the_layer_and_ties_go_to_the_lower_input():
+    from topo.sparsity.structure import grow_in_groups, random_nm_mask
+
+    with pytest.raises(ConfigError, match="^fc: 6 inputs do not divide into groups of 4"):
+        nm_top(torch.ones(2, 6), 2, 4, "fc")
+    with pytest.raises(ConfigError, match="^layer: 6 inputs do not divide into groups of 4"):
+        nm_top(torch.ones(2, 6), 2, 4)
+    with pytest.raises(ConfigError, match="^fc: 6 inputs"):
+        grow_in_groups(torch.ones(2, 6), torch.ones(2, 6, dtype=torch.bool), torch.ones(2, 1), 4, "fc")
+    with pytest.raises(ConfigError, match="^fc: 6 inputs"):
+        random_nm_mask((2, 6), 2, 4, torch.Generator(), torch.device("cpu"), "fc")
+    assert nm_top(torch.ones(2, 8), 2, 4).tolist() == [[True, True, False, False] * 2] * 2
+    scores = torch.tensor([[0.1, 0.9, 0.5, 0.9, 0.3, 0.3, 0.3, 0.8]])
+    assert nm_top(scores, 2, 4).tolist() == [[False, True, False, True, True, False, False, True]]
+    allowed = torch.tensor([[True, True, True, True, False, True, True, True]])
+    grown = grow_in_groups(torch.zeros(1, 8), allowed, torch.tensor([[1, 2]]), 4)
+    assert grown.tolist() == [[True, False, False, False, False, True, True, False]]  # ties: the lower inputs
+    first = random_nm_mask((4, 8), 2, 4, torch.Generator().manual_seed(1), torch.device("cpu"))
+    again = random_nm_mask((4, 8), 2, 4, torch.Generator().manual_seed(1), torch.device("cpu"))
+    assert torch.equal(first, again) and (first.reshape(4, 2, 4).sum(-1) == 2).all()
+
+
+def test_nm_pattern_of_what_is_not_a_weight_matrix():
+    assert nm_pattern(torch.ones(8, dtype=torch.bool)) is None
+    assert nm_pattern(torch.zeros(0, 8, dtype=torch.bool)) is None
+    assert nm_pattern(torch.zeros(40, 8, dtype=torch.bool)) is None  # nothing active: no structure to report
+    assert nm_pattern(torch.ones(40, 6, dtype=torch.bool)) is None  # inputs in no groups of 4 or 8
+
+
+def test_conv1d_as_linear_keeps_dtype_and_a_missing_bias():
+    from topo.sparsity.structure import conv1d_as_linear
+
+    conv = transformers.pytorch_utils.Conv1D(6, 4).to(torch.float64)
+    conv.bias = None
+    linear = conv1d_as_linear(conv)
+    assert linear.bias is None and linear.weight.dtype == torch.float64 and linear.weight.shape == (6, 4)
+    x = torch.randn(3, 4, dtype=torch.float64)
+    assert torch.allclose(linear(x), x @ conv.weight)

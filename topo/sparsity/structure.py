@@ -61,8 +61,6 @@ def from_input_rows(rows: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
 def _log_chance(m: int, n: int, density: float, groups: int) -> float:
     """log P(every one of ``groups`` groups of ``m`` holds at most ``n`` active weights) for an unstructured random
     mask of ``density``: each group's count is Binomial(m, density)."""
-    if density >= 1.0:
-        return -math.inf
     cdf = sum(math.comb(m, j) * density**j * (1.0 - density) ** (m - j) for j in range(n + 1))
     return groups * math.log(cdf) if cdf > 0 else -math.inf
 
