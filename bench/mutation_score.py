@@ -129,6 +129,9 @@ def main() -> int:
                        and package_of(m))
     for mutant in survivors:
         print(f"survived: {mutant}")
+    stale = sorted(m for m in listed if statuses.get(m) in (None, *KILLED) and package_of(m))
+    for mutant in stale:  # the code changed (mutants are numbered per function) or a test now kills it
+        print(f"listed but no longer a surviving mutant (update {EQUIVALENT.name}): {mutant}")
     if args.json:
         Path(args.json).write_text(json.dumps({"scores": figures, "survivors": survivors}, indent=2))
     below = [p for p, row in figures.items() if row["killed"] + row["survived"] and row["score"] < args.goal]

@@ -152,3 +152,12 @@ def test_disparity_on_a_convolution_is_the_channel_filter_spread_over_the_kernel
     channels = disparity_backbone(weight.abs().sum((2, 3)), 0.3)
     expected = channels[:, :, None, None].expand(weight.shape)
     assert torch.equal(disparity_backbone(weight, 0.3), expected) and channels.any() and not channels.all()
+
+
+def test_disparity_on_a_one_dimensional_convolution_and_in_half_precision():
+    torch.manual_seed(3)
+    conv1d = torch.randn(5, 4, 3) * (torch.rand(5, 4, 3) < 0.5)  # (out, in, taps)
+    channels = disparity_backbone(conv1d.abs().sum(2), 0.4)
+    assert torch.equal(disparity_backbone(conv1d, 0.4), channels[:, :, None].expand(conv1d.shape))
+    half = (torch.rand(40, 30) * 2).half()
+    assert torch.equal(disparity_backbone(half, 0.3), disparity_backbone(half.double(), 0.3))

@@ -170,3 +170,48 @@ def test_nnstd_reads_convolutions_as_channel_masks():
     assert nnstd([conv], [taps_moved]) == [0.0]
     mean, std = nnstd_random([conv], [taps_moved], samples=4, seed=1)
     assert len(mean) == 1 and 0 < mean[0] <= 1 and std[0] >= 0
+
+
+def test_nnstd_random_is_nnstd_of_seeded_shuffles_with_its_sample_spread():
+    rng_masks = np.random.default_rng(5)
+    a = [rng_masks.random((6, 8)) < 0.4, rng_masks.random((3, 6)) < 0.5]
+    b = [rng_masks.random((6, 8)) < 0.2, rng_masks.random((3, 6)) < 0.3]
+    rng = np.random.default_rng(0)
+
+    def shuffled(block):
+        flat = np.zeros(block.size, dtype=bool)
+        flat[rng.choice(block.size, int(block.sum()), replace=False)] = True
+        return flat.reshape(block.shape)
+
+    draws = np.array([nnstd([shuffled(x) for x in a], [shuffled(y) for y in b]) for _ in range(2)])
+    mean, std = nnstd_random(a, b, samples=2)
+    assert mean == pytest.approx(draws.mean(0).tolist()) and std == pytest.approx(draws.std(0, ddof=1).tolist())
+    assert nnstd_random(a, b, samples=2) == nnstd_random(a, b, samples=2, seed=0)
+    assert nnstd_random(a, b, samples=2, seed=1) != nnstd_random(a, b, samples=2, seed=0)
+    from topo.errors import MaskError
+
+    with pytest.raises(MaskError, match="at least 2 samples"):
+        nnstd_random(a, b, samples=1)
+
+
+def test_degree_distributions_per_epoch_of_a_run_without_a_family():
+    class Run:
+        epochs = [0, 1]
+
+        def masks(self, epoch):
+            return {"b": np.ones(3, bool), "w": np.eye(3, dtype=bool) if epoch == 0 else np.ones((3, 3), bool)}
+
+    table = degree_distributions(Run(), "r")
+    assert list(table.columns) == ["run", "epoch", "layer", "side", "degree", "count", "n", "density"]
+    assert table.groupby("epoch")["degree"].max().to_dict() == {0: 1, 1: 3} and set(table.layer) == {"w"}
+    conv = np.zeros((2, 3, 2, 2), bool)
+    conv[:, 0, 0, 0] = True
+    out = degree_distributions(_Run({"c": conv})).set_index(["side", "degree"])
+    assert out.loc["out", "n"].iloc[0] == 2 * 4 and out.loc["out", "count"].to_dict() == {0: 2, 2: 1}
+
+
+def test_nnstd_random_refuses_networks_of_different_depths():
+    from topo.errors import MaskError
+
+    with pytest.raises(MaskError, match="networks of 2 and 1 layers"):
+        nnstd_random([np.ones((2, 2), bool)] * 2, [np.ones((2, 2), bool)], samples=2)

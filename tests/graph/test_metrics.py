@@ -319,3 +319,29 @@ def test_small_world_coefficients_follow_their_formulas():
     assert small_world(graph, n_random=3) == small_world(graph, n_random=3, seed=0)
     empty = small_world(Graph(np.zeros((4, 4), bool)), n_random=2)
     assert math.isnan(empty["sigma"]) and math.isnan(empty["omega"])
+
+
+def test_gini_of_a_layer_without_edges_is_nan_and_a_square_graph_has_no_fan_in():
+    from topo.graph import fan_in_gini, fan_out_gini
+
+    empty = bipartite_graph(np.zeros((3, 4), bool), "dead")
+    with pytest.warns(EmptyGraphWarning, match="graph dead"):
+        assert math.isnan(fan_in_gini(empty))
+    with pytest.warns(EmptyGraphWarning, match="graph dead"):
+        assert math.isnan(fan_out_gini(empty))
+    with pytest.raises(ConfigError, match="^fan-in Gini of graph <unnamed>: defined for bipartite"):
+        fan_in_gini(square_graph(np.eye(3, dtype=bool)))
+    with pytest.raises(ConfigError, match="^fan-out Gini of graph <unnamed>: defined for bipartite"):
+        fan_out_gini(square_graph(np.eye(3, dtype=bool)))
+
+
+def test_sampled_breadth_first_search_from_more_than_64_sources():
+    from topo.graph.bitsets import sampled_bfs
+
+    graph = nx.connected_watts_strogatz_graph(150, 4, 0.2, seed=1)
+    adjacency = nx.to_numpy_array(graph, dtype=bool)
+    sources = np.arange(0, 150, 2)  # 75 sources: two machine words of them
+    distances, reach = sampled_bfs(adjacency, sources)
+    for index, source in enumerate(sources):
+        lengths = nx.single_source_shortest_path_length(graph, int(source))
+        assert distances[index] == sum(lengths.values()) and reach[index] == len(lengths) - 1

@@ -114,6 +114,8 @@ def nnstd_random(layers_a: Sequence[Any], layers_b: Sequence[Any], samples: int 
     unrelated topologies of these sizes and densities have, against which an observed NNSTD reads."""
     if samples < 2:
         raise MaskError(f"nnstd_random needs at least 2 samples, got {samples}")
+    if len(layers_a) != len(layers_b):
+        raise MaskError(f"networks of {len(layers_a)} and {len(layers_b)} layers cannot be compared")
     rng = np.random.default_rng(seed)
     shapes = [(_numpy_mask(m, f"a[{i}]"), _numpy_mask(n, f"b[{i}]")) for i, (m, n) in
               enumerate(zip(layers_a, layers_b, strict=True))]
