@@ -167,3 +167,15 @@ def test_density_is_defined_per_graph_kind():
     assert layered_graph([np.ones((4, 3), bool), np.ones((2, 4), bool)]).density == 1.0
     assert square_graph(np.ones((5, 5), bool)).density == 1.0
     assert square_graph(np.eye(5, dtype=bool)).density == 0.0
+
+
+def test_gate_graphs_are_named_and_kinded_by_their_gate():
+    from topo.graph import recurrent_gate_graphs
+
+    rnn = recurrent_gate_graphs(np.eye(4, dtype=bool)[::-1], "rnn.weight_hh_l0")
+    assert list(rnn) == ["rnn.weight_hh_l0"] and rnn["rnn.weight_hh_l0"].name == "rnn.weight_hh_l0"
+    gru = recurrent_gate_graphs(np.ones((12, 4), bool), "gru.weight_hh_l0")
+    assert list(gru) == [f"gru.weight_hh_l0[{g}]" for g in "rzn"]
+    assert all(graph.name == label and graph.kind == "recurrent" for label, graph in gru.items())
+    with pytest.raises(MaskError, match="mask 'bad' is not boolean"):
+        recurrent_gate_graphs(np.full((4, 4), 2), "bad")

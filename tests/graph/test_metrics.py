@@ -345,3 +345,16 @@ def test_sampled_breadth_first_search_from_more_than_64_sources():
     for index, source in enumerate(sources):
         lengths = nx.single_source_shortest_path_length(graph, int(source))
         assert distances[index] == sum(lengths.values()) and reach[index] == len(lengths) - 1
+
+
+def test_sampled_shortest_path_with_two_sources_and_two_nodes():
+    from topo.graph.metrics import sampled_shortest_path
+
+    path = nx.path_graph(7)
+    mean, fraction, error = _sampled_reference(path, 2, 4)
+    got = sampled_shortest_path(from_nx(path), 2, seed=4)
+    assert got.mean == pytest.approx(mean) and got.standard_error == pytest.approx(error) and error > 0
+    pair = sampled_shortest_path(Graph(np.array([[0, 1], [1, 0]], bool)), 2)
+    assert pair.mean == 1.0 and pair.reachable_fraction == 1.0 and pair.standard_error == 0.0
+    with pytest.warns(EmptyGraphWarning, match=r"^mean shortest path of graph two is undefined \(no reachable pair\)"):
+        sampled_shortest_path(Graph(np.zeros((2, 2), bool), "two"), 2)
