@@ -152,3 +152,21 @@ def nm_mask(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
     mask = np.zeros((rows, cols // 4, 4), bool)
     np.put_along_axis(mask, keep, True, axis=-1)
     return mask.reshape(rows, cols)
+
+
+def test_batched_table_reads_weights_as_their_family_says():
+    from topo.families import Family
+
+    rng = np.random.default_rng(8)
+    family = Family(transposed=frozenset({"h.0.attn.c_attn.weight"}), heads=2)
+    snapshots = [(0, {"h.0.attn.c_attn.weight": rng.random((8, 24)) < 0.4})]  # Conv1D (in 8, out 24)
+    per_graph = metrics_table(snapshots, backend="cpu", progress=False, family=family, heads=True)
+    batched = metrics_table(snapshots, device="cpu", progress=False, family=family, heads=True)
+    pd.testing.assert_frame_equal(per_graph, batched, check_exact=False, rtol=1e-6)
+    assert set(batched["graph"]) == {f"h.0.attn.c_attn.weight[{p}.h{h}]" for p in "qkv" for h in (0, 1)}
+
+
+def test_the_cpu_batch_budget_is_512_mib():
+    from topo.graph.metrics import default_batch_bytes
+
+    assert default_batch_bytes(torch.device("cpu")) == 512 * 2**20

@@ -215,3 +215,32 @@ def test_nnstd_random_refuses_networks_of_different_depths():
 
     with pytest.raises(MaskError, match="networks of 2 and 1 layers"):
         nnstd_random([np.ones((2, 2), bool)] * 2, [np.ones((2, 2), bool)], samples=2)
+
+
+def test_run_topology_of_a_run_recorded_without_ever_active_positions():
+    from topo.errors import CheckpointError
+
+    class OldRun:
+        epochs = [0, 1]
+
+        def masks(self, epoch):
+            return {"w": np.array([True, epoch == 1])}
+
+        def ever_active(self, epoch):
+            raise CheckpointError("recorded before ever-active positions were kept")
+
+    table = run_topology(OldRun(), "old")
+    assert table.metric.tolist() == ["turnover"] and table.value.tolist() == [0.5]
+
+
+def test_nnstd_names_bad_masks_reads_conv1d_channels_and_takes_empty_layers():
+    from topo.errors import MaskError
+
+    with pytest.raises(MaskError, match=r"mask 'a\[0\]' is not boolean"):
+        nnstd([np.full((2, 2), 2)], [np.ones((2, 2), bool)])
+    assert nnstd([np.zeros((0, 3), bool)], [np.zeros((0, 3), bool)]) == [0.0]
+    taps = np.zeros((3, 2, 4), bool)
+    taps[0, 0, 1] = taps[1, 1, 3] = taps[2, :, 0] = True
+    moved = np.zeros_like(taps)
+    moved[0, 0, 2] = moved[1, 1, 0] = moved[2, :, 3] = True  # same channels, other taps
+    assert nnstd([taps], [moved]) == [0.0]
