@@ -358,3 +358,24 @@ def test_sampled_shortest_path_with_two_sources_and_two_nodes():
     assert pair.mean == 1.0 and pair.reachable_fraction == 1.0 and pair.standard_error == 0.0
     with pytest.warns(EmptyGraphWarning, match=r"^mean shortest path of graph two is undefined \(no reachable pair\)"):
         sampled_shortest_path(Graph(np.zeros((2, 2), bool), "two"), 2)
+
+
+def test_small_world_of_complete_sparse_and_disconnected_graphs():
+    import random
+
+    import igraph
+
+    complete = from_nx(nx.complete_graph(5))  # nothing to rewire: σ = 1 and ω = 1 − 1/C_ℓ(K = 4) = −1
+    assert small_world(complete, n_random=2) == pytest.approx({"sigma": 1.0, "omega": -1.0})
+    ring = from_nx(nx.cycle_graph(12))  # mean degree 2: the lattice of K = 4 still, C_ℓ = 1/2
+    found = small_world(ring, n_random=2)
+    assert math.isnan(found["sigma"]) or found["sigma"] == 0.0  # C = 0 (NaN where the rewirings have none either)
+    assert math.isfinite(found["omega"]) and found["omega"] > 0  # ω = L_r / L − 0
+    two_triangles = nx.disjoint_union(nx.complete_graph(3), nx.complete_graph(3))
+    split = small_world(from_nx(two_triangles), n_random=2)  # unreachable pairs are left out of L and L_r
+    # L = 1 and C = 1; each rewiring is two triangles again (L_r = 1) or a 6-cycle (L_r = 9/5), so ω = L_r − 1/C_ℓ
+    assert round(split["omega"] + 2.0, 9) in {1.0, 1.4, 1.8}
+    random.seed(1)  # igraph draws from Python's random module again once small_world is done
+    first = igraph.Graph.Erdos_Renyi(30, 0.2).get_edgelist()
+    random.seed(1)
+    assert igraph.Graph.Erdos_Renyi(30, 0.2).get_edgelist() == first

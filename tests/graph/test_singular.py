@@ -103,3 +103,21 @@ def test_weighted_spectral_gap_reads_the_active_weights_magnitudes():
 def test_an_empty_graph_has_nan_gaps():
     spectrum = bipartite_spectrum(np.zeros((3, 4), dtype=bool))
     assert math.isnan(spectrum["spectral_gap"]) and spectrum["dead_inputs"] == 4
+
+
+def test_square_and_bipartite_spectra_of_graphs_just_above_the_dense_limit():
+    # the Lanczos paths, checked against numpy's dense solves on graphs kept small enough for a quick test
+    rng = np.random.default_rng(4)
+    n = DENSE_LIMIT + 20
+    upper = np.triu(rng.random((n, n)) < 0.01, 1)
+    adjacency = upper | upper.T
+    values = np.linalg.eigvalsh(adjacency.astype(np.float64))
+    degrees = adjacency.sum(1)
+    mu = max(values[-2], -values[0])
+    expected = {"spectral_gap": values[-1] - values[-2],
+                "ramanujan_gap": 2 * math.sqrt(degrees[degrees > 0].mean() - 1) - mu}
+    found = square_spectrum(adjacency)
+    assert found == pytest.approx(expected, rel=1e-9)
+    assert square_spectrum(torch.from_numpy(adjacency)) == found  # a CPU tensor takes the same path
+    block = rng.random((DENSE_LIMIT + 6, DENSE_LIMIT + 2)) < 0.01
+    assert top_singular_values(block.astype(np.float64)) == pytest.approx(numpy_sigmas(block)[:2], rel=1e-9)
