@@ -123,6 +123,10 @@ def test_count_batch_on_graphs_of_one_and_zero_nodes():
     assert one.n_components.tolist() == [1, 1] and np.isnan(one.lambda2).all()
     zero = count_batch(torch.zeros(1, 0, 0, dtype=torch.bool))
     assert zero.reachable_pairs.tolist() == [0]
+    edge = torch.tensor([[[False, True], [True, False]], [[False, False], [False, False]]])
+    two = count_batch(edge)  # one edge: λ2 = 2; no edge: two components, λ2 undefined
+    assert two.n_components.tolist() == [1, 2] and two.lambda2[0] == pytest.approx(2.0) and np.isnan(two.lambda2[1])
+    assert two.degrees.tolist() == [[1, 1], [0, 0]] and two.reachable_pairs.tolist() == [2, 0]
 
 
 def test_batched_table_equals_per_graph_with_nulls_small_worlds_and_input_gates():
@@ -170,3 +174,16 @@ def test_the_cpu_batch_budget_is_512_mib():
     from topo.graph.metrics import default_batch_bytes
 
     assert default_batch_bytes(torch.device("cpu")) == 512 * 2**20
+
+
+def test_four_cycles_of_a_large_complete_bipartite_graph_are_exact():
+    from math import comb
+
+    from topo.graph.batched import bipartite_cycle_counts
+
+    n_in, n_out = 257, 301  # C(257, 2)·C(301, 2) = 1,485,254,400 four-cycles: beyond float32's exact integers
+    adjacency = torch.zeros(1, n_in + n_out, n_in + n_out, dtype=torch.bool)
+    adjacency[0, n_in:, :n_in] = adjacency[0, :n_in, n_in:] = True
+    cycles, paths = bipartite_cycle_counts(adjacency, n_in)
+    assert cycles.item() == comb(n_in, 2) * comb(n_out, 2)
+    assert paths.item() == n_in * n_out * (n_in - 1) * (n_out - 1)  # every edge, one more edge at each end

@@ -179,3 +179,23 @@ def test_gate_graphs_are_named_and_kinded_by_their_gate():
     assert all(graph.name == label and graph.kind == "recurrent" for label, graph in gru.items())
     with pytest.raises(MaskError, match="mask 'bad' is not boolean"):
         recurrent_gate_graphs(np.full((4, 4), 2), "bad")
+
+
+def test_layer_graphs_passes_gates_heads_and_conv_view_on():
+    from topo.families import Family
+
+    gates = layer_graphs({"rnn.weight_ih_l0": np.ones((8, 3), bool)}, {"rnn.weight_ih_l0": ["i", "f"]})
+    assert sorted(gates) == ["rnn.weight_ih_l0[f]", "rnn.weight_ih_l0[i]"]
+    family = Family(model_type="llama", heads=2, kv_heads=2)
+    heads = layer_graphs({"layers.0.self_attn.q_proj.weight": np.ones((8, 8), bool)}, family=family, heads=True)
+    assert sorted(heads) == ["layers.0.self_attn.q_proj.weight[q.h0]", "layers.0.self_attn.q_proj.weight[q.h1]"]
+    conv = np.zeros((4, 3, 3, 3), bool)
+    conv[:, :, 1, 1] = True  # every channel pair linked through the kernel's centre only
+    assert layer_graphs({"c.weight": conv})["c.weight"].n_nodes != 3 + 4  # "auto" reads its kernels
+    assert layer_graphs({"c.weight": conv}, conv="channel")["c.weight"].n_nodes == 3 + 4
+
+
+def test_igraph_copy_keeps_isolated_nodes_and_is_undirected():
+    graph = Graph(np.array([[0, 1, 0], [1, 0, 0], [0, 0, 0]], bool), "g")
+    copy = graph.to_igraph()
+    assert copy.vcount() == 3 and copy.ecount() == 1 and not copy.is_directed()

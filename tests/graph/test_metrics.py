@@ -228,8 +228,8 @@ def test_bipartite_clustering_hand_worked():
     mask = np.array([[1, 1, 1], [1, 1, 0]], bool)
     # edges (d_o − 1)(d_i − 1): o0 (deg 3) with i0, i1 (deg 2): 2 each; with i2 (deg 1): 0; o1 (deg 2): 1 each
     assert bipartite_clustering(bipartite_graph(mask)) == pytest.approx(4 * 1 / (2 + 2 + 0 + 1 + 1))
-    with pytest.raises(ConfigError, match="bipartite"):
-        bipartite_clustering(square_graph(np.ones((3, 3), bool)))
+    with pytest.raises(ConfigError, match="bipartite clustering of graph sq: defined for bipartite graphs"):
+        bipartite_clustering(square_graph(np.ones((3, 3), bool), "sq"))
 
 
 def test_fan_in_and_fan_out_gini_by_hand_and_as_summarize_reports_them():
@@ -244,8 +244,11 @@ def test_fan_in_and_fan_out_gini_by_hand_and_as_summarize_reports_them():
     assert fan_in_gini(lopsided) == 0.0 and fan_out_gini(lopsided) == pytest.approx(0.5)
     summary = summarize(lopsided)
     assert summary["fan_in_gini"] == fan_in_gini(lopsided) and summary["fan_out_gini"] == fan_out_gini(lopsided)
-    with pytest.raises(Exception, match="bipartite"):
-        fan_in_gini(square_graph(np.eye(3, dtype=bool)))
+    for gini, metric in ((fan_in_gini, "fan-in Gini"), (fan_out_gini, "fan-out Gini")):
+        with pytest.raises(ConfigError, match=f"{metric} of graph sq: defined for bipartite graphs"):
+            gini(square_graph(np.eye(3, dtype=bool), "sq"))
+        with pytest.warns(EmptyGraphWarning, match="degree Gini of graph fc is undefined"):
+            assert math.isnan(gini(bipartite_graph(np.zeros((2, 3), bool), "fc")))
 
 
 def _sampled_reference(graph: nx.Graph, sources: int, seed: int) -> tuple[float, float, float]:
@@ -267,7 +270,7 @@ def test_sampled_shortest_path_is_the_ratio_estimator_with_its_standard_error():
     lollipop = nx.lollipop_graph(6, 9)  # a clique and a long tail: distances vary a lot between sources
     lollipop.add_nodes_from([15, 16])  # two isolated nodes: some pairs unreachable
     graph = from_nx(lollipop)
-    for sources, seed in ((5, 0), (8, 3), (12, 7)):
+    for sources, seed in ((2, 1), (5, 0), (8, 3), (12, 7)):
         mean, fraction, error = _sampled_reference(lollipop, sources, seed)
         got = sampled_shortest_path(graph, sources, seed=seed)
         assert got.mean == pytest.approx(mean) and got.reachable_fraction == pytest.approx(fraction)
@@ -279,18 +282,30 @@ def test_sampled_shortest_path_is_the_ratio_estimator_with_its_standard_error():
     assert math.isnan(single.standard_error) and single.mean > 0
 
 
+def test_sampled_shortest_path_from_more_sources_than_one_word_holds():
+    from topo.graph.metrics import sampled_shortest_path
+
+    graph = nx.connected_watts_strogatz_graph(150, 4, 0.2, seed=3)
+    for sources in (64, 65, 129):  # one, two and three 64-bit words of sources
+        mean, fraction, error = _sampled_reference(graph, sources, 5)
+        got = sampled_shortest_path(from_nx(graph), sources, seed=5)
+        assert (got.mean, got.reachable_fraction, got.standard_error) == pytest.approx((mean, fraction, error))
+
+
 def test_sampled_shortest_path_of_graphs_without_paths_is_nan_with_a_warning():
     from topo.graph.metrics import sampled_shortest_path
 
     with pytest.warns(EmptyGraphWarning, match="mean shortest path of graph tiny is undefined \\(1 node\\(s\\)\\)"):
         one = sampled_shortest_path(Graph(np.zeros((1, 1), bool), "tiny"), 4)
     assert math.isnan(one.mean) and math.isnan(one.reachable_fraction) and math.isnan(one.standard_error)
-    with pytest.warns(EmptyGraphWarning, match="no reachable pair"):
+    with pytest.warns(EmptyGraphWarning, match="mean shortest path of graph isolated is undefined \\(no reachable pair"):
         none = sampled_shortest_path(Graph(np.zeros((5, 5), bool), "isolated"), 3)
     assert math.isnan(none.mean) and none.reachable_fraction == 0.0 and math.isnan(none.standard_error)
     pair = Graph(np.array([[0, 1, 0], [1, 0, 0], [0, 0, 0]], bool))  # 2 of 6 ordered pairs reachable, at 1
     exact = sampled_shortest_path(pair, 3)
     assert exact.mean == 1.0 and exact.reachable_fraction == pytest.approx(2 / 6) and exact.standard_error == 0.0
+    edge = sampled_shortest_path(Graph(np.array([[0, 1], [1, 0]], bool)), 2)  # the smallest graph with a path
+    assert (edge.mean, edge.reachable_fraction, edge.standard_error) == (1.0, 1.0, 0.0)
 
 
 def test_small_world_coefficients_follow_their_formulas():

@@ -76,6 +76,8 @@ def test_nm_null_of_a_convolution_keeps_counts_along_input_channels():
     per_channel_group = masks.reshape(4, 8, 2, 4, 3, 3).sum(3)
     assert (per_channel_group == conv.reshape(8, 2, 4, 3, 3).sum(2)).all()
     assert not all(torch.equal(m, block) for m in masks)
+    table = metrics_table({"conv.weight": conv.numpy()}, null="nm", null_samples=4, progress=False)
+    assert "fan_in_gini_null_mean" in set(table.metric)  # the table passes the layer's shape to its null too
 
 
 def test_z_scores_of_random_masks_are_standard_normal():

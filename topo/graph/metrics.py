@@ -154,7 +154,7 @@ def _require_bipartite(graph: Graph, metric: str) -> None:
                           f"this one is {graph.kind} with parts {graph.parts}")
 
 
-def _robins_alexander(graph: Graph, counts: Callable[[], tuple[float, float]]) -> float:
+def _robins_alexander(counts: Callable[[], tuple[float, float]]) -> float:
     cycles, paths = counts()
     return 4.0 * cycles / paths if paths > 0 else 0.0
 
@@ -169,7 +169,7 @@ def bipartite_clustering(graph: Graph, backend: str = "auto") -> float:
     """
     _require_bipartite(graph, "bipartite clustering")
     kernels, adjacency = _kernels(graph, backend)
-    return _robins_alexander(graph, lambda: kernels.bipartite_cycles(adjacency, graph.parts[0]))
+    return _robins_alexander(lambda: kernels.bipartite_cycles(adjacency, graph.parts[0]))
 
 
 def fan_in_gini(graph: Graph) -> float:
@@ -296,7 +296,7 @@ def _summary(graph: Graph, raw: RawCounts, only: Sequence[str] | None = None) ->
         "fan_in_gini": lambda: _gini(graph, raw.degrees[split:]),
         "fan_out_gini": lambda: _gini(graph, raw.degrees[:split]),
         "global_clustering": lambda: _clustering(graph, raw.transitivity),
-        "bipartite_clustering": lambda: _robins_alexander(graph, raw.bipartite_cycles),
+        "bipartite_clustering": lambda: _robins_alexander(raw.bipartite_cycles),
         "mean_shortest_path": lambda: path().mean,
         "reachable_fraction": lambda: path().reachable_fraction,
         **{name: (lambda name=name: spectrum()[name])
@@ -375,7 +375,7 @@ def null_rows(source: GraphSource, observed: Mapping[str, float], null: str, sam
         summaries = _batch_summaries([build(mask) for mask in masks], 0, seed)
     else:
         summaries = [summarize(build(mask.numpy())) for mask in masks]
-    return z_scores(observed, summaries, null)
+    return z_scores(observed, summaries)
 
 
 def _null_seed(seed: int, epoch: int | None, graph: str) -> int:
@@ -439,15 +439,14 @@ def _rows_batched(
     emitted = 0
 
     def flush(group: tuple[int, tuple[int, ...] | None]) -> None:
-        indices = pending.pop(group, [])
-        if indices:
-            summaries = _batch_summaries([graphs.pop(i) for i in indices], small_world_graphs, seed)
-            for index, summary in zip(indices, summaries, strict=True):
-                source = sources.pop(index)
-                if null is not None:
-                    summary.update(null_rows(source, summary, null[0], null[1],
-                                             _null_seed(seed, keys[index][0], keys[index][2]), device))
-                done[index] = summary
+        indices = pending.pop(group)
+        summaries = _batch_summaries([graphs.pop(i) for i in indices], small_world_graphs, seed)
+        for index, summary in zip(indices, summaries, strict=True):
+            source = sources.pop(index)
+            if null is not None:
+                summary.update(null_rows(source, summary, null[0], null[1],
+                                         _null_seed(seed, keys[index][0], keys[index][2]), device))
+            done[index] = summary
 
     def ready() -> Iterator[Row]:
         nonlocal emitted

@@ -134,10 +134,10 @@ def null_masks(kind: str, block: Any, samples: int, seed: int = 0,
     return nm_masks(block, int(pattern.split(":")[1]), samples, generator, shape)
 
 
-def z_scores(observed: Mapping[str, float], null: list[Mapping[str, float]], kind: str) -> dict[str, float]:
+def z_scores(observed: Mapping[str, float], null: list[Mapping[str, float]]) -> dict[str, float]:
     """``<metric>_null_mean``, ``<metric>_null_std`` and, where the std is not 0, ``<metric>_z`` for every metric of
-    ``observed`` but the :data:`INVARIANT` ones, against the summaries of the null samples; the null's name is
-    ``null`` in the row keys' caller (tables carry a ``null`` column)."""
+    ``observed`` but the :data:`INVARIANT` ones, against the summaries of the null samples (tables carry the null's
+    name in a ``null`` column)."""
     rows: dict[str, float] = {}
     for metric, value in observed.items():
         if metric in INVARIANT or metric.endswith("_se"):
