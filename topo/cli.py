@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from topo.errors import ConfigError, TopoError
 from topo.experiments import DATASET_NAMES, MODEL_NAMES, TRAIN_METHODS
+from topo.options import ONESHOT_METHODS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -351,7 +352,8 @@ def _train_config(args: argparse.Namespace, log_alpha: float, k: float):
                        bf16=args.bf16, patience=args.patience, data_dir=args.data_dir, max_batches=args.max_batches,
                        val_max_batches=args.val_max_batches, widths=args.widths,
                        adapt_every=args.adapt_every, distribution=args.distribution,
-                       dense_first_last=args.dense_first_last, keep_weights=args.keep_weights)
+                       dense_first_last=args.dense_first_last, keep_weights=args.keep_weights,
+                       match_budget=not args.same_widths)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -378,7 +380,36 @@ def cmd_transplant(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce_pruning(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from topo.experiments.models import get_model_spec
+    from topo.experiments.pruning_row import SPARSE_METHODS, reproduce_pruning_row, row_markdown, summarize_row
+    from topo.plot import pruning_row_figure, save
+
+    base = replace(_train_config(args, args.log_alpha[0], args.k[0]), method="dense")
+    base.validate()
+    out = Path(args.out)
+    runs = reproduce_pruning_row(base, args.seeds, out / "runs", density=args.density, structures=args.structures,
+                                 pruners=args.pruners or ONESHOT_METHODS, methods=args.methods or SPARSE_METHODS,
+                                 finetune_epochs=args.finetune_epochs, samples=args.calibration_samples,
+                                 transplants=not args.no_transplants, executor=args.executor,
+                                 ray_options=_ray_options(args), progress=not args.quiet)
+    classify = get_model_spec(base.model).task == "classify"
+    summary = summarize_row(runs)
+    markdown = row_markdown(summary, "test % error" if classify else "test loss")
+    out.mkdir(parents=True, exist_ok=True)
+    runs.to_csv(out / "pruning_runs.csv", index=False)
+    summary.to_csv(out / "pruning.csv", index=False)
+    (out / "pruning.md").write_text(markdown)
+    save(pruning_row_figure(runs, "test % error" if classify else "test loss (nats/char)"), out / "pruning.png")
+    print(markdown)
+    return 0
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
+    if args.table == "pruning":
+        return cmd_reproduce_pruning(args)
     from topo.experiments.models import get_model_spec
     from topo.experiments.table import histories, reproduce_table2, summarize_table, to_markdown
     from topo.plot import figure2, save, table2_curves
@@ -432,6 +463,8 @@ def _training_options(parser: argparse.ArgumentParser, model_default: str = "mlp
                         help="how the density is spread over layers (uniform: the paper's; er/erk: the DST papers')")
     parser.add_argument("--dense-first-last", action="store_true",
                         help="keep the first and last sparsified layers dense, as the DST papers do")
+    parser.add_argument("--same-widths", action="store_true",
+                        help="train sparse methods on the dense model's widths instead of budget-matched wider ones")
     parser.add_argument("--patience", type=int, help="early stopping after this many epochs without improvement")
     parser.add_argument("--max-batches", type=int, help="cap on training batches per epoch (quick trials)")
     parser.add_argument("--val-max-batches", type=int, help="cap on validation and test batches (of 1024) per epoch")
@@ -597,13 +630,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("reproduce", help="reproduce a table of the paper",
                        description="Reproduce Table 2 for one model over seeds (mean ± std).")
-    p.add_argument("table", choices=["table2"])
+    p.add_argument("table", choices=["table2", "pruning"],
+                   help="table2: the paper's Table 2; pruning: one-shot pruning against sparse training at one "
+                        "density on the dense widths, with transplants (README: One-shot pruning)")
     _training_options(p)
     p.add_argument("--log-alpha", type=float, nargs="+", default=[0.5, 1.0])
     p.add_argument("--k", type=float, nargs="+", default=[0.25, 0.5])
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--methods", nargs="+", metavar="METHOD",
                    help=f"methods to compare (default: the paper's); any of {', '.join(TRAIN_METHODS)}")
+    pruning = p.add_argument_group("pruning", "the one-shot pruning row")
+    pruning.add_argument("--density", type=float, default=0.5, help="density of every sparse arm")
+    pruning.add_argument("--structures", nargs="*", default=["2:4"], metavar="N:M",
+                         help="N:M structures one-shot pruning also prunes to")
+    pruning.add_argument("--pruners", nargs="+", choices=ONESHOT_METHODS, help="default: all three")
+    pruning.add_argument("--finetune-epochs", type=int, default=5)
+    pruning.add_argument("--calibration-samples", type=int, default=64)
+    pruning.add_argument("--no-transplants", action="store_true")
     p.add_argument("--out", default="results/table2")
     p.add_argument("--fresh-dir", action="store_true",
                    help="runs whose directory holds another configuration go to NAME-2, NAME-3, … instead of "

@@ -245,6 +245,28 @@ def figure2(runs: pd.DataFrame, metric_label: str = "validation error (%)") -> p
 
 
 @_drawn_literally
+def pruning_row_figure(runs: pd.DataFrame, metric_label: str = "test loss") -> plt.Figure:
+    """The one-shot pruning row (:func:`topo.experiments.pruning_row.reproduce_pruning_row`): score per arm, one
+    colour per stage (trained, as pruned, fine-tuned, transplant), mean ± std over seeds; random fixed trained
+    from scratch is the dashed reference line."""
+    _require(runs, ["arm", "stage", "score"], "pruning_row_figure")
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    sns.pointplot(data=runs, x="arm", y="score", hue="stage", order=list(dict.fromkeys(runs["arm"])),
+                  errorbar="sd", linestyle="none", dodge=0.4, ax=ax)
+    reference = runs[(runs["arm"] == "random-fixed") & (runs["stage"] == "trained")]["score"]
+    if len(reference):
+        ax.axhline(float(reference.mean()), color="grey", linestyle="--", linewidth=1, label="random fixed")
+    ax.tick_params(axis="x", rotation=45)
+    for tick in ax.get_xticklabels():
+        tick.set_horizontalalignment("right")
+    ax.set_xlabel("")
+    ax.set_ylabel(metric_label)
+    sns.move_legend(ax, "upper left", bbox_to_anchor=(1, 1), title="stage", frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+@_drawn_literally
 def table2_curves(histories: pd.DataFrame, metric: str = "val_error") -> plt.Figure:
     """Validation curves behind a Table 2 block: one panel per −log α, one line per method (mean ± std over seeds).
 

@@ -24,7 +24,15 @@ from topo.experiments.data import (
 )
 from topo.experiments.models import MODELS, get_model_spec
 from topo.experiments.table import reproduce_table2, score, summarize_table, table2_configs, to_markdown
-from topo.experiments.train import TrainConfig, TrainResult, _factory, evaluate, fresh_run_dir, resolve_widths, train
+from topo.experiments.train import (
+    TrainConfig,
+    TrainResult,
+    evaluate,
+    fresh_run_dir,
+    model_factory,
+    resolve_widths,
+    train,
+)
 from topo.experiments.transplant import transplant
 from topo.record import RunReader, read_checkpoint
 from topo.sparsity import nonzero_count
@@ -47,11 +55,11 @@ def test_models_build_at_paper_sizes_and_budget_matched_widths(name, log_alpha):
     base_config = TrainConfig(model=name, method="dense")
     base_widths = resolve_widths(base_config, spec, data)
     with torch.device("meta"):
-        dense = nonzero_count(_factory(spec, data)(base_widths), 1.0)
+        dense = nonzero_count(model_factory(spec, data)(base_widths), 1.0)
     config = TrainConfig(model=name, method="adaptive", log_alpha=log_alpha)
     widths = resolve_widths(config, spec, data)
     with torch.device("meta"):
-        sparse = nonzero_count(_factory(spec, data)(widths), config.density)
+        sparse = nonzero_count(model_factory(spec, data)(widths), config.density)
     assert abs(sparse - dense) / dense <= 0.01
     assert widths[0] > base_widths[0]
 
@@ -312,7 +320,7 @@ def test_bad_config_is_rejected():
 def test_validation_cap_evaluates_only_the_first_batches():
     spec = get_model_spec("mlp")
     data = load_dataset("digits")
-    model = _factory(spec, data)([16, 16, 16])
+    model = model_factory(spec, data)([16, 16, 16])
     cpu = torch.device("cpu")
     first, first_acc = evaluate(spec, model, data.test_x[:200], data.test_y[:200], cpu)
     capped, capped_acc = evaluate(spec, model, data.test_x, data.test_y, cpu, batch_size=100, max_batches=2)
@@ -458,7 +466,7 @@ def test_each_epoch_is_scored_and_recorded_before_its_topology_change(tmp_path, 
     for name, mask in reader.masks(2).items():
         np.testing.assert_array_equal(state["masks"][name].numpy(), mask)
     spec = get_model_spec("mlp")
-    model = _factory(spec, load_dataset("digits"))(result.widths)
+    model = model_factory(spec, load_dataset("digits"))(result.widths)
     model.load_state_dict(state["model"])
     data = shaped_for(load_dataset("digits"), spec.inputs, "mlp")
     val_loss, _ = real(spec, model, data.val_x, data.val_y, torch.device("cpu"))

@@ -5,9 +5,9 @@ The names below are what the command line offers; this module imports nothing, s
 """
 
 #: The Table 1 models (:data:`topo.experiments.models.MODELS`).
-MODEL_NAMES = ("mlp", "vae", "lstm", "cnn", "resnet110", "resnet20")
+MODEL_NAMES = ("mlp", "vae", "lstm", "cnn", "resnet110", "resnet20", "gpt")
 #: The datasets (:data:`topo.experiments.data.DATASETS`).
-DATASET_NAMES = ("digits", "mnist", "mnist-5k", "fashion-mnist", "cifar10", "text")
+DATASET_NAMES = ("digits", "mnist", "mnist-5k", "fashion-mnist", "cifar10", "text", "sonnets")
 #: What ``topo train`` and ``topo reproduce`` train: the sparsity methods, and ``wide-dense`` (the dense method on
 #: budget-matched widths).
 TRAIN_METHODS = ("dense", "wide-dense", "random-fixed", "random-channelwise", "adaptive", "pruning", "set", "rigl",

