@@ -560,3 +560,24 @@ def test_read_config_from_a_folder_or_a_file_beside_it(tmp_path):
     assert read_config(tmp_path) is None  # JSON, but not a configuration
     (tmp_path / "config.json").write_text("{broken")
     assert read_config(tmp_path) is None
+
+
+def test_grouped_query_heads_are_read_off_the_key_projection_when_no_config_says(tmp_path):
+    shapes = {f"model.layers.{i}.self_attn.{part}.weight": shape for i in range(2)
+              for part, shape in [("q_proj", (96, 96)), ("k_proj", (48, 96)), ("v_proj", (48, 96)),
+                                  ("o_proj", (96, 96))]}
+    assert (detect(shapes, heads=4).heads, detect(shapes, heads=4).kv_heads) == (4, 2)
+    assert detect(shapes, {"model_type": "llama", "num_attention_heads": 4}).kv_heads == 2
+    assert detect(shapes, heads=4, kv_heads=1).kv_heads == 1  # an explicit count decides
+    assert detect(shapes, {"num_attention_heads": 4, "num_key_value_heads": 4}).kv_heads == 4
+    assert detect(shapes).kv_heads is None
+    bert = {"attention.self.query.weight": (8, 8), "attention.self.key.weight": (8, 8)}
+    assert detect(bert, heads=2).kv_heads == 2
+    disagreeing = {**shapes, "model.layers.1.self_attn.k_proj.weight": (24, 96)}
+    assert detect(disagreeing, heads=4).kv_heads == 4  # blocks that disagree say nothing: kv = heads
+    torch.manual_seed(0)
+    state = {name: torch.randn(shape) for name, shape in shapes.items()}
+    torch.save(state, tmp_path / "gqa.pt")
+    graphs = analyze_checkpoint(tmp_path / "gqa.pt", heads=True, num_heads=4, progress=False).table
+    keys = graphs[graphs.layer == "model.layers.0.self_attn.k_proj.weight"]
+    assert keys.graph.str.slice(-6).tolist() == ["[k.h0]", "[k.h1]"] and set(keys["shape"]) == {"24×96"}

@@ -225,7 +225,27 @@ def _config_heads(config: Mapping[str, Any]) -> tuple[int | None, int | None]:
     heads = next((config[k] for k in ("num_attention_heads", "n_head", "num_heads", "n_heads") if k in config),
                  None)
     kv = next((config[k] for k in ("num_key_value_heads", "n_head_kv", "num_kv_heads") if config.get(k)), None)
-    return (int(heads) if heads else None), (int(kv) if kv else (int(heads) if heads else None))
+    return (int(heads) if heads else None), (int(kv) if kv else None)
+
+
+_QUERY_OF_KEY = {"k_proj": "q_proj", "key": "query", "k_lin": "q_lin", "k": "q"}
+
+
+def _kv_heads_from_shapes(shapes: Mapping[str, Sequence[int]], heads: int | None) -> int | None:
+    """Key/value heads of grouped-query attention read off unfused projections: the key projection's outputs
+    over the query's head size (q_proj rows / ``heads``), when every block agrees; None where nothing says."""
+    if not heads:
+        return None
+    found = set()
+    for name, shape in shapes.items():
+        match = _PROJECTIONS[1][0].search(name)
+        if match is None or len(shape) != 2:
+            continue
+        query = shapes.get(name[:match.start(2)] + _QUERY_OF_KEY[match.group(2)] + name[match.end(2):])
+        if query is None or len(query) != 2 or query[0] % heads or shape[0] % (query[0] // heads):
+            return None
+        found.add(shape[0] // (query[0] // heads))
+    return found.pop() if len(found) == 1 else None
 
 
 def read_config(path: str | Path) -> dict[str, Any] | None:
@@ -249,10 +269,13 @@ def detect(shapes: Mapping[str, Sequence[int]], config: Mapping[str, Any] | None
 
     ``config`` is its ``config.json`` when there is one; ``conv1d`` and ``embeddings`` name the weights known by
     their module class (a model at hand), which then decide; ``heads`` / ``kv_heads`` override the head counts.
+    Without a key/value head count (from the arguments or ``config.json``), grouped-query attention's is read off
+    the unfused key and query projections (k's outputs over q's head size); else it equals ``heads``.
     """
     model_type = str(config.get("model_type")) if config and config.get("model_type") else None
     config_heads, config_kv = _config_heads(config or {})
-    heads, kv_heads = heads or config_heads, kv_heads or config_kv or heads or config_heads
+    heads = heads or config_heads
+    kv_heads = kv_heads or config_kv or _kv_heads_from_shapes(shapes, heads) or heads
     notes: list[str] = []
     if conv1d is not None:
         transposed, found_by = frozenset(conv1d), "module classes"

@@ -14,7 +14,7 @@ from topo.cli import main
 from topo.errors import CheckpointError, ConfigError
 from topo.experiments.data import load_dataset
 from topo.experiments.models import get_model_spec
-from topo.experiments.oneshot import ONESHOT_FILE, calibration_sequences, oneshot_run
+from topo.experiments.oneshot import ONESHOT_FILE, calibration_sequences, continued_run, oneshot_run
 from topo.experiments.pruning_row import reproduce_pruning_row, summarize_row
 from topo.experiments.table import welch_interval
 from topo.experiments.train import TrainConfig, evaluate, model_factory, resolve_widths, train
@@ -127,6 +127,22 @@ def test_oneshot_arm_refuses_what_it_cannot_prune(dense_run, tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
 
 
+def test_the_dense_control_continues_the_final_weights_unpruned_for_the_fine_tuning_epochs(dense_run, tmp_path):
+    result = continued_run(dense_run.run_dir, tmp_path / "more", epochs=2)
+    reader = RunReader(result.run_dir)
+    start = reader.initial_state()
+    final = read_checkpoint(dense_run.run_dir / "checkpoint.pt")["model"]
+    assert start.keys() == final.keys() and all(torch.equal(start[k], final[k]) for k in final)
+    config = reader.meta["config"]
+    assert config["parent"].endswith("dense@0 continued") and config["epochs"] == 2
+    assert config["train"]["lr"] == pytest.approx(1e-4) and config["train"]["method"] == "dense"
+    assert all(np.asarray(mask).all() for mask in reader.masks(reader.epochs[-1]).values())
+    again = continued_run(dense_run.run_dir, tmp_path / "more", epochs=2)
+    assert again.history.equals(result.history)  # read back
+    with pytest.raises(ConfigError, match="epochs must be >= 1"):
+        continued_run(dense_run.run_dir, tmp_path / "none", epochs=0)
+
+
 def test_transplant_takes_a_learning_rate_and_resumes(dense_run, tmp_path):
     arm = oneshot_run(dense_run.run_dir, tmp_path / "arm", method="magnitude", density=0.5, finetune_epochs=1)
     moved = transplant(arm.run_dir, tmp_path / "moved", epochs=2, lr=1e-3, resume=True, progress=False)
@@ -160,7 +176,7 @@ def test_pruning_row_end_to_end_through_the_command_line(tmp_path, capsys):
     assert code == 0
     runs = pd.read_csv(out / "pruning_runs.csv")
     assert sorted(zip(runs.arm, runs.stage, strict=True)) == sorted([
-        ("dense", "trained"), ("random-fixed", "trained"), ("random-fixed", "transplant"),
+        ("dense", "trained"), ("dense", "fine-tuned"), ("random-fixed", "trained"), ("random-fixed", "transplant"),
         *((arm, stage) for arm in ("magnitude d0.5", "magnitude 2:4")
           for stage in ("as pruned", "fine-tuned", "transplant"))])
     assert (out / "pruning.png").stat().st_size > 0 and "| magnitude 2:4 | as pruned |" in capsys.readouterr().out

@@ -5,7 +5,8 @@ The arm the Wanda and SparseGPT papers study, asked of a model topo trained itse
 the training split, the pruned network is scored on the validation and test splits as it is, and then trained
 for a few epochs with its mask held fixed (:class:`topo.sparsity.FixedMask`, as a transplant is, but starting
 from the pruned weights), recorded like any run. ``oneshot.json`` in that run's directory keeps what the
-fine-tuning run cannot: the dense and the pruned scores before any fine-tuning.
+fine-tuning run cannot: the dense and the pruned scores before any fine-tuning. :func:`continued_run` trains the
+dense weights for the same epochs unpruned: the control a fine-tuned arm is compared with.
 """
 
 from __future__ import annotations
@@ -85,6 +86,41 @@ def _scores(prefix: str, config: TrainConfig, model: torch.nn.Module, data: Data
     return scores
 
 
+def _continuation(dense_dir: str | os.PathLike, epochs: int, lr: float | None
+                  ) -> tuple[RunReader, dict[str, Any], TrainConfig]:
+    """The finished dense run at ``dense_dir`` (its reader and recorded configuration) and the configuration that
+    continues it for ``epochs`` epochs at ``lr`` (default a tenth of its own)."""
+    if epochs < 1:
+        raise ConfigError(f"fine-tuning epochs must be >= 1, got {epochs}")
+    reader = RunReader(dense_dir)
+    recorded = reader.meta.get("config", {})
+    if "train" not in recorded:
+        raise CheckpointError(f"{reader.path / 'run.json'}: not recorded by topo.experiments.train (no 'train')")
+    if not reader.meta.get("finished"):
+        raise CheckpointError(f"{reader.path}: the dense run has not finished; train it to the end first")
+    parent_config = TrainConfig(**recorded["train"])
+    if parent_config.method != "dense":
+        raise ConfigError(f"{reader.path}: one-shot pruning starts from a dense run, this one is "
+                          f"{parent_config.method}")
+    return reader, recorded, replace(parent_config, epochs=epochs, lr=lr if lr is not None else parent_config.lr / 10)
+
+
+def continued_run(dense_dir: str | os.PathLike, out_dir: str | os.PathLike, *, epochs: int = 5,
+                  lr: float | None = None, progress: bool = False) -> TrainResult:
+    """The control of every fine-tuned arm: the finished dense run's final weights trained ``epochs`` more epochs
+    at ``lr`` (default a tenth of the run's), dense, as :func:`oneshot_run` fine-tunes a pruned copy. A fine-tuned
+    arm that beats the dense run may only be training longer; against this it cannot. Read back or resumed from
+    ``out_dir`` as any run."""
+    reader, recorded, config = _continuation(dense_dir, epochs, lr)
+    parent = f"{reader.path}@{recorded['epochs'] - 1} continued"
+    finished = recorded_result(config, out_dir)
+    if finished is not None:
+        return finished
+    state = read_checkpoint(reader.path / "checkpoint.pt")["model"]
+    return train(config, out_dir, widths=recorded["widths"], parent=parent, resume=True, progress=progress,
+                 initial_state=state)
+
+
 def oneshot_run(
     dense_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -106,19 +142,7 @@ def oneshot_run(
     A finished arm in ``out_dir`` is read back, not pruned again; an interrupted fine-tuning resumes.
     """
     check_oneshot_options(method, density, structure)
-    if finetune_epochs < 1:
-        raise ConfigError(f"fine-tuning epochs must be >= 1, got {finetune_epochs}")
-    reader = RunReader(dense_dir)
-    recorded = reader.meta.get("config", {})
-    if "train" not in recorded:
-        raise CheckpointError(f"{reader.path / 'run.json'}: not recorded by topo.experiments.train (no 'train')")
-    if not reader.meta.get("finished"):
-        raise CheckpointError(f"{reader.path}: the dense run has not finished; train it to the end first")
-    parent_config = TrainConfig(**recorded["train"])
-    if parent_config.method != "dense":
-        raise ConfigError(f"{reader.path}: one-shot pruning starts from a dense run, this one is "
-                          f"{parent_config.method}")
-    config = replace(parent_config, epochs=finetune_epochs, lr=lr if lr is not None else parent_config.lr / 10)
+    reader, recorded, config = _continuation(dense_dir, finetune_epochs, lr)
     out_dir = Path(out_dir)
     parent = f"{reader.path}@{recorded['epochs'] - 1} {method} {target_name(density, structure)}"
     finished = recorded_result(config, out_dir)

@@ -7,7 +7,7 @@ neuron, so the sparse-from-scratch methods do too):
    SET, RigL, SRigL, …);
 2. **one-shot**: each seed's dense run pruned once by magnitude, Wanda and SparseGPT, at the density and at each
    N:M structure, scored as pruned and after a short fine-tune with the mask fixed (:mod:`topo.experiments.
-   oneshot`);
+   oneshot`), against the dense run trained as many epochs more, unpruned (stage ``fine-tuned`` of ``dense``);
 3. **transplant** (the paper's Section 5.1 asked of every method): each sparse run's final mask on a fresh
    initialisation, trained for the full schedule with the mask fixed (:func:`topo.experiments.transplant`).
 
@@ -31,7 +31,7 @@ from topo.errors import ConfigError
 from topo.executors import Job, RayOptions, run_jobs
 from topo.experiments import TRAIN_METHODS
 from topo.experiments.models import get_model_spec
-from topo.experiments.oneshot import oneshot_run, target_name
+from topo.experiments.oneshot import continued_run, oneshot_run, target_name
 from topo.experiments.table import score, train_job, welch_interval
 from topo.experiments.train import TrainConfig, recorded_result
 from topo.experiments.transplant import transplant
@@ -47,6 +47,12 @@ def oneshot_job(dense_dir: str, out_dir: str, method: str, density: float | None
     result = oneshot_run(dense_dir, out_dir, method=method, density=density, structure=structure, samples=samples,
                          finetune_epochs=finetune_epochs, progress=progress)
     return {"scores": result.scores, "finetuned": result.finetuned}
+
+
+def continued_job(dense_dir: str, out_dir: str, epochs: int, progress: bool = False) -> Any:
+    """The dense control of the fine-tuned arms as an executor job (:func:`topo.experiments.oneshot.
+    continued_run`)."""
+    return continued_run(dense_dir, out_dir, epochs=epochs, progress=progress)
 
 
 def transplant_job(run_dir: str, out_dir: str, epochs: int, lr: float, progress: bool = False) -> Any:
@@ -112,10 +118,17 @@ def reproduce_pruning_row(
                                                      structure, samples, finetune_epochs))))
     oneshots = run_jobs([arm[3] for arm in arms], executor, ray_options, progress=progress, output_root=root,
                         headline=lambda result: f"{score(result['finetuned'], task):.4g}")
+    continued = run_jobs([Job(f"{base.model}-dense-continued-s{seed}", continued_job,
+                              (str(root / replace(base, method="dense", seed=seed).run_name()),
+                               str(root / f"{base.model}-dense-continued-s{seed}"), finetune_epochs))
+                          for seed in range(seeds)], executor, ray_options, progress=progress, output_root=root,
+                         headline=lambda result: f"{score(result, task):.4g}")
 
     rows = [{"arm": arm, "stage": "trained", "seed": config.seed,
              "score": score(recorded_result(config, run_dir), task), "run_dir": str(run_dir)}
             for arm, config, run_dir in trained]
+    rows += [{"arm": "dense", "stage": "fine-tuned", "seed": seed, "score": score(result, task),
+              "run_dir": str(result.run_dir)} for seed, result in enumerate(continued)]
     for (arm, seed, run_dir, _), result in zip(arms, oneshots, strict=True):
         pruned = result["scores"]["pruned_test_loss"] if task != "classify" else \
             100.0 * (1.0 - result["scores"]["pruned_test_acc"])
