@@ -192,8 +192,10 @@ def plan(args: argparse.Namespace, scratch: Path) -> list[Part]:
         Part("install wheels", [*pip, *wheels] if wheels else [py, "-c", "print('no wheels given')"], limit(30, 60)),
         # without build isolation nothing is downloaded; should it fail, PYTHONPATH still finds topo
         Part("install topo", [*pip, "--no-build-isolation", "-e", "."], limit(45, 90)),
+        # quick: the CUDA tests' own file (collecting every test costs a CPU run most of this part's time)
         Part("pytest -m cuda", [py, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider",
-                                          "--ignore=tests/test_notebooks.py", "tests"], limit(120, 300)),
+                                "--ignore=tests/test_notebooks.py", "tests/test_cuda.py" if quick else "tests"],
+             limit(120, 300)),
         Part("overhead-fp32", [*overhead, "--dtype", "fp32", "--json", str(scratch / "fp32.json")], limit(60, 120),
              scratch / "fp32.json"),
         Part("overhead-bf16", [*overhead, "--dtype", "bf16", "--json", str(scratch / "bf16.json")], limit(60, 120),
@@ -215,7 +217,7 @@ def plan(args: argparse.Namespace, scratch: Path) -> list[Part]:
                            "reproduce", "table2", "--log-alpha", "0.5", "--k", "0.25", "--seeds", "1",
                            "--methods", "dense", "random-fixed", "adaptive", "rigl", "--adapt-every", "1",
                            *(["--model", "resnet20", "--dataset", "digits", "--epochs", "2", "--max-batches", "2",
-                              "--out", str(scratch / "resnet")] if quick else
+                              "--val-max-batches", "1", "--out", str(scratch / "resnet")] if quick else
                              ["--model", "resnet110", "--epochs", "10", "--max-batches", "100",
                               "--val-max-batches", "20", "--device", "cuda",
                               *(["--data-dir", "data/fashion-mnist", "--dataset", "fashion-mnist",

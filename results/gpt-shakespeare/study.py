@@ -2,8 +2,8 @@
 over training for the sparse-from-scratch methods.
 
 Usage (after ``topo reproduce pruning`` has filled ``runs/``): ``python results/gpt-shakespeare/study.py``.
-Writes ``topology/<method>-s<seed>.csv`` (one row per graph and null), ``topology.md`` (the table the README shows),
-``figure5-<method>.png``, ``figure5.csv`` and ``topology.png``. Finished parts are read back from their CSV files.
+Writes ``topology/<method>-s<seed>.csv.gz`` (one row per graph and null), ``topology.md`` (the table the README shows),
+``figure5-<method>.png``, ``figure5.csv.gz`` and ``topology.png``. Finished parts are read back from their CSV files.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def final_topology(methods: list[str], seeds: list[int], samples: int) -> pd.Dat
     for method in methods:
         prefix = {**TRAINED, **ONESHOT}[method]
         for seed in seeds:
-            cached = folder / f"{method.replace(' ', '-').replace(':', 'of')}-s{seed}.csv"
+            cached = folder / f"{method.replace(' ', '-').replace(':', 'of')}-s{seed}.csv.gz"
             if not cached.exists():
                 checkpoint = RUNS / f"{prefix}-s{seed}" / "checkpoint.pt"
                 nulls = ["er", "degree"] + (["nm"] if method.endswith("2:4") else [])
@@ -126,7 +126,7 @@ def main() -> None:
     (HERE / "topology.md").write_text(markdown(table))
     save(topology_figure(topology), HERE / "topology.png")
     if not args.no_figure5:
-        training_figures().to_csv(HERE / "figure5.csv", index=False)
+        training_figures().to_csv(HERE / "figure5.csv.gz", index=False)
     print(markdown(table))
 
 

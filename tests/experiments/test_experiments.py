@@ -297,13 +297,13 @@ def test_model_dataset_names_of_table1(name, model, dataset):
 def test_model_dataset_name_conflicting_with_dataset_is_rejected():
     with pytest.raises(ConfigError, match="names dataset 'mnist' but --dataset is 'digits'"):
         TrainConfig(model="mlp-mnist", dataset="digits")
-    with pytest.raises(ConfigError, match="unknown model 'gpt-mnist'"):
-        TrainConfig(model="gpt-mnist").validate()
+    with pytest.raises(ConfigError, match="unknown model 'bert-mnist'"):
+        TrainConfig(model="bert-mnist").validate()
 
 
 def test_bad_config_is_rejected():
     with pytest.raises(ConfigError, match="valid: mlp"):
-        TrainConfig(model="gpt").validate()
+        TrainConfig(model="bert").validate()
     with pytest.raises(ConfigError, match="log-alpha"):
         TrainConfig(log_alpha=-1).validate()
     with pytest.raises(ConfigError, match="--val-max-batches must be >= 1, got 0"):
