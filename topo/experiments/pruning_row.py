@@ -97,9 +97,11 @@ def reproduce_pruning_row(
     root = Path(out_dir)
     log_alpha = -math.log10(density)
     trained: list[tuple[str, TrainConfig, Path]] = []
+    dense_dirs: dict[int, Path] = {}
     for seed in range(seeds):
         dense = replace(base, method="dense", seed=seed)
-        trained.append(("dense", dense, root / dense.run_name()))
+        dense_dirs[seed] = root / dense.run_name()
+        trained.append(("dense", dense, dense_dirs[seed]))
         for method in methods:
             config = replace(base, method=method, seed=seed, log_alpha=log_alpha, match_budget=False)
             trained.append((method, config, root / config.run_name()))
@@ -107,8 +109,7 @@ def reproduce_pruning_row(
 
     targets = [(density, None), *((None, structure) for structure in structures)]
     arms = []
-    for seed in range(seeds):
-        dense_dir = root / replace(base, method="dense", seed=seed).run_name()
+    for seed, dense_dir in dense_dirs.items():
         for pruner in pruners:
             for target_density, structure in targets:
                 target = target_name(target_density, structure)
@@ -119,7 +120,7 @@ def reproduce_pruning_row(
     oneshots = run_jobs([arm[3] for arm in arms], executor, ray_options, progress=progress, output_root=root,
                         headline=lambda result: f"{score(result['finetuned'], task):.4g}")
     continued = run_jobs([Job(f"{base.model}-dense-continued-s{seed}", continued_job,
-                              (str(root / replace(base, method="dense", seed=seed).run_name()),
+                              (str(dense_dirs[seed]),
                                str(root / f"{base.model}-dense-continued-s{seed}"), finetune_epochs))
                           for seed in range(seeds)], executor, ray_options, progress=progress, output_root=root,
                          headline=lambda result: f"{score(result, task):.4g}")
