@@ -1,5 +1,6 @@
-"""Regenerate the README's figures: runs `topo demo` into a temporary directory, copies its Figure 5 to docs/, and
-screenshots its HTML report in headless chromium (when installed) into docs/report-demo.png.
+"""Regenerate the README's and the documentation's figures: runs `topo demo` into a temporary directory, copies its
+Figure 5 to docs/_static/, and screenshots its HTML report in headless chromium (when installed) into
+docs/_static/report-demo.png.
 
 Usage: python docs/make_figures.py
 """
@@ -30,8 +31,8 @@ def screenshot(page: Path, out: Path) -> None:
 if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as folder:
         print(run_demo(Path(folder) / "demo"))
-        shutil.copy(Path(folder) / "demo" / "figure5.png", ROOT / "docs" / "figure5-demo.png")
-        print(f"wrote {ROOT / 'docs' / 'figure5-demo.png'}")
+        shutil.copy(Path(folder) / "demo" / "figure5.png", ROOT / "docs" / "_static" / "figure5-demo.png")
+        print(f"wrote {ROOT / 'docs' / '_static' / 'figure5-demo.png'}")
         if shutil.which("chromium"):
-            screenshot(Path(folder) / "demo" / "report.html", ROOT / "docs" / "report-demo.png")
-            print(f"wrote {ROOT / 'docs' / 'report-demo.png'}")
+            screenshot(Path(folder) / "demo" / "report.html", ROOT / "docs" / "_static" / "report-demo.png")
+            print(f"wrote {ROOT / 'docs' / '_static' / 'report-demo.png'}")

@@ -111,6 +111,7 @@ def check_output(path: str | os.PathLike | None, option: str, figure: bool = Fal
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
+    """``topo analyze``: a checkpoint's graph table, or every snapshot of run directories (locally or on Ray)."""
     from topo.options import check_analysis_options
 
     paths = [Path(p) for p in args.path]
@@ -235,6 +236,7 @@ def _compared_masks(path: str, epoch: int | None, key: str | None) -> tuple[dict
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    """``topo compare``: NNSTD per layer between two runs or checkpoints, beside its random-mask baseline."""
     if args.random_samples < 2:
         raise ConfigError(f"--random-samples must be >= 2, got {args.random_samples}")
     import numpy as np
@@ -281,6 +283,7 @@ def _stats_of(runs: Sequence[str], over_seeds: bool = False) -> pd.DataFrame:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    """``topo plot``: Figure 3, 4, 5 or the degree distributions from run directories."""
     import pandas as pd
 
     check_output(args.output, "-o", figure=True)
@@ -314,6 +317,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    """``topo report``: one self-contained HTML page of runs or of a checkpoint (:func:`topo.report.write_report`)."""
     from topo.options import check_analysis_options
 
     check_output(args.output, "-o")
@@ -329,6 +333,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
+    """``topo prune``: one-shot pruning of a Hugging Face causal language model
+    (:func:`topo.prune.prune_pretrained`)."""
     from topo.prune import check_prune_options
 
     check_prune_options(args.model_dir, args.output, args.method, args.calibration, args.density, args.structure,
@@ -357,6 +363,7 @@ def _train_config(args: argparse.Namespace, log_alpha: float, k: float):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """``topo train``: one run of a Table 1 model with a sparsity method, recorded (and resumed with ``--resume``)."""
     from topo.experiments.train import fresh_run_dir, train
 
     config = _train_config(args, args.log_alpha, args.k)
@@ -371,6 +378,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_transplant(args: argparse.Namespace) -> int:
+    """``topo transplant``: a run's final mask trained from scratch with the mask fixed (Section 5.1)."""
     from topo.experiments.transplant import transplant
 
     result = transplant(args.run, args.out, epoch=args.epoch, seed=args.seed, epochs=args.epochs,
@@ -381,6 +389,7 @@ def cmd_transplant(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce_pruning(args: argparse.Namespace) -> int:
+    """``topo reproduce pruning``: one-shot pruning against sparse training (:mod:`topo.experiments.pruning_row`)."""
     from dataclasses import replace
 
     from topo.experiments.models import get_model_spec
@@ -408,6 +417,7 @@ def cmd_reproduce_pruning(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
+    """``topo reproduce table2``: the Table 2 grid over methods, densities and seeds, and its tables and figures."""
     if args.table == "pruning":
         return cmd_reproduce_pruning(args)
     from topo.experiments.models import get_model_spec
@@ -438,6 +448,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """``topo demo``: the main job on the bundled digits (:func:`topo.experiments.demo.run_demo`)."""
     from topo.experiments.demo import run_demo
 
     summary = run_demo(args.out, epochs=args.epochs, progress=not args.quiet)
@@ -473,7 +484,7 @@ def _training_options(parser: argparse.ArgumentParser, model_default: str = "mlp
 
 
 def _executor_options(parser: argparse.ArgumentParser, what: str) -> None:
-    group = parser.add_argument_group("executor", f"where the {what} run (README: Scaling out)")
+    group = parser.add_argument_group("executor", f"where the {what} run (docs: Scaling out on Ray)")
     group.add_argument("--executor", choices=["local", "ray"], default="local",
                        help=f"local: the {what} one after the other here; ray: as Ray tasks, in parallel "
                             '(pip install "topo[ray]")')
@@ -495,6 +506,7 @@ def _global_options(parser: argparse.ArgumentParser, default: object) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every ``topo`` command (the documentation's command-line reference is made from it)."""
     parser = argparse.ArgumentParser(prog="topo", description="Adaptive weight sparsity: train, record, analyse.")
     _global_options(parser, False)
     common = argparse.ArgumentParser(add_help=False)
@@ -632,7 +644,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Reproduce Table 2 for one model over seeds (mean ± std).")
     p.add_argument("table", choices=["table2", "pruning"],
                    help="table2: the paper's Table 2; pruning: one-shot pruning against sparse training at one "
-                        "density on the dense widths, with transplants (README: One-shot pruning)")
+                        "density on the dense widths, with transplants (docs: One-shot pruning)")
     _training_options(p)
     p.add_argument("--log-alpha", type=float, nargs="+", default=[0.5, 1.0])
     p.add_argument("--k", type=float, nargs="+", default=[0.25, 0.5])
@@ -669,6 +681,8 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``topo`` command: parse ``argv``, run the command, and turn topo's errors into one line on stderr and exit
+    code 1 (``--debug`` adds the traceback); returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if not args.quiet else logging.WARNING, format="%(message)s")

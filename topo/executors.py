@@ -67,6 +67,8 @@ class RayOptions:
     force: bool = False
 
     def validate(self) -> None:
+        """Raise a :class:`~topo.errors.ConfigError` naming an option out of range: CPUs or GPUs per run not
+        positive, negative retries, fewer than one CPU, an address that is neither ``auto`` nor HOST:PORT."""
         if not self.cpus_per_run > 0:
             raise ConfigError(f"--cpus-per-run must be > 0, got {self.cpus_per_run}")
         if self.gpus_per_run is not None and not self.gpus_per_run > 0:

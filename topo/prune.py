@@ -38,6 +38,7 @@ class PruneResult:
     seqlen: int
 
     def line(self, method: str, target: str) -> str:
+        """The one line ``topo prune`` prints: where the model went, how many weights were kept, the calibration."""
         return (f"{self.out}: {self.layers} layers pruned by {method} to {target} ({self.kept:,} of "
                 f"{self.weights:,} weights kept, {self.kept / self.weights:.3f}); calibration {self.samples} × "
                 f"{self.seqlen} tokens")
@@ -113,8 +114,8 @@ def prune_pretrained(model_dir: str | os.PathLike, out: str | os.PathLike, metho
                      calibration: str | os.PathLike | None = None, *, density: float | None = None,
                      structure: str | None = None, samples: int = DEFAULT_SAMPLES, seqlen: int | None = None,
                      seed: int = 0, progress: bool = True) -> PruneResult:
-    """Prune the Hugging Face causal language model in ``model_dir`` one-shot (:func:`topo.sparsity.oneshot.
-    prune_oneshot`) and save it, with its tokenizer, as safetensors in ``out``.
+    """Prune the Hugging Face causal language model in ``model_dir`` one-shot
+    (:func:`topo.sparsity.oneshot.prune_oneshot`) and save it, with its tokenizer, as safetensors in ``out``.
 
     ``seqlen`` defaults to :data:`DEFAULT_SEQLEN` capped at the model's context length. Raises
     :class:`ConfigError` or :class:`CheckpointError` naming the argument or file at fault; nothing is written then.

@@ -1,5 +1,5 @@
 """Every reader of user files survives mutated files: a few hundred cases of ``bench/fuzz_readers.py`` here (the
-script runs 10,000 and the README gives its figures)."""
+script runs 10,000 and docs/development.md gives its figures)."""
 
 from __future__ import annotations
 

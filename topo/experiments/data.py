@@ -132,6 +132,8 @@ def load_idx_dataset(name: str, directories: list[Path]) -> Dataset:
 
 
 def load_mnist(directory: Path | None, fashion: bool = False) -> Dataset:
+    """MNIST (or, with ``fashion``, Fashion-MNIST) from its idx files in ``directory``, ``$TOPO_DATA`` or
+    Debian's ``dataset-fashion-mnist`` folder; a :class:`~topo.errors.ConfigError` says where it looked."""
     name = "fashion-mnist" if fashion else "mnist"
     candidates: list[Path] = []
     if directory is not None:
@@ -202,6 +204,8 @@ def _standardise(images: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch
 
 
 def load_cifar10(directory: Path | None) -> Dataset:
+    """CIFAR-10 from its binary version in ``directory`` (or its ``cifar-10-batches-bin`` folder), standardised
+    per channel; never unpickled. A :class:`~topo.errors.ConfigError` says where it looked."""
     candidates = [directory, directory / "cifar-10-batches-bin"] if directory is not None else []
     for folder in candidates:
         if all((folder / f).exists() for f in (*CIFAR_TRAIN, "test_batch.bin")):
@@ -304,12 +308,12 @@ def load_dataset(name: str, directory: str | os.PathLike | None = None) -> Datas
 
 
 def shaped_for(data: Dataset, inputs: str, model: str = "this model", image_size: int = 0) -> Dataset:
-    """``data`` as a model of the given input kind takes it (:attr:`ModelSpec.inputs`).
+    """``data`` as a model of the given input kind takes it (:attr:`~topo.experiments.models.ModelSpec.inputs`).
 
     ``"vector"``: images flattened, ``n_in`` pixels; ``"image"``: channels × height × width, ``n_in`` channels
     (so the Table 1 CNNs run on MNIST-format data as well as CIFAR-10); ``"tokens"``: a text corpus as is.
     Images smaller than ``image_size`` are zero-padded, centred, to ``image_size`` × ``image_size``
-    (:attr:`ModelSpec.image_size`: the CIFAR ResNets see Fashion-MNIST's 28 × 28 as 32 × 32).
+    (:attr:`~topo.experiments.models.ModelSpec.image_size`: the CIFAR ResNets see Fashion-MNIST's 28 × 28 as 32 × 32).
     """
     if (inputs == "tokens") != (data.image_shape is None):
         needs = "a text corpus (dataset text or sonnets)" if inputs == "tokens" else "images"

@@ -95,10 +95,11 @@ def char_llama(widths: Sequence[int], n_in: int = 96, n_out: int | None = None, 
     """A small Llama-style character-level decoder (beyond the paper): transformers' ``LlamaForCausalLM`` with
     grouped-query attention, RMSNorm, rotary positions and a SwiGLU MLP of width ⌈8/3·d / 8⌉·8, d = ``widths[0]``.
 
-    The output head is tied to the embedding table, so the weights a sparse method masks (:func:`topo.sparsity.
-    masks.default_filter`: every ``nn.Linear``) are exactly the linear layers of the decoder blocks, the set one-shot
-    pruning prunes (:func:`topo.sparsity.prune_oneshot`). Called with a (batch, length) tensor of character ids it
-    returns the logits (batch, length, vocabulary); ``input_ids=`` works too, as one-shot pruning calls it.
+    The output head is tied to the embedding table, so the weights a sparse method masks
+    (:func:`~topo.sparsity.masks.default_filter`: every ``nn.Linear``) are exactly the linear layers of the decoder
+    blocks, the set one-shot pruning prunes (:func:`topo.sparsity.prune_oneshot`). Called with a (batch, length)
+    tensor of character ids it returns the logits (batch, length, vocabulary); ``input_ids=`` works too, as one-shot
+    pruning calls it.
     """
     try:
         from transformers import LlamaConfig, LlamaForCausalLM

@@ -6,8 +6,9 @@ neuron, so the sparse-from-scratch methods do too):
 1. **trained**: the dense baseline, and each sparse training method from scratch (random fixed, the paper's rule,
    SET, RigL, SRigL, …);
 2. **one-shot**: each seed's dense run pruned once by magnitude, Wanda and SparseGPT, at the density and at each
-   N:M structure, scored as pruned and after a short fine-tune with the mask fixed (:mod:`topo.experiments.
-   oneshot`), against the dense run trained as many epochs more, unpruned (stage ``fine-tuned`` of ``dense``);
+   N:M structure, scored as pruned and after a short fine-tune with the mask fixed
+   (:mod:`topo.experiments.oneshot`), against the dense run trained as many epochs more, unpruned (stage
+   ``fine-tuned`` of ``dense``);
 3. **transplant** (the paper's Section 5.1 asked of every method): each sparse run's final mask on a fresh
    initialisation, trained for the full schedule with the mask fixed (:func:`topo.experiments.transplant`).
 
@@ -50,8 +51,8 @@ def oneshot_job(dense_dir: str, out_dir: str, method: str, density: float | None
 
 
 def continued_job(dense_dir: str, out_dir: str, epochs: int, progress: bool = False) -> Any:
-    """The dense control of the fine-tuned arms as an executor job (:func:`topo.experiments.oneshot.
-    continued_run`)."""
+    """The dense control of the fine-tuned arms as an executor job
+    (:func:`topo.experiments.oneshot.continued_run`)."""
     return continued_run(dense_dir, out_dir, epochs=epochs, progress=progress)
 
 

@@ -94,6 +94,10 @@ class TrainConfig:
             self.model, self.dataset = name, dataset
 
     def validate(self) -> None:
+        """Raise a :class:`~topo.errors.ConfigError` naming the first invalid field: an unknown method or
+        distribution, −log α not positive, channel-wise sparsity of a model without convolutions, budget matching
+        of a model whose heads cannot split, epochs, patience or learning rate out of range, a pruning schedule that
+        leaves no epoch to fine-tune."""
         spec = get_model_spec(self.model)
         if self.method not in TRAIN_METHODS:
             raise ConfigError(f"unknown method {self.method!r}; valid: {', '.join(TRAIN_METHODS)}")
@@ -128,6 +132,8 @@ class TrainConfig:
         return 1.0 if self.method == "dense" else 10 ** -self.log_alpha
 
     def run_name(self) -> str:
+        """The run directory's name: model, method, −log α, k for the adaptive rule, seed
+        (``mlp-adaptive-la1-k0.25-s0``)."""
         if self.method == "dense":
             return f"{self.model}-dense-s{self.seed}"
         k = f"-k{self.k:g}" if self.method == "adaptive" else ""

@@ -74,6 +74,7 @@ class GlobalMagnitude:
         self._ties_left: int | None = None
 
     def observe(self, weight: torch.Tensor) -> None:
+        """Take one layer's magnitudes into the running top-``count`` (the first pass over the model)."""
         magnitude = _magnitude(weight).reshape(-1).cpu()
         joined = torch.cat([self._top, magnitude])
         self._top = torch.topk(joined, min(self.count, joined.numel())).values if self.count else joined[:0]

@@ -63,9 +63,11 @@ class CPUBackend:
     name: str = "cpu"
 
     def degrees(self, adjacency: np.ndarray) -> np.ndarray:
+        """Every node's degree."""
         return adjacency.sum(1, dtype=np.int64)
 
     def n_components(self, adjacency: np.ndarray) -> int:
+        """The number of connected components (isolated nodes count)."""
         return int(scipy.sparse.csgraph.connected_components(bitsets.csr_of(adjacency), directed=False)[0])
 
     def lambda2(self, adjacency: np.ndarray) -> float:
@@ -106,6 +108,7 @@ class CPUBackend:
         return cycles, float(((degree_out - 1) * through).sum())
 
     def path_counts(self, adjacency: np.ndarray) -> PathCounts:
+        """Exact all-pairs shortest-path totals, by breadth-first search from every node."""
         if _edge_density(adjacency) >= self.blas_bfs_from:
             return _frontier_bfs(adjacency)
         return PathCounts(*map(float, bitsets.all_pairs_bfs(adjacency)))
@@ -139,9 +142,11 @@ class TorchBackend:
     name: str = "torch"
 
     def degrees(self, adjacency: torch.Tensor) -> np.ndarray:
+        """Every node's degree."""
         return adjacency.sum(1).cpu().numpy().astype(np.int64)
 
     def n_components(self, adjacency: torch.Tensor) -> int:
+        """The number of connected components (isolated nodes count)."""
         return int(batched.all_pairs_bfs(adjacency[None]).n_components[0])
 
     def lambda2(self, adjacency: torch.Tensor) -> float:
@@ -161,6 +166,7 @@ class TorchBackend:
         return float(cycles[0]), float(paths[0])
 
     def path_counts(self, adjacency: torch.Tensor) -> PathCounts:
+        """Exact all-pairs shortest-path totals, by batched frontier products."""
         bfs = batched.all_pairs_bfs(adjacency[None])
         return PathCounts(float(bfs.distance_sum[0]), int(bfs.reachable_pairs[0]))
 

@@ -138,6 +138,7 @@ class CheckpointSource:
         return list(self._entries)
 
     def shape(self, name: str) -> tuple[int, ...]:
+        """The stored shape of layer ``name``, read without loading its tensor."""
         return self._entries[name].shape
 
     def _tensor(self, key: str) -> torch.Tensor:

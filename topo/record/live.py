@@ -132,6 +132,7 @@ class LiveMetrics:
         self.writer.flush()
 
     def close(self) -> None:
+        """Flush the TensorBoard writer, and close it when this object opened it."""
         if self.writer is not None:
             self.writer.flush()
             if self._owns_writer:

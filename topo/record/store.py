@@ -90,6 +90,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
 
 
 def write_json(path: str | os.PathLike, data: dict[str, Any]) -> Path:
+    """Write ``data`` as indented, key-sorted JSON to ``path`` atomically (temporary file, then rename)."""
     return write_atomic(path, lambda f: f.write(json.dumps(data, indent=2, sort_keys=True).encode()))
 
 
@@ -99,6 +100,7 @@ def write_csv(path: str | os.PathLike, frame: pd.DataFrame) -> Path:
 
 
 def snapshot_path(run_dir: str | os.PathLike, epoch: int) -> Path:
+    """The snapshot file of ``epoch`` in a run directory: ``snapshots/epoch-NNNN.npz``."""
     return Path(run_dir) / "snapshots" / f"epoch-{epoch:04d}.npz"
 
 
@@ -108,6 +110,7 @@ def pack_mask(mask: np.ndarray) -> np.ndarray:
 
 
 def unpack_mask(packed: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The boolean mask of ``shape`` from its :func:`pack_mask` bits (1 bit per weight, flattened)."""
     count = int(np.prod(shape))
     return np.unpackbits(packed, count=count).astype(bool).reshape(shape)
 
@@ -147,6 +150,8 @@ def write_snapshot(
 
 
 def read_json(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; a missing or unreadable file is a :class:`~topo.errors.CheckpointError`
+    naming it."""
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:

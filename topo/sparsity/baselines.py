@@ -1,7 +1,7 @@
 """The paper's controls (Section 4, Table 2): dense, random fixed sparse, random channel-wise sparse, pruning.
 
-"Wide dense" is not a sparsity method but a model size: train :class:`Dense` on the widths of
-:func:`topo.sparsity.budget.wide_dense_widths`.
+"Wide dense" is not a sparsity method but a model size: train :class:`Dense` on the widths
+:func:`topo.sparsity.budget.match_budget` returns.
 """
 
 from __future__ import annotations

@@ -195,9 +195,11 @@ class MaskedParams:
         return LayerCount(sum(c.active for c in counts), sum(c.total for c in counts))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
+        """Copies of the masks, by parameter name."""
         return {n: m.clone() for n, m in self.masks.items()}
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Copy saved masks in place; a :class:`~topo.errors.MaskError` names missing and unexpected ones."""
         missing = set(self.masks) - set(state)
         extra = set(state) - set(self.masks)
         if missing or extra:
