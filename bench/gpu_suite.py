@@ -214,8 +214,9 @@ def plan(args: argparse.Namespace, scratch: Path) -> list[Part]:
                                else ["--dataset", "digits"])])],
              limit(300, 180), scratch / "grid.json"),
         Part("resnet110", [py, "-c", "import sys; from topo.cli import main; sys.exit(main())", "--quiet",
-                           "reproduce", "table2", "--log-alpha", "0.5", "--k", "0.25", "--seeds", "1",
-                           "--methods", "dense", "random-fixed", "adaptive", "rigl", "--adapt-every", "1",
+                           "reproduce", "table2", "--log-alpha", "0.5", "--k", "0.25", "--seeds", "1", "--methods",
+                           *(["dense", "rigl"] if quick else ["dense", "random-fixed", "adaptive", "rigl"]),
+                           "--adapt-every", "1",
                            *(["--model", "resnet20", "--dataset", "digits", "--epochs", "2", "--max-batches", "2",
                               "--val-max-batches", "1", "--out", str(scratch / "resnet")] if quick else
                              ["--model", "resnet110", "--epochs", "10", "--max-batches", "100",

@@ -220,13 +220,16 @@ def test_bad_device_is_one_line(recorded_run, device):
 
 @pytest.mark.slow
 def test_demo_never_deletes_existing_runs(tmp_path):
-    first = topo("demo", "--out", str(tmp_path / "demo"), "--epochs", "1")
-    assert first.returncode == 0, first.stderr
+    earlier = tmp_path / "demo" / "mlp-adaptive-la1-k0.5-s0"  # a user's earlier demo, where the demo writes
+    earlier.mkdir(parents=True)
+    (earlier / "run.json").write_text("{}")
+    (earlier / "stats.csv").write_text("epoch\n0\n")
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "demo").rglob("*") if p.is_file()}
-    second = topo("demo", "--out", str(tmp_path / "demo"), "--epochs", "1")
-    assert second.returncode == 0, second.stderr
-    assert str(tmp_path / "demo-2") in second.stdout
+    done = topo("demo", "--out", str(tmp_path / "demo"), "--epochs", "1")
+    assert done.returncode == 0, done.stderr
+    assert str(tmp_path / "demo-2") in done.stdout
     assert stamps == {p: p.stat().st_mtime_ns for p in (tmp_path / "demo").rglob("*") if p.is_file()}
+    assert (tmp_path / "demo-2" / "report.html").is_file() and (tmp_path / "demo-2" / "figure5.png").is_file()
 
 
 def checkpoint_layouts(tmp_path: Path) -> dict[str, Path]:

@@ -581,3 +581,71 @@ def test_grouped_query_heads_are_read_off_the_key_projection_when_no_config_says
     graphs = analyze_checkpoint(tmp_path / "gqa.pt", heads=True, num_heads=4, progress=False).table
     keys = graphs[graphs.layer == "model.layers.0.self_attn.k_proj.weight"]
     assert keys.graph.str.slice(-6).tolist() == ["[k.h0]", "[k.h1]"] and set(keys["shape"]) == {"24×96"}
+
+
+def test_numbered_modules_sort_before_named_ones_at_the_same_depth():
+    names = ["net.norm.weight", "net.10.weight", "net.2.weight"]
+    assert sorted(names, key=natural_key) == ["net.2.weight", "net.10.weight", "net.norm.weight"]
+
+
+def test_fused_weights_that_do_not_split_stay_one_graph():
+    from topo.families import Family
+
+    family = Family()
+    assert family.role("mlp.gate_up_proj.weight", (7, 4)).parts == ()  # odd rows: no equal gate and up
+    assert family.role("mlp.gate_up_proj.weight", (8, 4)).sizes == (4, 4)
+    assert family.role("attn.qkv_proj.weight", (64, 64)).parts == ()  # no rows left for k and v
+    assert family.role("attn.qkv_proj.weight", (96, 64)).sizes == (64, 16, 16)
+    # GPT-2's cross-attention c_attn, stored (in, out) = (32, 64): keys and values of the hidden size
+    cross = Family(transposed=frozenset({"h.0.crossattention.c_attn.weight"}))
+    role = cross.role("h.0.crossattention.c_attn.weight", (32, 64))
+    assert (role.parts, role.sizes) == (("k", "v"), (32, 32))
+
+
+@pytest.mark.parametrize("config, heads, kv_heads", [
+    ({"num_heads": 4}, 4, 4), ({"n_heads": 8}, 8, 8), ({"n_head": 8, "n_head_kv": 1}, 8, 1),
+    ({"num_attention_heads": 8, "num_kv_heads": 2}, 8, 2)])
+def test_head_counts_under_every_configuration_key(config, heads, kv_heads):
+    family = detect({}, config)
+    assert (family.heads, family.kv_heads) == (heads, kv_heads)
+
+
+def test_key_value_heads_are_read_off_the_shapes_only_where_they_say_so():
+    # query rows not a multiple of the heads: the query's head size is unknown, so nothing is read
+    assert detect({"l.q_proj.weight": (64, 64), "l.k_proj.weight": (42, 64)}, heads=3).kv_heads == 3
+    assert detect({"l.k_proj.weight": (16, 64)}, heads=4).kv_heads == 4  # no query projection beside the key
+    # the head size comes from the query's outputs, whatever its inputs (hidden size ≠ heads × head size)
+    assert detect({"l.q_proj.weight": (64, 50), "l.k_proj.weight": (32, 50)}, heads=4).kv_heads == 2
+    assert detect({"l.q_proj.weight": (64, 40), "l.k_proj.weight": (32, 40)}, heads=4).kv_heads == 2
+
+
+def test_unsplit_projections_are_attention_graphs_and_other_layers_bipartite():
+    from topo.families import Family, views
+
+    family = Family(heads=2)
+    assert [kind for _, _, kind in views("layers.0.self_attn.q_proj.weight", torch.ones(8, 8), family)] == [
+        "attention"]
+    assert [kind for _, _, kind in views("layers.0.mlp.fc1.weight", torch.ones(8, 8), family)] == ["bipartite"]
+    with pytest.raises(ConfigError, match="layers.0.self_attn.q_proj.weight: 9 outputs"):
+        views("layers.0.self_attn.q_proj.weight", torch.ones(9, 8), family, heads=True)
+
+
+def test_a_model_at_hand_is_read_by_its_module_classes():
+    from topo.families import detect_model
+
+    # an embedding named like nothing: its class says what it is, also for a bare nn.Embedding
+    assert detect_model(nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 10))).embeddings == {"0.weight"}
+    assert detect_model(nn.Embedding(10, 4)).embeddings == {"weight"}
+    # the head count of nn.MultiheadAttention; a config given decides over none
+    attention = nn.TransformerEncoderLayer(16, 4, dim_feedforward=32)
+    assert detect_model(attention).heads == 4
+    assert detect_model(nn.Linear(4, 4), {"num_attention_heads": 2}).heads == 2
+    # only Hugging Face's Conv1D is stored (in, out), not any module with an ``nf`` attribute
+
+    class Projection(nn.Linear):
+        nf = 4
+
+    assert detect_model(nn.Sequential(Projection(4, 4))).transposed == frozenset()
+    # an output head sharing the embedding table's storage is a table too
+    gpt2 = tiny_gpt2()
+    assert detect_model(gpt2).embeddings == {"transformer.wte.weight", "transformer.wpe.weight", "lm_head.weight"}
