@@ -15,6 +15,7 @@ with its standard error (``path_sources`` chooses).
 from __future__ import annotations
 
 import fnmatch
+import logging
 import os
 import warnings
 import zlib
@@ -26,7 +27,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from topo.errors import CheckpointError, ConfigError
+from topo.errors import CheckpointError, ConfigError, TopoError
 from topo.executors import Job, RayOptions, run_jobs
 from topo.families import Family, detect, detect_model, oriented, read_config
 from topo.graph import Graph, metrics_table, recurrent_gates, summarize
@@ -40,7 +41,10 @@ from topo.record import RunReader, read_checkpoint
 from topo.record.formats import CheckpointSource, open_checkpoint, state_dict_source
 from topo.record.live import METRICS_FILE, read_metrics, reusable_rows
 from topo.record.store import write_csv
+from topo.resume import MatrixResults
 from topo.sparsity.structure import nm_pattern
+
+log = logging.getLogger(__name__)
 
 EXACT_PATH_LIMIT = 4096
 #: Graph kinds whose block is the biadjacency of the weights, where the weighted spectral gap applies.
@@ -122,6 +126,7 @@ def analyze_checkpoint(
     num_heads: int | None = None,
     null: str | None = None,
     null_samples: int = 20,
+    resume_dir: str | os.PathLike | None = None,
 ) -> CheckpointAnalysis:
     """Summarise every graph of every layer of the checkpoint at ``path`` (see the module docstring).
 
@@ -143,6 +148,9 @@ def analyze_checkpoint(
     num_heads: the number of attention heads, where no ``config.json`` says it.
     null, null_samples: measure every graph against ``null_samples`` graphs of a null model (``er``, ``degree``,
         ``nm``; :mod:`topo.graph.null`): ``<metric>_null_mean``, ``_null_std`` and ``_z`` columns.
+    resume_dir: keep each matrix's results under this folder as it finishes (:mod:`topo.resume`), so the same call
+        after an interruption continues from the matrices done; removed once the analysis completes or refuses
+        the checkpoint.
 
     Bipartite graphs (layers, projections, kernels) also get the weighted spectral gap of their active weights'
     magnitudes (:func:`topo.graph.singular.weighted_spectral_gap`).
@@ -152,9 +160,26 @@ def analyze_checkpoint(
                            num_heads=num_heads)
     source = open_checkpoint(path, key)
     family = detect({n: source.shape(n) for n in source.names}, read_config(path), heads=num_heads)
-    return _analyze_source(source, family, layers=layers, backbone=backbone, global_backbone=global_backbone,
-                           path_sources=path_sources, small_world=small_world, device=device, progress=progress,
-                           heads=heads, embeddings=embeddings, conv=conv, null=null, null_samples=null_samples)
+    kept = None
+    if resume_dir is not None:
+        changing = {"key": key, "backbone": str(backbone) if backbone else None, "global": global_backbone,
+                    "layers": layers if global_backbone else None, "path_sources": path_sources,
+                    "small_world": small_world, "device": str(device) if device is not None else None,
+                    "heads": heads, "conv": conv, "null": null, "null_samples": null_samples,
+                    "family": family.to_json()}
+        kept = MatrixResults(resume_dir, path, changing)
+    try:
+        result = _analyze_source(source, family, layers=layers, backbone=backbone, global_backbone=global_backbone,
+                                 path_sources=path_sources, small_world=small_world, device=device,
+                                 progress=progress, heads=heads, embeddings=embeddings, conv=conv, null=null,
+                                 null_samples=null_samples, kept=kept)
+    except TopoError:
+        if kept is not None:  # a refused file or option: nothing to resume once it is fixed (its key changes)
+            kept.clear()
+        raise
+    if kept is not None:
+        kept.clear()
+    return result
 
 
 def analyze_model(model: torch.nn.Module, **options) -> CheckpointAnalysis:
@@ -181,6 +206,7 @@ def _analyze_source(
     conv: str = "auto",
     null: str | None = None,
     null_samples: int = 20,
+    kept: MatrixResults | None = None,
 ) -> CheckpointAnalysis:
     spec = check_analysis_options(backbone=backbone, global_backbone=global_backbone, path_sources=path_sources,
                                   small_world=small_world, null=null, null_samples=null_samples, conv=conv)
@@ -191,13 +217,23 @@ def _analyze_source(
         raise ConfigError(f"{source.path}: every selected layer is an embedding table ({', '.join(left_out[:4])}); "
                           "--embeddings analyses them")
     gates = recurrent_gates({n: source.shape(n) for n in names})
+    done = {n: results for n in names if kept is not None and (results := kept.get(n)) is not None}
+    if done:
+        log.info(f"{source.path}: resuming, {len(done)} of {len(names)} matrices already analysed ({kept.path})")
     overall = None
-    if global_backbone:
+    if global_backbone and len(done) < len(names):
         overall = GlobalMagnitude(spec.value, sum(int(np.prod(source.shape(n))) for n in names))
         for name in tqdm(names, desc="global threshold", unit="layer", disable=not progress):
             overall.observe(source.load(name).weight)
     records, degrees, dense = [], {}, spec is None
     for name in tqdm(names, desc="graph metrics", unit="layer", disable=not progress):
+        if name in done:
+            records += done[name]["records"]
+            degrees.update({graph: tuple(np.asarray(part, dtype=np.int64) for part in parts)
+                            for graph, parts in done[name]["degrees"].items()})
+            dense = dense and done[name]["dense"]
+            continue
+        first_record = len(records)
         layer = source.load(name)
         weight = layer.weight
         if overall is not None:
@@ -230,6 +266,9 @@ def _analyze_source(
                 record["n_m"] = pattern
             records.append({**record, **summary})
             degrees[graph_name] = _degrees(graph)
+        if kept is not None:
+            kept.put(name, {"records": records[first_record:], "dense": bool(mask.all()),
+                            "degrees": {r["graph"]: degrees[r["graph"]] for r in records[first_record:]}})
         del mask, on_device, weight
     if null == "nm" and not any("n_m" in record for record in records):
         warnings.warn(f"--null nm: no analysed layer of {source.path} is N:M, so no graph has an nm null; "

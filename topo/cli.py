@@ -135,6 +135,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         return _analyze_checkpoint(args, paths[0], device, args.csv == "-")
     checkpoint_only = [flag for flag, given in (("--backbone", args.backbone), ("--global", args.global_backbone),
                                                 ("--key", args.key), ("--embeddings", args.embeddings),
+                                                ("--resume-dir", args.resume_dir),
                                                 ("--num-heads", args.num_heads), ("--path-sources", args.path_sources))
                        if given]
     if checkpoint_only:
@@ -178,12 +179,15 @@ def _analyze_checkpoint(args: argparse.Namespace, path: Path, device, to_stdout:
 
     from topo.analyze import analyze_checkpoint
     from topo.record.store import write_csv
+    from topo.resume import default_root
 
+    resume_dir = args.resume_dir or (f"{args.csv}.partial" if args.csv and not to_stdout else default_root())
     result = analyze_checkpoint(path, key=args.key, layers=args.layers, backbone=args.backbone,
                                 global_backbone=args.global_backbone, path_sources=args.path_sources,
                                 small_world=args.small_world, device=device, progress=not args.quiet,
                                 heads=args.heads, embeddings=args.embeddings, conv=args.conv,
-                                num_heads=args.num_heads, null=args.null, null_samples=args.null_samples)
+                                num_heads=args.num_heads, null=args.null, null_samples=args.null_samples,
+                                resume_dir=resume_dir)
     print(f"topo: {path}: {result.source}" + (f"; {result.reading}" if result.reading else ""), file=sys.stderr)
     if result.dense:
         print(f"topo: note: every analysed layer of {path} is dense, so its graphs are complete and their metrics "
@@ -533,6 +537,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", help="CSV file ('-' for stdout); for run directories, where the tidy table goes "
                                  "(one run: also RUN/graph_metrics.csv, its default)")
     p.add_argument("--layers", help="glob over layer names, e.g. 'lstm.weight_hh*'")
+    p.add_argument("--resume-dir", metavar="DIR",
+                   help="checkpoints: where each matrix's results are kept as it finishes, so the same command "
+                        "continues after an interruption (default: FILE.partial beside --csv FILE, else "
+                        "~/.cache/topo/analyze); removed when the analysis completes")
     p.add_argument("--heads", action="store_true",
                    help="split attention projections into one graph per head ([q.h3]; heads from config.json or "
                         "--num-heads)")
