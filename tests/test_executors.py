@@ -275,3 +275,23 @@ def test_analyze_command_puts_several_runs_into_one_table(local_grid, tmp_path):
     assert {"algebraic_connectivity", "turnover"} <= set(table.metric)
     missing = _topo("analyze", *local.run_dir)
     assert missing.returncode == 1 and "several runs: --csv FILE" in missing.stderr
+
+
+@pytest.mark.slow
+def test_a_checkpoint_analysed_on_ray_gives_the_local_table(ray_cluster, tmp_path):
+    from topo.analyze import analyze_checkpoint
+
+    torch.manual_seed(0)
+    state = {f"blocks.0.{part}.weight": torch.randn(32, 32) * (torch.rand(32, 32) < 0.3)
+             for part in ("q_proj", "k_proj", "v_proj", "o_proj")}
+    state["embed_tokens.weight"] = torch.randn(40, 32)
+    torch.save(state, tmp_path / "model.pt")
+    options = {"heads": True, "num_heads": 4, "null": "er", "null_samples": 4, "progress": False}
+    here = analyze_checkpoint(tmp_path / "model.pt", **options)
+    on_ray = analyze_checkpoint(tmp_path / "model.pt", executor="ray", ray_options=RayOptions(cpus_per_run=THREADS),
+                                resume_dir=tmp_path / "kept", **options)
+    assert len(here.table) == 4 * 4 and on_ray.reading == here.reading  # the table left out embed_tokens alike
+    pd.testing.assert_frame_equal(on_ray.table, here.table)
+    assert on_ray.degrees.keys() == here.degrees.keys() and not (tmp_path / "kept").exists()
+    with pytest.raises(ConfigError, match="--global ranks every layer"):
+        analyze_checkpoint(tmp_path / "model.pt", executor="ray", backbone="magnitude:0.5", global_backbone=True)

@@ -104,6 +104,25 @@ def _select(names: list[str], pattern: str | None, where: str | os.PathLike) -> 
     return chosen
 
 
+def _selected(source: CheckpointSource, family: Family, layers: str | None,
+              embeddings: bool) -> tuple[list[str], list[str]]:
+    """The layers an analysis reads (``layers`` glob, embedding tables only with ``embeddings``), and the
+    embedding tables it leaves out; a ConfigError when only embedding tables are selected."""
+    names = _select(source.names, layers, source.path)
+    left_out = [] if embeddings else [n for n in names if family.role(n, source.shape(n)).kind == "embedding"]
+    names = [n for n in names if n not in left_out]
+    if not names:
+        raise ConfigError(f"{source.path}: every selected layer is an embedding table ({', '.join(left_out[:4])}); "
+                          "--embeddings analyses them")
+    return names, left_out
+
+
+def _warn_without_nm(null: str | None, records: list[dict[str, Any]], where: str | os.PathLike) -> None:
+    if null == "nm" and not any("n_m" in record for record in records):
+        warnings.warn(f"--null nm: no analysed layer of {where} is N:M, so no graph has an nm null; "
+                      "--null er or --null degree apply to any layer", UserWarning, stacklevel=3)
+
+
 def _degrees(graph: Graph) -> tuple[np.ndarray, ...]:
     degrees = graph.numpy().adjacency.sum(1, dtype=np.int64)
     return (degrees[: graph.parts[0]], degrees[graph.parts[0]:]) if graph.is_bipartite else (degrees,)
@@ -127,6 +146,8 @@ def analyze_checkpoint(
     null: str | None = None,
     null_samples: int = 20,
     resume_dir: str | os.PathLike | None = None,
+    executor: str = "local",
+    ray_options: RayOptions | None = None,
 ) -> CheckpointAnalysis:
     """Summarise every graph of every layer of the checkpoint at ``path`` (see the module docstring).
 
@@ -151,6 +172,9 @@ def analyze_checkpoint(
     resume_dir: keep each matrix's results under this folder as it finishes (:mod:`topo.resume`), so the same call
         after an interruption continues from the matrices done; removed once the analysis completes or refuses
         the checkpoint.
+    executor, ray_options: ``"ray"`` analyses the matrices in parallel, one Ray task each, every task reading its
+        own tensors from ``path`` (which must be a path every worker sees); the table is the local one's. Not with
+        ``global_backbone``, whose threshold ranks every layer in one process.
 
     Bipartite graphs (layers, projections, kernels) also get the weighted spectral gap of their active weights'
     magnitudes (:func:`topo.graph.singular.weighted_spectral_gap`).
@@ -158,21 +182,22 @@ def analyze_checkpoint(
     check_analysis_options(backbone=backbone, global_backbone=global_backbone, path_sources=path_sources,
                            small_world=small_world, null=null, null_samples=null_samples, conv=conv,
                            num_heads=num_heads)
+    if executor == "ray" and global_backbone:
+        raise ConfigError("--global ranks every layer's weights in one process: analyse it with the local executor")
     source = open_checkpoint(path, key)
     family = detect({n: source.shape(n) for n in source.names}, read_config(path), heads=num_heads)
-    kept = None
-    if resume_dir is not None:
-        changing = {"key": key, "backbone": str(backbone) if backbone else None, "global": global_backbone,
-                    "layers": layers if global_backbone else None, "path_sources": path_sources,
-                    "small_world": small_world, "device": str(device) if device is not None else None,
-                    "heads": heads, "conv": conv, "null": null, "null_samples": null_samples,
-                    "family": family.to_json()}
-        kept = MatrixResults(resume_dir, path, changing)
+    numeric = {"backbone": backbone, "global_backbone": global_backbone, "path_sources": path_sources,
+               "small_world": small_world, "device": device, "heads": heads, "conv": conv, "null": null,
+               "null_samples": null_samples}
+    kept = _kept_results(resume_dir, path, key, layers, family, numeric)
     try:
-        result = _analyze_source(source, family, layers=layers, backbone=backbone, global_backbone=global_backbone,
-                                 path_sources=path_sources, small_world=small_world, device=device,
-                                 progress=progress, heads=heads, embeddings=embeddings, conv=conv, null=null,
-                                 null_samples=null_samples, kept=kept)
+        if executor == "ray":
+            result = _analyze_on_workers(path, source, family, key=key, layers=layers, embeddings=embeddings,
+                                         num_heads=num_heads, resume_dir=resume_dir, numeric=numeric,
+                                         ray_options=ray_options, progress=progress)
+        else:
+            result = _analyze_source(source, family, layers=layers, embeddings=embeddings, progress=progress,
+                                     kept=kept, **numeric)
     except TopoError:
         if kept is not None:  # a refused file or option: nothing to resume once it is fixed (its key changes)
             kept.clear()
@@ -180,6 +205,47 @@ def analyze_checkpoint(
     if kept is not None:
         kept.clear()
     return result
+
+
+def _kept_results(resume_dir: str | os.PathLike | None, path: str | os.PathLike, key: str | None,
+                  layers: str | None, family: Family, numeric: dict[str, Any]) -> MatrixResults | None:
+    """Where each matrix's results are kept (:mod:`topo.resume`), keyed by every option that changes a number:
+    ``numeric`` (the options :func:`_analyze_source` computes with), the key inside the file, the family the
+    weights are read as, and the layer selection where the global backbone makes it change numbers."""
+    if resume_dir is None:
+        return None
+    changing = {**{name: None if value is None else value if isinstance(value, (bool, int, float)) else str(value)
+                   for name, value in numeric.items()},
+                "key": key, "layers": layers if numeric["global_backbone"] else None, "family": family.to_json()}
+    return MatrixResults(resume_dir, path, changing)
+
+
+def _analyze_on_workers(path: str | os.PathLike, source: CheckpointSource, family: Family, *, key: str | None,
+                        layers: str | None, embeddings: bool, num_heads: int | None,
+                        resume_dir: str | os.PathLike | None, numeric: dict[str, Any],
+                        ray_options: RayOptions | None, progress: bool) -> CheckpointAnalysis:
+    """:func:`analyze_checkpoint` with one Ray task per matrix (:func:`_matrix_job`), assembled in model order."""
+    names, left_out = _selected(source, family, layers, embeddings)
+    portable = {**numeric, "device": None if numeric["device"] is None else str(numeric["device"])}
+    jobs = [Job(name, _matrix_job, (str(path), key, name, num_heads, None if resume_dir is None else str(resume_dir),
+                                    portable)) for name in names]
+    parts = run_jobs(jobs, "ray", ray_options, progress=progress,
+                     headline=lambda part: f"{len(part.records)} graph(s)")
+    records = [record for part in parts for record in part.records]
+    _warn_without_nm(numeric["null"], records, source.path)
+    return CheckpointAnalysis(pd.DataFrame(records), records, source.description, all(p.dense for p in parts),
+                              {graph: d for part in parts for graph, d in part.degrees.items()},
+                              describe_reading(family, names, left_out, source.tied))
+
+
+def _matrix_job(path: str, key: str | None, name: str, num_heads: int | None, resume_dir: str | None,
+                numeric: dict[str, Any]) -> CheckpointAnalysis:
+    """One matrix of a checkpoint analysed where the job runs: the checkpoint opened there, its kept results
+    (shared with the driver's, when ``resume_dir`` is on storage every worker sees) used and extended."""
+    source = open_checkpoint(path, key)
+    family = detect({n: source.shape(n) for n in source.names}, read_config(path), heads=num_heads)
+    kept = _kept_results(resume_dir, path, key, None, family, numeric)
+    return _analyze_source(source, family, only=[name], embeddings=True, progress=False, kept=kept, **numeric)
 
 
 def analyze_model(model: torch.nn.Module, **options) -> CheckpointAnalysis:
@@ -207,15 +273,13 @@ def _analyze_source(
     null: str | None = None,
     null_samples: int = 20,
     kept: MatrixResults | None = None,
+    only: list[str] | None = None,
 ) -> CheckpointAnalysis:
     spec = check_analysis_options(backbone=backbone, global_backbone=global_backbone, path_sources=path_sources,
                                   small_world=small_world, null=null, null_samples=null_samples, conv=conv)
-    names = _select(source.names, layers, source.path)
-    left_out = [] if embeddings else [n for n in names if family.role(n, source.shape(n)).kind == "embedding"]
-    names = [n for n in names if n not in left_out]
-    if not names:
-        raise ConfigError(f"{source.path}: every selected layer is an embedding table ({', '.join(left_out[:4])}); "
-                          "--embeddings analyses them")
+    names, left_out = _selected(source, family, layers, embeddings)
+    if only is not None:
+        names = [n for n in names if n in only]
     gates = recurrent_gates({n: source.shape(n) for n in names})
     done = {n: results for n in names if kept is not None and (results := kept.get(n)) is not None}
     if done:
@@ -270,9 +334,8 @@ def _analyze_source(
             kept.put(name, {"records": records[first_record:], "dense": bool(mask.all()),
                             "degrees": {r["graph"]: degrees[r["graph"]] for r in records[first_record:]}})
         del mask, on_device, weight
-    if null == "nm" and not any("n_m" in record for record in records):
-        warnings.warn(f"--null nm: no analysed layer of {source.path} is N:M, so no graph has an nm null; "
-                      "--null er or --null degree apply to any layer", UserWarning, stacklevel=2)
+    if only is None:
+        _warn_without_nm(null, records, source.path)
     table = pd.DataFrame(records)
     return CheckpointAnalysis(table, records, source.description, dense, degrees,
                               describe_reading(family, names, left_out, source.tied))

@@ -130,8 +130,6 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                           "directories")
     device = _analysis_device(args.device)
     if not runs[0]:
-        if args.executor != "local":
-            raise ConfigError("--executor ray analyses run directories; a checkpoint is analysed here")
         return _analyze_checkpoint(args, paths[0], device, args.csv == "-")
     checkpoint_only = [flag for flag, given in (("--backbone", args.backbone), ("--global", args.global_backbone),
                                                 ("--key", args.key), ("--embeddings", args.embeddings),
@@ -187,7 +185,7 @@ def _analyze_checkpoint(args: argparse.Namespace, path: Path, device, to_stdout:
                                 small_world=args.small_world, device=device, progress=not args.quiet,
                                 heads=args.heads, embeddings=args.embeddings, conv=args.conv,
                                 num_heads=args.num_heads, null=args.null, null_samples=args.null_samples,
-                                resume_dir=resume_dir)
+                                resume_dir=resume_dir, executor=args.executor, ray_options=_ray_options(args))
     print(f"topo: {path}: {result.source}" + (f"; {result.reading}" if result.reading else ""), file=sys.stderr)
     if result.dense:
         print(f"topo: note: every analysed layer of {path} is dense, so its graphs are complete and their metrics "
@@ -560,7 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also σ and ω against N degree-preserving random graphs")
     p.add_argument("--plot", help="draw a figure into this file: Figure 5 for a run directory, degree "
                                   "distributions and metrics by depth for a checkpoint")
-    _executor_options(p, "runs")
+    _executor_options(p, "runs (or a checkpoint's matrices)")
     p.set_defaults(func=cmd_analyze)
 
     p = command("compare", help="topology distance (NNSTD) between two runs or checkpoints",
