@@ -164,3 +164,29 @@ def test_nm_null_draws_positions_at_random_in_a_single_row_layer_too():
     masks = null_masks("nm", block, 6, seed=2)
     assert (masks.reshape(6, 40, 4).sum(-1) == 2).all()
     assert len({tuple(m.flatten().tolist()) for m in masks}) == 6 and not masks[:, 0, ::2].all()
+
+
+def test_z_scores_by_hand():
+    from topo.graph.null import z_scores
+
+    null = [{"n_edges": 9, "gini": 1.0, "path": 2.0, "path_se": 0.1}, {"n_edges": 9, "gini": 2.0, "path": 2.0,
+                                                                       "path_se": 0.2},
+            {"n_edges": 9, "gini": 3.0, "path": float("nan")}]
+    rows = z_scores({"n_edges": 10, "path_se": 0.3, "gini": 5.0, "path": 4.0}, null)
+    # gini: mean 2, sample std 1 (n − 1 in the denominator), z = (5 − 2) / 1; path: two finite samples, std 0
+    assert rows == {"gini_null_mean": 2.0, "gini_null_std": 1.0, "gini_z": 3.0,
+                    "path_null_mean": 2.0, "path_null_std": 0.0}
+    assert z_scores({"gini": 5.0}, null[:2])["gini_z"] == pytest.approx(3.5 / 0.5 ** 0.5)  # two samples suffice
+    assert z_scores({"gini": 5.0}, null[:1]) == {}  # one sample has no spread
+    assert z_scores({"gini": float("inf"), "path": 4.0}, null) == {"path_null_mean": 2.0, "path_null_std": 0.0}
+    # a spread is a spread relative to the mean's size: 1e-7 around 1e6 is none, 1.5e-12 around 0.5 is one
+    assert "x_z" not in z_scores({"x": 1e6}, [{"x": 1e6}, {"x": 1e6 + 1.4e-7}])
+    assert "x_z" in z_scores({"x": 0.5}, [{"x": 0.5}, {"x": 0.5 + 2.2e-12}])
+
+
+def test_er_masks_are_boolean_and_empty_blocks_give_empty_masks():
+    generator = torch.Generator().manual_seed(0)
+    masks = er_masks(torch.rand(6, 5) < 0.4, 3, generator)
+    assert masks.dtype == torch.bool and masks.shape == (3, 6, 5)
+    empty = er_masks(torch.zeros(4, 4, dtype=torch.bool), 2, generator)
+    assert empty.dtype == torch.bool and not empty.any() and empty.shape == (2, 4, 4)
