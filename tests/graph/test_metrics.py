@@ -394,3 +394,46 @@ def test_small_world_of_complete_sparse_and_disconnected_graphs():
     first = igraph.Graph.Erdos_Renyi(30, 0.2).get_edgelist()
     random.seed(1)
     assert igraph.Graph.Erdos_Renyi(30, 0.2).get_edgelist() == first
+
+
+def test_metrics_table_of_a_run_adds_turnover_and_exploration_and_reads_weights_as_the_run_did(tmp_path):
+    import topo.sparsity as ts
+    from topo.families import Family, detect
+    from topo.graph import metrics_table
+    from topo.record import Recorder, RunReader
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    sparsifier = ts.make_sparsifier("set", model, optimizer, density=0.3, zeta=0.5, seed=0)
+    with Recorder(tmp_path / "run", sparsifier) as recorder:
+        for epoch in range(3):
+            recorder.snapshot(epoch, {})
+            sparsifier.end_epoch(epoch)
+    table = metrics_table(RunReader(tmp_path / "run"), run="r", progress=False)
+    assert set(table.run) == {"r"}
+    topology = table[table.metric.isin(["turnover", "exploration"])]
+    assert sorted(topology.groupby("metric").size().items()) == [("exploration", 6), ("turnover", 4)]
+    assert (topology[topology.metric == "turnover"].value > 0).all()  # SET changed every layer at every epoch
+    assert set(metrics_table({"fc.weight": torch.rand(4, 4) < 0.5}, progress=False).run) == {""}
+
+    class Stored:
+        """Any object with iter_masks() is a source; its family says how its weights are read."""
+
+        epochs = [0]
+        family = detect({"h.0.attn.c_attn.weight": (8, 24)}, conv1d=["h.0.attn.c_attn.weight"])
+
+        def iter_masks(self):
+            yield 0, {"h.0.attn.c_attn.weight": torch.rand(8, 24) < 0.5}
+
+    graphs = set(metrics_table(Stored(), progress=False).graph)
+    assert graphs == {f"h.0.attn.c_attn.weight[{part}]" for part in "qkv"}
+    # a family given decides over the source's; heads split only when asked
+    assert set(metrics_table(Stored(), progress=False, family=Family(heads=2)).graph) == {
+        "h.0.attn.c_attn.weight"}
+    per_head = metrics_table({"l.q_proj.weight": torch.rand(8, 8) < 0.5}, progress=False,
+                             family=Family(heads=2))
+    assert set(per_head.graph) == {"l.q_proj.weight"}
+    assert set(metrics_table({"l.q_proj.weight": torch.rand(8, 8) < 0.5}, progress=False, heads=True,
+                             family=Family(heads=2)).graph) == {
+        "l.q_proj.weight[q.h0]", "l.q_proj.weight[q.h1]"}
