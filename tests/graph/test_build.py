@@ -199,3 +199,14 @@ def test_igraph_copy_keeps_isolated_nodes_and_is_undirected():
     graph = Graph(np.array([[0, 1, 0], [1, 0, 0], [0, 0, 0]], bool), "g")
     copy = graph.to_igraph()
     assert copy.vcount() == 3 and copy.ecount() == 1 and not copy.is_directed()
+
+
+def test_a_graph_moved_to_torch_and_back_keeps_what_it_is():
+    from topo.graph import bipartite_graph
+
+    graph = bipartite_graph(np.random.default_rng(0).random((3, 5)) < 0.5, name="fc.weight")
+    for copy in (graph.torch(), graph.torch("cpu"), graph.torch().numpy()):
+        assert (copy.name, copy.parts, copy.kind, copy.mask_density) == ("fc.weight", (5, 3), "bipartite",
+                                                                        graph.mask_density)
+        assert np.array_equal(np.asarray(copy.numpy().adjacency), np.asarray(graph.numpy().adjacency))
+    assert graph.torch().is_torch and not graph.torch().numpy().is_torch
