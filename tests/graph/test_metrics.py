@@ -437,3 +437,11 @@ def test_metrics_table_of_a_run_adds_turnover_and_exploration_and_reads_weights_
     assert set(metrics_table({"l.q_proj.weight": torch.rand(8, 8) < 0.5}, progress=False, heads=True,
                              family=Family(heads=2)).graph) == {
         "l.q_proj.weight[q.h0]", "l.q_proj.weight[q.h1]"}
+
+
+def test_small_world_defaults_to_ten_random_graphs():
+    from topo.graph import small_world
+
+    graph = square_graph(torch.rand(30, 30, generator=torch.Generator().manual_seed(1)) < 0.2)
+    assert small_world(graph) == small_world(graph, n_random=10, seed=0)
+    assert small_world(graph) != small_world(graph, n_random=11, seed=0)

@@ -121,3 +121,10 @@ def test_square_and_bipartite_spectra_of_graphs_just_above_the_dense_limit():
     assert square_spectrum(torch.from_numpy(adjacency)) == found  # a CPU tensor takes the same path
     block = rng.random((DENSE_LIMIT + 6, DENSE_LIMIT + 2)) < 0.01
     assert top_singular_values(block.astype(np.float64)) == pytest.approx(numpy_sigmas(block)[:2], rel=1e-9)
+
+
+def test_square_spectrum_of_a_single_edge_by_hand():
+    from topo.graph.singular import square_spectrum
+
+    # eigenvalues ±1: λ1 − λ2 = 2; mean degree 1, μ = max(λ2, −λn) = 1, so 2√(1 − 1) − 1 = −1
+    assert square_spectrum(np.array([[0, 1], [1, 0]])) == {"spectral_gap": 2.0, "ramanujan_gap": -1.0}
