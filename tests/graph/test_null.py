@@ -190,3 +190,11 @@ def test_er_masks_are_boolean_and_empty_blocks_give_empty_masks():
     assert masks.dtype == torch.bool and masks.shape == (3, 6, 5)
     empty = er_masks(torch.zeros(4, 4, dtype=torch.bool), 2, generator)
     assert empty.dtype == torch.bool and not empty.any() and empty.shape == (2, 4, 4)
+
+
+def test_null_masks_take_two_samples_or_more_and_seed_zero_by_default():
+    block = torch.rand(8, 8, generator=torch.Generator().manual_seed(0)) < 0.4
+    assert null_masks("er", block, 2).shape == (2, 8, 8)
+    with pytest.raises(ConfigError, match="at least 2 samples"):
+        null_masks("er", block, 1)
+    assert torch.equal(null_masks("degree", block, 3), null_masks("degree", block, 3, seed=0))

@@ -128,3 +128,21 @@ def test_square_spectrum_of_a_single_edge_by_hand():
 
     # eigenvalues ±1: λ1 − λ2 = 2; mean degree 1, μ = max(λ2, −λn) = 1, so 2√(1 − 1) − 1 = −1
     assert square_spectrum(np.array([[0, 1], [1, 0]])) == {"spectral_gap": 2.0, "ramanujan_gap": -1.0}
+
+
+def test_square_spectrum_above_the_dense_limit_equals_the_dense_solve():
+    from topo.graph.singular import DENSE_LIMIT, square_spectrum
+
+    # a bipartite graph as a square one: λn = −λ1, so only the largest *algebraic* eigenvalues give λ2
+    rng = np.random.default_rng(0)
+    half = DENSE_LIMIT // 2 + 40
+    block = rng.random((half, half)) < 0.02
+    adjacency = np.zeros((2 * half, 2 * half), dtype=bool)
+    adjacency[:half, half:], adjacency[half:, :half] = block, block.T
+    values = np.linalg.eigvalsh(adjacency.astype(np.float64))
+    degrees = adjacency.sum(1)
+    expected_gap = values[-1] - values[-2]
+    expected_ramanujan = 2 * np.sqrt(degrees[degrees > 0].mean() - 1) - max(values[-2], -values[0])
+    found = square_spectrum(adjacency)
+    assert found["spectral_gap"] == pytest.approx(expected_gap, rel=1e-8)
+    assert found["ramanujan_gap"] == pytest.approx(expected_ramanujan, rel=1e-8)
