@@ -118,3 +118,15 @@ def test_topo_analyze_killed_with_sigkill_continues_where_it_stopped(tmp_path, c
     assert f"resuming, {kept} of 4 matrices already analysed" in resumed.stderr
     assert out.read_text() == (tmp_path / "whole.csv").read_text()
     assert not partial.exists()
+
+
+def test_the_default_folder_unwritable_only_stops_keeping_results(tmp_path, monkeypatch, caplog):
+    checkpoint = pruned_checkpoint(tmp_path / "model.pt", layers=2)
+    blocked = tmp_path / "file-not-folder"
+    blocked.write_text("")
+    monkeypatch.setattr("topo.analyze.default_root", lambda: blocked / "analyze")
+    with caplog.at_level("WARNING"):
+        result = analyze_checkpoint(checkpoint, resume_dir=blocked / "analyze", progress=False)
+    assert len(result.table) == 2 and "results are not kept for resuming" in caplog.text
+    with pytest.raises(NotADirectoryError):  # a folder the user named must be writable
+        analyze_checkpoint(checkpoint, resume_dir=blocked / "mine", progress=False)

@@ -20,6 +20,7 @@ import os
 import warnings
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,7 +42,7 @@ from topo.record import RunReader, read_checkpoint
 from topo.record.formats import CheckpointSource, open_checkpoint, state_dict_source
 from topo.record.live import METRICS_FILE, read_metrics, reusable_rows
 from topo.record.store import write_csv
-from topo.resume import MatrixResults
+from topo.resume import MatrixResults, default_root
 from topo.sparsity.structure import nm_pattern
 
 log = logging.getLogger(__name__)
@@ -217,7 +218,7 @@ def _kept_results(resume_dir: str | os.PathLike | None, path: str | os.PathLike,
     changing = {**{name: None if value is None else value if isinstance(value, (bool, int, float)) else str(value)
                    for name, value in numeric.items()},
                 "key": key, "layers": layers if numeric["global_backbone"] else None, "family": family.to_json()}
-    return MatrixResults(resume_dir, path, changing)
+    return MatrixResults(resume_dir, path, changing, required=Path(resume_dir) != default_root())
 
 
 def _analyze_on_workers(path: str | os.PathLike, source: CheckpointSource, family: Family, *, key: str | None,

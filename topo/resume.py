@@ -82,10 +82,15 @@ class MatrixResults:
     root: the folder holding kept analyses (each in its own ``<key>`` folder).
     checkpoint: the checkpoint analysed (file, index or directory): its identity is part of the key.
     options: every option that changes a number; JSON-serialisable.
+    required: a folder that cannot be written is an error; otherwise (the default folder, which nobody chose) the
+        analysis goes on without keeping results, and says so once.
     """
 
-    def __init__(self, root: str | os.PathLike, checkpoint: str | os.PathLike, options: dict[str, Any]) -> None:
+    def __init__(self, root: str | os.PathLike, checkpoint: str | os.PathLike, options: dict[str, Any],
+                 required: bool = True) -> None:
         self.root = Path(root)
+        self.required = required
+        self.disabled = False
         described = {"checkpoint": checkpoint_identity(checkpoint), "options": options, "topo": topo.__version__}
         key = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:20]
         self.path = self.root / key
@@ -106,9 +111,17 @@ class MatrixResults:
 
     def put(self, name: str, results: dict[str, Any]) -> None:
         """Keep the results of matrix ``name`` (atomically)."""
-        self.path.mkdir(parents=True, exist_ok=True)
+        if self.disabled:
+            return
         text = json.dumps({"name": name, **results}, default=_plain)
-        write_atomic(self._file(name), lambda handle: handle.write(text.encode()))
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            write_atomic(self._file(name), lambda handle: handle.write(text.encode()))
+        except OSError as error:
+            if self.required:
+                raise
+            self.disabled = True
+            log.warning(f"results are not kept for resuming ({self.root}: {error.strerror or error})")
 
     def count(self) -> int:
         """How many matrices have kept results."""
