@@ -649,3 +649,20 @@ def test_a_model_at_hand_is_read_by_its_module_classes():
     # an output head sharing the embedding table's storage is a table too
     gpt2 = tiny_gpt2()
     assert detect_model(gpt2).embeddings == {"transformer.wte.weight", "transformer.wpe.weight", "lm_head.weight"}
+
+
+def test_a_leading_number_sorts_before_a_leading_name_whatever_its_value():
+    assert sorted(["norm.weight", "5.weight"], key=natural_key) == ["5.weight", "norm.weight"]
+
+
+def test_only_conv1d_weights_are_read_transposed_and_heads_tie_as_the_config_says():
+    gpt2 = {"transformer.wte.weight": (64, 32), "transformer.h.0.attn.c_attn.weight": (32, 96),
+            "transformer.h.0.attn.c_proj.weight": (32, 32), "lm_head.weight": (64, 32)}
+    conv1d = {"transformer.h.0.attn.c_attn.weight", "transformer.h.0.attn.c_proj.weight"}
+    assert detect(gpt2, {"model_type": "gpt2"}).transposed == conv1d  # by config.json
+    assert detect(gpt2).transposed == conv1d  # by names
+    # a family without Conv1D modules keeps every weight as stored, whatever its names
+    assert detect({"h.0.attn.c_proj.weight": (8, 8)}, {"model_type": "llama"}).transposed == frozenset()
+    # an output head shaped like the embedding table is tied unless config.json says otherwise (default: tied)
+    assert "lm_head.weight" in detect(gpt2, {"model_type": "gpt2"}).embeddings
+    assert "lm_head.weight" not in detect(gpt2, {"model_type": "gpt2", "tie_word_embeddings": False}).embeddings
