@@ -110,3 +110,32 @@ def test_active_count_is_exact_for_every_density_k_over_n():
     for n in (10_000, 45_088_768, 4096 * 11008):  # a Llama MLP matrix
         assert all(active_count(n, k / n) == k for k in (1, 7, n // 3, n // 2, n - 1, n))
     assert active_count(7, 0.3) == 7 - 4 and active_count(100, 0.015) == 2  # ⌊4.9⌋, ⌊98.5⌋: the references' floor
+
+
+def test_fixed_mask_keeps_its_seed_and_magnitude_pruning_refuses_a_global_n_m_scope():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8))
+    fixed = FixedMask(model, None, masks={"0.weight": torch.rand(8, 8) < 0.5}, seed=3)
+    assert fixed.seed == 3
+    with pytest.raises(ConfigError, match="scope='layer'"):
+        MagnitudePruning(model, None, density=0.5, scope="global", structure="2:4")
+
+
+def test_a_restored_method_counts_the_epochs_done():
+    from topo.sparsity import make_sparsifier
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8))
+    method = make_sparsifier("set", model, torch.optim.SGD(model.parameters(), lr=0.1), density=0.5, seed=0)
+    method.end_epoch(0)
+    method.end_epoch(1)
+    restored = make_sparsifier("set", model, torch.optim.SGD(model.parameters(), lr=0.1), density=0.5, seed=0)
+    restored.load_state_dict(method.state_dict())
+    assert restored.epochs_done == method.epochs_done == 2
+
+
+def test_a_method_without_a_seed_draws_it_from_torchs_global_generator():
+    from topo.sparsity.base import draw_seed
+
+    torch.manual_seed(0)
+    expected = int(torch.randint(0, 2**31 - 1, ()))
+    torch.manual_seed(0)
+    assert draw_seed() == expected

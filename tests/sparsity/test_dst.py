@@ -428,3 +428,29 @@ def test_a_sparsifier_without_seed_follows_torch_manual_seed_and_records_it():
 def test_bad_dst_configuration_is_one_clear_error(make, message):
     with pytest.raises(ConfigError, match=message):
         make(mlp((8,)))
+
+
+def test_ties_go_to_the_lower_position_in_every_top_k():
+    from topo.sparsity.dst import largest
+    from topo.sparsity.srigl import _top_per_row
+
+    scores = torch.zeros(2000)
+    assert torch.equal(largest(scores, torch.ones(2000, dtype=torch.bool), 10).nonzero().flatten(), torch.arange(10))
+    rows = _top_per_row(torch.zeros(8, 600), 5)
+    assert torch.equal(rows, torch.arange(600).expand(8, -1) < 5)
+
+
+def test_snip_scopes_and_distribution_set_the_layer_densities():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(40, 30), torch.nn.ReLU(), torch.nn.Linear(30, 30), torch.nn.ReLU(),
+                                torch.nn.Linear(30, 5))
+    batch = (torch.randn(16, 40), torch.randint(0, 5, (16,)))
+
+    def densities(**options):
+        snip = make_sparsifier("snip", model, None, density=0.3, batch=batch, seed=0, **options)
+        return [round(float(mask.float().mean()), 3) for mask in snip.masks.values()]
+
+    assert densities(scope="layer") == [0.3, 0.3, 0.3]
+    erk = densities(scope="layer", distribution="erk")
+    assert erk != [0.3, 0.3, 0.3] and erk[-1] > erk[0]  # ERK gives the small last layer more
+    assert len(set(densities(scope="global"))) > 1  # one ranking over all layers: densities differ per layer
