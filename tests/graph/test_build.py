@@ -210,3 +210,9 @@ def test_a_graph_moved_to_torch_and_back_keeps_what_it_is():
                                                                         graph.mask_density)
         assert np.array_equal(np.asarray(copy.numpy().adjacency), np.asarray(graph.numpy().adjacency))
     assert graph.torch().is_torch and not graph.torch().numpy().is_torch
+
+
+def test_gate_graphs_without_a_name_are_named_by_their_gate():
+    from topo.graph import recurrent_gate_graphs
+
+    assert list(recurrent_gate_graphs(torch.rand(12, 4) < 0.5)) == ["[r]", "[z]", "[n]"]

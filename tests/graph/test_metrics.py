@@ -445,3 +445,19 @@ def test_small_world_defaults_to_ten_random_graphs():
     graph = square_graph(torch.rand(30, 30, generator=torch.Generator().manual_seed(1)) < 0.2)
     assert small_world(graph) == small_world(graph, n_random=10, seed=0)
     assert small_world(graph) != small_world(graph, n_random=11, seed=0)
+
+
+def test_run_tables_name_the_run_as_asked_and_nothing_by_default(tmp_path):
+    import topo.sparsity as ts
+    from topo.graph.compare import degree_distributions, run_topology
+    from topo.record import Recorder, RunReader
+
+    model = torch.nn.Sequential(torch.nn.Linear(6, 6))
+    sparsifier = ts.make_sparsifier("random-fixed", model, None, density=0.5, seed=0)
+    with Recorder(tmp_path / "run", sparsifier) as recorder:
+        recorder.snapshot(0, {})
+        recorder.snapshot(1, {})
+    run = RunReader(tmp_path / "run")
+    for table in (run_topology(run), degree_distributions(run)):
+        assert set(table.run) == {""}
+    assert set(run_topology(run, "mine").run) == {"mine"}
