@@ -130,3 +130,16 @@ def test_srigl_works_with_erk_and_dense_first_last_and_refuses_bad_settings():
         make_sparsifier("srigl", mlp((8,)), density=0.3, total_steps=10, gamma_sal=-1)
     with pytest.raises(ConfigError, match="t_end"):
         make_sparsifier("srigl", mlp((8,)), density=0.3)
+
+
+def test_neurons_to_ablate_by_hand():
+    from topo.sparsity.srigl import neurons_to_ablate
+
+    weight = torch.full((4, 10), 0.01)
+    weight[0, :3], weight[1, :2], weight[2, 0] = 10.0, 9.0, 8.0  # the 6 largest |w|: 3, 2, 1 and 0 per neuron
+    grad, mask = torch.zeros(4, 10), torch.zeros(4, 10, dtype=torch.bool)
+    mask[0, :4] = True  # 4 active weights: at least one neuron must live
+    # γ·(T // rows) = 0.3 · (12 // 4) = 0.9 → threshold max(1, 0) = 1: only the neuron without a salient weight
+    assert neurons_to_ablate(weight, grad, mask, n_keep=6, n_prune=0, budget=12, gamma_sal=0.3) == [3]
+    # 0.5 · (20 // 4) = 2.5 → threshold 2: neurons with fewer than two salient weights (20 // 2 = 10 fits)
+    assert neurons_to_ablate(weight, grad, mask, n_keep=6, n_prune=0, budget=20, gamma_sal=0.5) == [2, 3]
