@@ -139,3 +139,26 @@ def test_a_method_without_a_seed_draws_it_from_torchs_global_generator():
     expected = int(torch.randint(0, 2**31 - 1, ()))
     torch.manual_seed(0)
     assert draw_seed() == expected
+
+
+def test_dense_counts_steps_and_covers_the_weights_asked_for():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))
+    dense = Dense(model, None, params=["0.weight"])
+    assert list(dense.masks) == ["0.weight"] and dense.epochs_done == 0
+    dense.step()
+    dense.step()
+    assert dense.step_count == 2
+
+
+def test_random_channelwise_masks_the_optimizer_it_is_given():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(4, 6, 3), torch.nn.Flatten(), torch.nn.Linear(6 * 4 * 4, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    method = RandomChannelwise(model, optimizer, density=0.5, seed=0)
+    inactive = {name: ~mask for name, mask in method.masks.items()}
+    for _ in range(2):
+        model(torch.randn(3, 4, 6, 6)).square().sum().backward()
+        optimizer.step()  # no method.step(): the optimizer's pre-hook masks the gradients
+        optimizer.zero_grad()
+    weights = dict(model.named_parameters())
+    assert all(not weights[name].detach()[off].any() for name, off in inactive.items())

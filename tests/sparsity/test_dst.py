@@ -454,3 +454,10 @@ def test_snip_scopes_and_distribution_set_the_layer_densities():
     erk = densities(scope="layer", distribution="erk")
     assert erk != [0.3, 0.3, 0.3] and erk[-1] > erk[0]  # ERK gives the small last layer more
     assert len(set(densities(scope="global"))) > 1  # one ranking over all layers: densities differ per layer
+
+
+def test_snip_records_its_scope():
+    model = torch.nn.Sequential(torch.nn.Linear(6, 4))
+    snip = make_sparsifier("snip", model, None, density=0.5, batch=(torch.randn(3, 6), torch.randint(0, 4, (3,))),
+                           seed=0, scope="layer")
+    assert snip.config()["scope"] == "layer"

@@ -216,3 +216,10 @@ def test_magnitude_needs_no_calibration_and_bad_arguments_are_one_clear_error():
             prune_oneshot(tiny_llama(1), progress=False, **kwargs)
     with pytest.raises(ConfigError, match="no list of decoder blocks"):
         prune_oneshot(torch.nn.Sequential(torch.nn.Linear(4, 4)), "magnitude", density=0.5)
+
+
+def test_a_block_called_with_hidden_states_by_keyword_is_read():
+    from topo.sparsity.oneshot import _hidden
+
+    hidden = torch.ones(2, 3)
+    assert _hidden((), {"hidden_states": hidden}) is hidden and _hidden((hidden,), {}) is hidden
