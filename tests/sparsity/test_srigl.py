@@ -143,3 +143,22 @@ def test_neurons_to_ablate_by_hand():
     assert neurons_to_ablate(weight, grad, mask, n_keep=6, n_prune=0, budget=12, gamma_sal=0.3) == [3]
     # 0.5 · (20 // 4) = 2.5 → threshold 2: neurons with fewer than two salient weights (20 // 2 = 10 fits)
     assert neurons_to_ablate(weight, grad, mask, n_keep=6, n_prune=0, budget=20, gamma_sal=0.5) == [2, 3]
+
+
+def test_srigl_and_rigl_defaults_and_srigls_layers():
+    from topo.sparsity.srigl import neurons_to_ablate
+
+    model = torch.nn.Sequential(torch.nn.Linear(40, 30), torch.nn.ReLU(), torch.nn.Linear(30, 5))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for method in ("rigl", "srigl"):
+        assert make_sparsifier(method, model, optimizer, density=0.5, total_steps=10, seed=0).delta_t == 100
+    erk = make_sparsifier("srigl", model, optimizer, density=0.3, total_steps=10, seed=0, distribution="erk")
+    assert erk.layer_density["2.weight"] > erk.layer_density["0.weight"]
+    assert list(make_sparsifier("srigl", model, optimizer, density=0.3, total_steps=10, seed=0,
+                                params=["0.weight"]).masks) == ["0.weight"]
+    # γ ≥ 1 is a count of salient weights: 2 here, whatever the budget
+    weight = torch.full((4, 10), 0.01)
+    weight[0, :3], weight[1, :3], weight[2, :2] = 10.0, 9.0, 8.0  # salient (top 8 |w|): 3, 3, 2, 0
+    mask = torch.zeros(4, 10, dtype=torch.bool)
+    mask[0, :4] = True
+    assert neurons_to_ablate(weight, torch.zeros(4, 10), mask, n_keep=8, n_prune=0, budget=12, gamma_sal=2) == [3]
