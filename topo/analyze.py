@@ -185,8 +185,7 @@ def analyze_checkpoint(
                            num_heads=num_heads)
     if executor == "ray" and global_backbone:
         raise ConfigError("--global ranks every layer's weights in one process: analyse it with the local executor")
-    source = open_checkpoint(path, key)
-    family = detect({n: source.shape(n) for n in source.names}, read_config(path), heads=num_heads)
+    source, family = _open_with_family(path, key, num_heads)
     numeric = {"backbone": backbone, "global_backbone": global_backbone, "path_sources": path_sources,
                "small_world": small_world, "device": device, "heads": heads, "conv": conv, "null": null,
                "null_samples": null_samples}
@@ -206,6 +205,14 @@ def analyze_checkpoint(
     if kept is not None:
         kept.clear()
     return result
+
+
+def _open_with_family(path: str | os.PathLike, key: str | None,
+                      num_heads: int | None) -> tuple[CheckpointSource, Family]:
+    """The checkpoint at ``path`` opened for reading, and what its weights mean (``config.json`` beside it, else
+    the names; ``num_heads`` where no config says)."""
+    source = open_checkpoint(path, key)
+    return source, detect({n: source.shape(n) for n in source.names}, read_config(path), heads=num_heads)
 
 
 def _kept_results(resume_dir: str | os.PathLike | None, path: str | os.PathLike, key: str | None,
@@ -243,8 +250,7 @@ def _matrix_job(path: str, key: str | None, name: str, num_heads: int | None, re
                 numeric: dict[str, Any]) -> CheckpointAnalysis:
     """One matrix of a checkpoint analysed where the job runs: the checkpoint opened there, its kept results
     (shared with the driver's, when ``resume_dir`` is on storage every worker sees) used and extended."""
-    source = open_checkpoint(path, key)
-    family = detect({n: source.shape(n) for n in source.names}, read_config(path), heads=num_heads)
+    source, family = _open_with_family(path, key, num_heads)
     kept = _kept_results(resume_dir, path, key, None, family, numeric)
     return _analyze_source(source, family, only=[name], embeddings=True, progress=False, kept=kept, **numeric)
 
@@ -310,7 +316,8 @@ def _analyze_source(
         else:
             mask = layer.mask
         del layer  # the mask and the weight are needed from here on, nothing else
-        dense = dense and bool(mask.all())
+        layer_dense = bool(mask.all())
+        dense = dense and layer_dense
         pattern = nm_pattern(oriented(mask, family.role(name, tuple(mask.shape))))
         on_device = mask.to(device) if device is not None else mask
         for graph_name, graph_source in graph_sources({name: on_device}, gates, family=family, heads=heads,
@@ -332,7 +339,7 @@ def _analyze_source(
             records.append({**record, **summary})
             degrees[graph_name] = _degrees(graph)
         if kept is not None:
-            kept.put(name, {"records": records[first_record:], "dense": bool(mask.all()),
+            kept.put(name, {"records": records[first_record:], "dense": layer_dense,
                             "degrees": {r["graph"]: degrees[r["graph"]] for r in records[first_record:]}})
         del mask, on_device, weight
     if only is None:

@@ -123,10 +123,6 @@ class MatrixResults:
             self.disabled = True
             log.warning(f"results are not kept for resuming ({self.root}: {error.strerror or error})")
 
-    def count(self) -> int:
-        """How many matrices have kept results."""
-        return len(list(self.path.glob("*.json"))) if self.path.is_dir() else 0
-
     def clear(self) -> None:
         """Remove this analysis's results, and the root folder when nothing else is kept there."""
         shutil.rmtree(self.path, ignore_errors=True)
