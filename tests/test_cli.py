@@ -340,6 +340,26 @@ def test_compare_runs_by_nnstd(tmp_path):
     assert bad.returncode == 1 and "--epoch 7" in bad.stderr
 
 
+def test_compare_reads_a_transformers_projections_each_from_the_residual_stream(tmp_path):
+    """q's outputs permuted (heads reordered): q is the same up to permutation, and k, which reads the residual
+    stream and not q's outputs, is unchanged; chaining q's matching into k's inputs would call k different."""
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(0)
+    weights = {f"model.layers.0.self_attn.{p}_proj.weight": torch.randn(32, 32, generator=generator) *
+               (torch.rand(32, 32, generator=generator) < 0.3) for p in "qkvo"}
+    for name, tensors in (("a", weights), ("b", {**weights, "model.layers.0.self_attn.q_proj.weight":
+                                                 weights["model.layers.0.self_attn.q_proj.weight"][torch.randperm(
+                                                     32, generator=generator)]})):
+        (tmp_path / name).mkdir()
+        save_file(tensors, str(tmp_path / name / "model.safetensors"))
+        (tmp_path / name / "config.json").write_text(json.dumps({"model_type": "llama", "num_attention_heads": 4,
+                                                                 "hidden_size": 32}))
+    result = topo("compare", str(tmp_path / "a"), str(tmp_path / "b"), "--json")
+    assert result.returncode == 0, result.stderr
+    assert [row["nnstd"] for row in json.loads(result.stdout)["layers"]] == [0.0] * 4
+
+
 def test_compare_two_checkpoints_prints_nnstd_beside_its_random_baseline(tmp_path):
     torch.manual_seed(0)
     for name in ("a", "b"):

@@ -307,14 +307,7 @@ def _analyze_source(
         first_record = len(records)
         layer = source.load(name)
         weight = layer.weight
-        if overall is not None:
-            mask = overall.mask(weight)
-        elif spec is not None and spec.kind == "magnitude":
-            mask = magnitude_backbone(weight, spec.value)
-        elif spec is not None:
-            mask = disparity_backbone(weight, spec.value)
-        else:
-            mask = layer.mask
+        mask = overall.mask(weight) if overall is not None else _analysed_mask(layer, spec)
         del layer  # the mask and the weight are needed from here on, nothing else
         layer_dense = bool(mask.all())
         dense = dense and layer_dense
@@ -347,6 +340,67 @@ def _analyze_source(
     table = pd.DataFrame(records)
     return CheckpointAnalysis(table, records, source.description, dense, degrees,
                               describe_reading(family, names, left_out, source.tied))
+
+
+def _analysed_mask(layer: Any, spec: BackboneSpec | None) -> torch.Tensor:
+    """The mask of a loaded layer an analysis reads: its own, or its weights' backbone when ``spec`` names one."""
+    if spec is None:
+        return layer.mask
+    if spec.kind == "magnitude":
+        return magnitude_backbone(layer.weight, spec.value)
+    return disparity_backbone(layer.weight, spec.value)
+
+
+def layer_distances(paths: list[str | os.PathLike], *, key: str | None = None, layers: str | None = None,
+                    backbone: str | BackboneSpec | None = None, embeddings: bool = False, num_heads: int | None = None,
+                    samples: int = 2, progress: bool = False) -> pd.DataFrame:
+    """Per layer, the NNSTD distance (:func:`topo.graph.compare.nnstd`) of each checkpoint after the first from
+    the first, beside its random-mask baseline (:func:`topo.graph.compare.nnstd_random` over ``samples`` pairs):
+    the tidy frame ``checkpoint, layer, nnstd, nnstd_random, nnstd_random_std``.
+
+    The checkpoints must hold the same layers (one architecture; :class:`ConfigError` names the first that
+    differs), read as :func:`analyze_checkpoint` reads them (``key``, ``layers``, ``backbone``, ``embeddings``,
+    oriented out × in). A model with attention projections (read from its family) is compared layer by layer,
+    each layer's inputs taken as they are, streaming one layer of each checkpoint at a time; other models as one
+    feed-forward chain (each matching renames the next layer's inputs; Liu et al. 2020), their masks held
+    together. Cost: the minimum-cost matching of a layer of n outputs is about n³; a 4096-output layer takes
+    seconds per pair, and every sample is another pair.
+    """
+    from topo.graph.compare import nnstd, nnstd_random
+
+    spec = check_analysis_options(backbone=backbone, num_heads=num_heads)
+    if samples < 2:
+        raise ConfigError(f"the NNSTD random baseline needs at least 2 samples, got {samples}")
+    if len(paths) < 2:
+        raise ConfigError(f"NNSTD compares two or more checkpoints, got {len(paths)}")
+    opened = [_open_with_family(path, key, num_heads) for path in paths]
+    (first, family), others = opened[0], opened[1:]
+    names, _ = _selected(first, family, layers, embeddings)
+    for (source, _), path in zip(others, paths[1:], strict=True):
+        for name in names:
+            if name not in source.names or source.shape(name) != first.shape(name):
+                found = f"is {tuple(source.shape(name))}" if name in source.names else "is missing"
+                raise ConfigError(f"layer {name} is {tuple(first.shape(name))} in {paths[0]} but {found} in {path}: "
+                                  "NNSTD compares checkpoints of one architecture")
+    roles = {name: family.role(name, first.shape(name)) for name in names}
+    chain = not any(role.kind == "attention" for role in roles.values())
+
+    def masks(source: CheckpointSource, name: str) -> np.ndarray:
+        return oriented(_analysed_mask(source.load(name), spec), roles[name]).cpu().numpy().astype(bool)
+
+    rows = []
+    for (source, _), path in zip(others, paths[1:], strict=True):
+        label = str(path)
+        if chain:
+            reference, compared = [masks(first, n) for n in names], [masks(source, n) for n in names]
+            mean, std = nnstd_random(reference, compared, samples, chain=True)
+            rows += list(zip([label] * len(names), names, nnstd(reference, compared), mean, std, strict=True))
+            continue
+        for name in tqdm(names, desc=f"NNSTD {Path(path).name}", unit="layer", disable=not progress):
+            reference, compared = [masks(first, name)], [masks(source, name)]
+            mean, std = nnstd_random(reference, compared, samples, chain=False)
+            rows.append((label, name, nnstd(reference, compared, chain=False)[0], mean[0], std[0]))
+    return pd.DataFrame(rows, columns=["checkpoint", "layer", "nnstd", "nnstd_random", "nnstd_random_std"])
 
 
 def is_run_directory(path: str | os.PathLike) -> bool:

@@ -213,8 +213,9 @@ def _analyze_checkpoint(args: argparse.Namespace, path: Path, device, to_stdout:
     return 0
 
 
-def _compared_masks(path: str, epoch: int | None, key: str | None) -> tuple[dict, str]:
-    """Layer name → (out, in)-oriented mask of a run (at ``epoch``, default its last) or a checkpoint."""
+def _compared_masks(path: str, epoch: int | None, key: str | None) -> tuple[dict, str, bool]:
+    """Layer name → (out, in)-oriented mask of a run (at ``epoch``, default its last) or a checkpoint, where they
+    come from, and whether its layers form a chain (no attention projection: see :func:`topo.graph.compare.nnstd`)."""
     import numpy as np
 
     from topo.analyze import is_run_directory
@@ -234,7 +235,9 @@ def _compared_masks(path: str, epoch: int | None, key: str | None) -> tuple[dict
         source = open_checkpoint(path, key)
         masks = {layer.name: layer.mask for layer in source}
         family, where = detect({n: tuple(m.shape) for n, m in masks.items()}, read_config(path)), "checkpoint"
-    return {n: oriented(m, family.role(n, tuple(np.shape(m)))) for n, m in masks.items() if np.ndim(m) >= 2}, where
+    roles = {n: family.role(n, tuple(np.shape(m))) for n, m in masks.items() if np.ndim(m) >= 2}
+    chained = not any(role.kind == "attention" for role in roles.values())
+    return {n: oriented(masks[n], role) for n, role in roles.items()}, where, chained
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -246,7 +249,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     from topo.graph.compare import nnstd, nnstd_random
 
-    (a, where_a), (b, where_b) = (_compared_masks(p, args.epoch, args.key) for p in (args.run_a, args.run_b))
+    (a, where_a, chain_a), (b, where_b, chain_b) = (_compared_masks(p, args.epoch, args.key)
+                                                    for p in (args.run_a, args.run_b))
     names = [n for n in a if n in b]
     if not names:
         raise ConfigError(f"{args.run_a} and {args.run_b} have no layer name in common")
@@ -255,8 +259,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise ConfigError(f"layer {different[0]} is {tuple(np.shape(a[different[0]]))} in {args.run_a} but "
                           f"{tuple(np.shape(b[different[0]]))} in {args.run_b}")
     first, second = [a[n] for n in names], [b[n] for n in names]
-    mean, std = nnstd_random(first, second, args.random_samples)
-    table = pd.DataFrame({"layer": names, "nnstd": nnstd(first, second), "nnstd_random": mean,
+    chain = chain_a and chain_b
+    mean, std = nnstd_random(first, second, args.random_samples, chain=chain)
+    table = pd.DataFrame({"layer": names, "nnstd": nnstd(first, second, chain), "nnstd_random": mean,
                           "nnstd_random_std": std})
     if args.json:
         print(json_text({"a": where_a, "b": where_b, "layers": table.to_dict(orient="records")}))
@@ -325,11 +330,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     check_output(args.output, "-o")
     if not args.output.lower().endswith((".html", ".htm")):
         raise ConfigError(f"-o {args.output}: a report is an HTML file (.html)")
-    check_analysis_options(backbone=args.backbone, null=args.null, null_samples=args.null_samples)
+    check_analysis_options(backbone=args.backbone, null=args.null, null_samples=args.null_samples,
+                           num_heads=args.num_heads)
+    if args.nnstd_samples < 0 or args.nnstd_samples == 1:
+        raise ConfigError(f"--nnstd-samples must be 0 (no NNSTD) or at least 2, got {args.nnstd_samples}")
     from topo.report import write_report
 
     path = write_report(args.paths, args.output, title=args.title, null=args.null, null_samples=args.null_samples,
-                        layers=args.layers, backbone=args.backbone)
+                        layers=args.layers, backbone=args.backbone, heads=args.heads, embeddings=args.embeddings,
+                        conv=args.conv, num_heads=args.num_heads, key=args.key, nnstd_samples=args.nnstd_samples)
     print(f"topo: report written to {path}", file=sys.stderr)
     return 0
 
@@ -589,17 +598,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Figures 3, 4, 5: runs whose names differ only in -sN (the seed) as one line, mean ± std")
     p.set_defaults(func=cmd_plot)
 
-    p = command("report", help="one self-contained HTML page of runs or a checkpoint",
-                description="Write one HTML page (figures embedded, nothing fetched) telling the story of run "
-                            "directories (their configuration, scores, Figure 5 per layer, degree distributions, "
-                            "masks, metric tables; several runs compared) or of one checkpoint.")
-    p.add_argument("paths", nargs="+", help="run directories, or one checkpoint (anything topo analyze reads)")
+    p = command("report", help="one self-contained HTML page of runs or checkpoints",
+                description="Write one HTML page (figures embedded, tables that scroll and sort, nothing fetched) "
+                            "telling the story of run directories (their configuration, scores, Figure 5 per layer, "
+                            "degree distributions, masks, metric tables; several runs compared) or of checkpoints "
+                            "(a summary per projection, graphs far from their null, metrics by block, heads as "
+                            "heat maps, every graph; several checkpoints of one architecture compared per graph "
+                            "and per layer by NNSTD).")
+    p.add_argument("paths", nargs="+",
+                   help="run directories, or checkpoints of one architecture (anything topo analyze reads)")
     p.add_argument("-o", "--output", required=True, help="the HTML file to write")
     p.add_argument("--title", help="the page's title")
     p.add_argument("--layers", help="glob over layer names")
     p.add_argument("--backbone", metavar="magnitude:F|disparity:A", help="checkpoints: analyse this backbone")
-    p.add_argument("--null", choices=["er", "degree", "nm"], help="null-model bands and z-scores (see analyze)")
+    p.add_argument("--key", help="checkpoints: path of the weights inside the file (see analyze)")
+    p.add_argument("--heads", action="store_true", help="split attention projections into one graph per head; "
+                                                        "heads are drawn as block × head heat maps")
+    p.add_argument("--num-heads", type=int, metavar="H", help="checkpoints: attention heads, where no config.json "
+                                                             "says it")
+    p.add_argument("--embeddings", action="store_true", help="checkpoints: analyse embedding tables too")
+    p.add_argument("--conv", choices=["auto", "channel", "kernel"], default="auto",
+                   help="convolutions as channel or kernel graphs (see analyze)")
+    p.add_argument("--null", choices=["er", "degree", "nm"],
+                   help="null-model bands and z-scores (see analyze); graphs with |z| > 3 are listed")
     p.add_argument("--null-samples", type=int, default=20, metavar="K")
+    p.add_argument("--nnstd-samples", type=int, default=2, metavar="K",
+                   help="several checkpoints: random mask pairs behind each layer's NNSTD baseline (default 2; "
+                        "0: no NNSTD, which is the slow part for large layers)")
     p.set_defaults(func=cmd_report)
 
     p = command("prune", help="prune a Hugging Face causal language model one-shot (magnitude, Wanda, SparseGPT)",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -417,4 +418,73 @@ def degree_figure(degrees: pd.DataFrame, layers: list[str] | None = None) -> plt
             ax.set_ylabel("fraction of neurons")
     axes[0][0].legend(frameon=False)
     fig.tight_layout()
+    return fig
+
+
+@_drawn_literally
+def depth_figure(by_block: pd.DataFrame, title: str = "") -> plt.Figure:
+    """Each metric by block, one line per projection kind: a transformer's graphs at a glance.
+
+    ``by_block`` is :func:`topo.summary.by_block` output (block, projection, metric, value: the median over a
+    projection's heads or parts); one panel per metric, up to four panels a row.
+    """
+    _require(by_block, ["block", "projection", "metric", "value"], "depth_figure")
+    metrics = list(dict.fromkeys(by_block["metric"]))
+    columns = min(4, len(metrics))
+    rows = -(-len(metrics) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.0 * rows + 0.8), squeeze=False)
+    palette = dict(zip(dict.fromkeys(by_block["projection"]),
+                       sns.color_palette("tab10", by_block["projection"].nunique()), strict=True))
+    for ax, metric in zip(axes.flat, metrics, strict=False):
+        data = by_block[by_block["metric"] == metric]
+        for projection, line in data.groupby("projection", sort=False):
+            ax.plot(line["block"], line["value"], "o-", markersize=2.5, linewidth=1, color=palette[projection],
+                    label=projection)
+        ax.set_title(metric.replace("_", " "), fontsize=10)
+        ax.set_xlabel("block")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.set_axis_off()
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=8, frameon=False,
+               title="projection (median over its heads or parts)")
+    fig.suptitle(title or "Metrics by depth")
+    fig.tight_layout(rect=(0, 0.06 + 0.02 * (len(labels) // 6), 1, 0.97))
+    return fig
+
+
+@_drawn_literally
+def head_heatmaps(grids: dict[str, pd.DataFrame], title: str = "", centre: float | None = None) -> plt.Figure:
+    """One heat map per metric of the heads of one projection: blocks down, heads across.
+
+    ``grids`` maps a metric to its block × head frame (:func:`topo.summary.head_grid`). With ``centre`` (0 for
+    z-scores) the colours diverge from it, symmetric about it; otherwise each panel has its own sequential scale.
+    Missing heads are left blank.
+    """
+    if not grids:
+        raise ConfigError("head_heatmaps needs at least one metric's grid")
+    columns = min(4, len(grids))
+    rows = -(-len(grids) // columns)
+    first = next(iter(grids.values()))
+    height = min(4.5, 1.0 + 0.12 * first.shape[0])
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, height * rows + 0.8), squeeze=False)
+    for ax, (metric, grid) in zip(axes.flat, grids.items(), strict=False):
+        options: dict[str, Any] = {"cmap": "viridis"}
+        if centre is not None:
+            spread = float(abs(grid.to_numpy(dtype=float) - centre)[~pd.isna(grid.to_numpy(dtype=float))].max(
+                initial=0.0)) or 1.0
+            options = {"cmap": "RdBu_r", "center": centre, "vmin": centre - spread, "vmax": centre + spread}
+        with warnings.catch_warnings():  # seaborn's own call of a matplotlib method matplotlib deprecates
+            warnings.filterwarnings("ignore", "The set_bad function", PendingDeprecationWarning)
+            sns.heatmap(grid.astype(float), ax=ax, cbar_kws={"shrink": 0.8}, xticklabels="auto",
+                        yticklabels="auto", **options)
+        ax.set_title(metric.replace("_", " "), fontsize=10)
+        ax.set_xlabel("head")
+        ax.set_ylabel("block")
+        ax.tick_params(labelsize=7)
+        ax.tick_params(axis="y", labelrotation=0)
+    for ax in list(axes.flat)[len(grids):]:
+        ax.set_axis_off()
+    fig.suptitle(title or "Heads")
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
     return fig

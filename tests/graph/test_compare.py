@@ -40,6 +40,17 @@ def test_nnstd_is_zero_for_a_neuron_permuted_copy():
     assert min(nnstd([w1, w2, w3], other)) > 0.3
 
 
+def test_unchained_nnstd_takes_each_layers_inputs_as_they_are():
+    """A transformer's q and k both read the residual stream: permuting q's outputs leaves k's inputs alone."""
+    rng = np.random.default_rng(2)
+    q, k = rng.random((16, 16)) < 0.3, rng.random((16, 16)) < 0.3
+    permuted_q = q[rng.permutation(16)]
+    assert nnstd([q, k], [permuted_q, k], chain=False) == [0.0, 0.0]
+    assert nnstd([q, k], [permuted_q, k])[1] > 0.1  # chained, k's inputs are renamed by q's matching
+    mean, std = nnstd_random([q, k], [permuted_q, k], samples=3, chain=False)
+    assert len(mean) == 2 and min(mean) > 0.3 and min(std) >= 0
+
+
 @pytest.mark.parametrize("density", [0.1, 0.3, 0.6])
 def test_nnstd_of_independent_random_masks_follows_the_formula(density):
     rng = np.random.default_rng(1)

@@ -9,11 +9,12 @@
   Layer by layer, each output neuron is described by its set of active inputs; two neurons differ by the
   normalised edit distance |A Δ B| / |A ∪ B| of those sets; the neurons of the two networks are matched by a
   minimum-cost assignment (Hungarian, ``scipy.optimize.linear_sum_assignment``), the layer's distance is the
-  mean cost of the matching, and the matching renames the inputs of the next layer. 0 means the same topology up
-  to permutation, 1 disjoint ones. What "far" means depends on the layers' sizes and densities: two independent
-  random masks of density d are at 1 − d / (2 − d) before matching, and the matching pulls them well below that
-  (0.80 for 64 × 100 at d = 0.1), so :func:`nnstd_random` computes the baseline: the mean NNSTD of independent
-  random masks with the same per-layer counts.
+  mean cost of the matching, and the matching renames the inputs of the next layer (``chain``; in a transformer
+  every projection reads the residual stream, whose basis no matching renames, so there each layer's inputs are
+  taken as they are). 0 means the same topology up to permutation, 1 disjoint ones. What "far" means depends on
+  the layers' sizes and densities: two independent random masks of density d are at 1 − d / (2 − d) before
+  matching, and the matching pulls them well below that (0.80 for 64 × 100 at d = 0.1), so :func:`nnstd_random`
+  computes the baseline: the mean NNSTD of independent random masks with the same per-layer counts.
 """
 
 from __future__ import annotations
@@ -82,11 +83,13 @@ def _edit_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, (union - common) / np.where(union > 0, union, 1), 0.0)
 
 
-def nnstd(layers_a: Sequence[Any], layers_b: Sequence[Any]) -> list[float]:
+def nnstd(layers_a: Sequence[Any], layers_b: Sequence[Any], chain: bool = True) -> list[float]:
     """Per layer, the NNSTD distance of two stacks of feed-forward masks (each out × in), see the module docstring.
 
-    Convolution masks (out, in, *kernel) are read as their channel masks. When a layer's inputs are the previous
-    layer's outputs the previous matching renames them; otherwise the inputs are taken as they are.
+    Convolution masks (out, in, *kernel) are read as their channel masks. With ``chain``, when a layer has as many
+    inputs as the previous layer has outputs they are taken to be those outputs and the previous matching renames
+    them (Liu et al.'s feed-forward networks); otherwise, and for every layer without ``chain`` (layers that read a
+    shared stream, as a transformer's projections do), the inputs are taken as they are.
     """
     if len(layers_a) != len(layers_b):
         raise MaskError(f"networks of {len(layers_a)} and {len(layers_b)} layers cannot be compared")
@@ -97,7 +100,7 @@ def nnstd(layers_a: Sequence[Any], layers_b: Sequence[Any]) -> list[float]:
         if a.shape != b.shape:
             raise MaskError(f"layer {index}: shapes {a.shape} and {b.shape} differ")
         a, b = _channel(a), _channel(b)
-        if matching is not None and len(matching) == a.shape[1]:
+        if chain and matching is not None and len(matching) == a.shape[1]:
             b = b[:, matching]  # column i: b's neuron matched to a's neuron i
         cost = _edit_distances(a, b)
         rows, columns = scipy.optimize.linear_sum_assignment(cost)
@@ -108,10 +111,11 @@ def nnstd(layers_a: Sequence[Any], layers_b: Sequence[Any]) -> list[float]:
 
 
 def nnstd_random(layers_a: Sequence[Any], layers_b: Sequence[Any], samples: int = 20,
-                 seed: int = 0) -> tuple[list[float], list[float]]:
-    """Per layer, the mean and standard deviation of :func:`nnstd` over ``samples`` pairs of independent uniformly
-    random masks with the per-layer shapes and active counts of ``layers_a`` and of ``layers_b``: the distance two
-    unrelated topologies of these sizes and densities have, against which an observed NNSTD reads."""
+                 seed: int = 0, chain: bool = True) -> tuple[list[float], list[float]]:
+    """Per layer, the mean and standard deviation of :func:`nnstd` (with ``chain``) over ``samples`` pairs of
+    independent uniformly random masks with the per-layer shapes and active counts of ``layers_a`` and of
+    ``layers_b``: the distance two unrelated topologies of these sizes and densities have, against which an
+    observed NNSTD reads."""
     if samples < 2:
         raise MaskError(f"nnstd_random needs at least 2 samples, got {samples}")
     if len(layers_a) != len(layers_b):
@@ -126,7 +130,7 @@ def nnstd_random(layers_a: Sequence[Any], layers_b: Sequence[Any], samples: int 
         flat[rng.choice(block.size, int(block.sum()), replace=False)] = True
         return flat.reshape(block.shape)
 
-    draws = np.array([nnstd([shuffled(a) for a, _ in shapes], [shuffled(b) for _, b in shapes])
+    draws = np.array([nnstd([shuffled(a) for a, _ in shapes], [shuffled(b) for _, b in shapes], chain)
                       for _ in range(samples)])
     return draws.mean(0).tolist(), draws.std(0, ddof=1).tolist()
 
