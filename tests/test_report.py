@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -20,6 +21,28 @@ from topo.report import write_report
 from topo.sparsity import make_sparsifier
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@contextlib.contextmanager
+def watched_page():
+    """A page of headless chromium (Debian's) with the console errors, page errors and requests it logs; the test
+    is skipped where no chromium is installed, unless TOPO_REQUIRE_BROWSER is set."""
+    if CHROMIUM is None:
+        if os.environ.get("TOPO_REQUIRE_BROWSER"):
+            pytest.fail("TOPO_REQUIRE_BROWSER is set but no chromium is installed (apt-get install chromium)")
+        pytest.skip("no chromium here (CI installs it: apt-get install chromium)")
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    errors, requests = [], []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.on("request", lambda request: requests.append(request.url))
+        try:
+            yield page, errors, requests
+        finally:
+            browser.close()
 
 
 def record(path, method: str, **options) -> None:
@@ -86,24 +109,12 @@ def test_a_checkpoint_report_and_bad_inputs(runs, tmp_path):
 
 @pytest.mark.slow
 def test_the_report_renders_in_a_headless_browser_without_errors_or_requests(runs, tmp_path):
-    if CHROMIUM is None:
-        if os.environ.get("TOPO_REQUIRE_BROWSER"):
-            pytest.fail("TOPO_REQUIRE_BROWSER is set but no chromium is installed (apt-get install chromium)")
-        pytest.skip("no chromium here (CI installs it: apt-get install chromium)")
-    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
     out = write_report([runs / "mlp-set-s0", runs / "mlp-rigl-s0"], tmp_path / "report.html")
-    errors, requests = [], []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
-        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.on("request", lambda request: requests.append(request.url))
+    with watched_page() as (page, errors, requests):
         page.goto(out.as_uri())
         page.select_option("select", index=1)  # the layer selector works (its script runs without error)
         shown = page.eval_on_selector_all(".layer.shown", "elements => elements.map(e => e.dataset.layer)")
         page.screenshot(path=str(tmp_path / "shot.png"), full_page=True)
-        browser.close()
     assert errors == [] and requests == [out.as_uri()]
     assert shown == ["2.weight"]
     image = imread(tmp_path / "shot.png")
@@ -202,20 +213,10 @@ def test_report_options_are_checked_before_anything_is_read(llamas, runs, tmp_pa
 
 @pytest.mark.slow
 def test_a_checkpoint_reports_tables_sort_in_a_headless_browser(llama_report, tmp_path):
-    if CHROMIUM is None:
-        if os.environ.get("TOPO_REQUIRE_BROWSER"):
-            pytest.fail("TOPO_REQUIRE_BROWSER is set but no chromium is installed (apt-get install chromium)")
-        pytest.skip("no chromium here (CI installs it: apt-get install chromium)")
-    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
-    errors, requests, orders = [], [], []
+    orders = []
     column = """table => { const i = [...table.tHead.rows[0].cells].findIndex(c => c.textContent === 'nnstd');
                            return [...table.tBodies[0].rows].map(r => parseFloat(r.cells[i].textContent)); }"""
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1200, "height": 900})
-        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.on("request", lambda request: requests.append(request.url))
+    with watched_page() as (page, errors, requests):
         page.goto(llama_report.as_uri())
         table = page.locator("table.sortable", has=page.locator("th", has_text="nnstd_random_std"))
         orders.append(table.evaluate(column))
@@ -224,7 +225,6 @@ def test_a_checkpoint_reports_tables_sort_in_a_headless_browser(llama_report, tm
             orders.append(table.evaluate(column))
         height = page.locator(".scroll").last.evaluate("box => box.scrollHeight > box.clientHeight")
         page.screenshot(path=str(tmp_path / "shot.png"), full_page=True)
-        browser.close()
     assert errors == [] and requests == [llama_report.as_uri()]
     model_order, ascending, descending = orders
     assert ascending == sorted(model_order) and descending == sorted(model_order, reverse=True)
