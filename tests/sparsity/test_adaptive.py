@@ -285,3 +285,13 @@ def test_adaptive_uses_the_fused_pass_for_the_presets_only(monkeypatch):
         optimizer.step()
         sp.step()
         assert bool(calls) == fused, options
+
+
+def test_an_adaptation_pending_at_a_checkpoint_is_pending_after_resuming():
+    sp = Adaptive(mlp((16,)), density=0.3, seed=0, unit="epoch", every=1)
+    sp.end_epoch(0)
+    assert sp.adaptation_due
+    resumed = Adaptive(mlp((16,)), density=0.3, seed=1, unit="epoch", every=1)
+    assert not resumed.adaptation_due
+    resumed.load_state_dict(sp.state_dict())
+    assert resumed.adaptation_due

@@ -162,3 +162,22 @@ def test_random_channelwise_masks_the_optimizer_it_is_given():
         optimizer.zero_grad()
     weights = dict(model.named_parameters())
     assert all(not weights[name].detach()[off].any() for name, off in inactive.items())
+
+
+def test_fixed_mask_holds_only_the_layers_given_at_their_density():
+    torch.manual_seed(0)
+    model = mlp((32,))
+    mask = torch.rand(32, 64) < 0.25
+    fixed = FixedMask(model, masks={"0.weight": mask})
+    assert list(fixed.masks) == ["0.weight"] and fixed.sparse_layers == ["0.weight"]
+    assert fixed.config()["density"] == pytest.approx(mask.float().mean().item())
+    assert torch.count_nonzero(model[2].weight) == model[2].weight.numel()  # the other layer is untouched
+
+
+def test_pruning_prunes_only_the_parameters_named_and_refuses_negative_epochs():
+    torch.manual_seed(0)
+    model = mlp((32,))
+    pruning = MagnitudePruning(model, density=0.25, prune_after=[0], params=["2.weight"])
+    assert list(pruning.masks) == ["2.weight"]
+    with pytest.raises(ConfigError, match="prune_after"):
+        MagnitudePruning(mlp((32,)), density=0.25, prune_after=[-1])

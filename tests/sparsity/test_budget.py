@@ -42,6 +42,8 @@ def test_cnn_budget_matched_and_widened_by_about_inverse_sqrt_alpha(log_alpha):
     assert match.relative_error <= 0.01
     scale = match.widths[1] / 64
     assert scale == pytest.approx(density ** -0.5, rel=0.15)
+    assert match.widths[0] / 32 == pytest.approx(scale, rel=0.05)  # every width scaled by one factor, then refined
+    assert match.density == density
 
 
 def test_full_density_keeps_widths():

@@ -188,3 +188,98 @@ def test_remove_detaches_the_optimizer_hook_once():
     nn.functional.cross_entropy(model(torch.randn(4, 64)), torch.tensor([0, 1, 2, 3])).backward()
     opt.step()  # no hook: inactive gradients are no longer zeroed, so inactive weights move
     assert any(torch.count_nonzero(sp.weights[n].detach()[~m]) for n, m in sp.masks.items())
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_the_optimizer_given_is_the_one_the_method_masks_and_the_recorder_saves(method):
+    """The recorder saves ``sparsifier.optimizer``'s state for a resume, and the step pre-hook on it zeroes the
+    inactive gradients before the update (a method built without it would let Adam's moments see them)."""
+    torch.manual_seed(0)
+    model = mlp((32, 32))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    sp = build(method, model, opt)
+    assert sp.optimizer is opt
+    loss = model(torch.randn(8, 64)).square().mean()
+    loss.backward()
+    opt.step()  # the pre-hook masks the gradients of every sparse layer
+    for name, mask in sp.masks.items():
+        grad = dict(model.named_parameters())[name].grad
+        if method != "dense":
+            assert torch.count_nonzero(grad[~mask]) == 0, name
+
+
+def test_a_sparsifier_records_the_seed_and_options_it_was_given():
+    model = mlp((32, 32))
+    assert make_sparsifier("dense", model, seed=3).config()["seed"] == 3
+    config = make_sparsifier("random-fixed", mlp((32, 32)), density=0.3, seed=1, dense_first_last=True).config()
+    assert config["dense_first_last"] is True
+    pruning = make_sparsifier("pruning", mlp((32, 32)), density=0.3, prune_after=[0], distribution="erk")
+    assert pruning.config()["distribution"] == "erk"
+    assert pruning.layer_density["0.weight"] != pruning.layer_density["2.weight"]  # ERK, not uniform
+
+
+def test_default_and_custom_filters_read_a_modules_own_parameters_only():
+    from topo.sparsity import select_parameters
+    from topo.sparsity.masks import default_filter
+
+    class Block(nn.Module):
+        nf = 4  # an ``nf`` attribute alone does not make a module Hugging Face's Conv1D
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(4, 4))
+            self.inner = nn.Linear(4, 4)
+
+    model = nn.Sequential(Block())
+    assert list(select_parameters(model)) == ["0.inner.weight"]
+    assert not default_filter("weight", model[0].weight, model[0])
+    own = select_parameters(model, lambda name, param, module: isinstance(module, Block))
+    assert list(own) == ["0.weight"]  # the Linear inside is the Linear's own parameter, not the Block's
+
+
+def test_mask_multipliers_follow_the_weights_dtype():
+    model = mlp((32,))
+    sp = make_sparsifier("random-fixed", model, density=0.3, seed=0)
+    assert all(m.dtype == torch.float32 for m in sp.masked.multipliers())
+    model.to(torch.bfloat16)
+    assert all(m.dtype == torch.bfloat16 for m in sp.masked.multipliers())
+    sp.step()  # and the step re-zeroes inactive weights in that dtype
+    assert all(torch.count_nonzero(w[~sp.masks[n]]) == 0 for n, w in sp.weights.items())
+
+
+def test_the_true_gradient_is_a_float32_copy_and_n_m_initial_masks_follow_the_seed():
+    model = mlp((32,)).to(torch.bfloat16)
+    sp = make_sparsifier("rigl", model, density=0.5, seed=2, structure="2:4", delta_t=5, total_steps=10)
+    grad = torch.ones(4, 4, dtype=torch.bfloat16)
+    copied = sp.true_grad(grad)
+    assert copied.dtype == torch.float32 and copied.data_ptr() != grad.data_ptr()
+    masks = []
+    for global_seed in (0, 1):
+        torch.manual_seed(global_seed)
+        masks.append(make_sparsifier("rigl", mlp((32,)), density=0.5, seed=2, structure="2:4", delta_t=5,
+                                     total_steps=10).masks)
+    assert all(torch.equal(masks[0][n], masks[1][n]) for n in masks[0])
+
+
+def test_whole_counts_at_the_edges_of_floating_point():
+    import sys
+
+    from topo.sparsity.distributions import inactive_count, layer_densities
+
+    tiny = 12 * sys.float_info.epsilon  # (1 − tiny)·1 is a few ulps below 1: ⌊·⌋ = 0, not rounded up to 1
+    assert inactive_count(1, tiny) == 0 and inactive_count(10, 0.9) == 1
+    with pytest.raises(ConfigError, match="not among the layers"):
+        layer_densities({"a": (4, 4), "b": (4, 4)}, 0.5, dense=["c"])
+
+
+def test_exploration_survives_a_resume():
+    torch.manual_seed(0)
+    model = mlp((32,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sp = make_sparsifier("set", model, opt, density=0.3, seed=0, zeta=0.3)
+    train(model, opt, sp, 30)  # three SET adaptations: positions active at some time exceed those active now
+    explored = sp.exploration()
+    assert all(value > 0.31 for value in explored.values())
+    fresh = make_sparsifier("set", mlp((32,)), density=0.3, seed=1, zeta=0.3)
+    fresh.load_state_dict(sp.state_dict())
+    assert fresh.exploration() == explored

@@ -461,3 +461,38 @@ def test_snip_records_its_scope():
     snip = make_sparsifier("snip", model, None, density=0.5, batch=(torch.randn(3, 6), torch.randint(0, 4, (3,))),
                            seed=0, scope="layer")
     assert snip.config()["scope"] == "layer"
+
+
+def test_set_per_sign_drop_when_every_active_weight_is_negative():
+    """The weight nearest zero is the largest: the upper threshold is the last value (index n − 1), which drops it."""
+    from topo.sparsity.dst import per_sign_smallest
+
+    weight = -torch.arange(1.0, 11.0)  # −1 … −10, all active
+    dropped = per_sign_smallest(weight.reshape(1, -1), torch.ones(1, 10, dtype=torch.bool), 0.3)
+    # ascending −10 … −1; the nearest zero (−1) sits at f = 9: the lower threshold is v[⌊0.7·9⌋] = v[6] = −4
+    assert sorted(weight.reshape(1, -1)[dropped].tolist()) == [-4.0, -3.0, -2.0, -1.0]
+
+
+@pytest.mark.parametrize("init", ["normal", "uniform"])
+def test_set_regrowth_follows_the_sparsifiers_own_seed_not_torchs_global_generator(init):
+    masks, weights = [], []
+    for global_seed in (0, 1):
+        torch.manual_seed(global_seed)  # the same SET seed under two global states: the same topology
+        model = mlp((32,))
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.copy_(torch.linspace(-1, 1, parameter.numel()).reshape(parameter.shape))
+        sp = SET(model, density=0.3, seed=5, zeta=0.3, init=init)
+        sp.end_epoch(0)
+        masks.append({n: m.clone() for n, m in sp.masks.items()})
+        weights.append({n: w.detach().clone() for n, w in sp.weights.items()})
+    assert all(torch.equal(masks[0][n], masks[1][n]) for n in masks[0])
+    assert all(torch.equal(weights[0][n], weights[1][n]) for n in weights[0])  # regrown values too
+
+
+def test_snip_scores_a_weight_the_loss_does_not_use_as_zero():
+    model = nn.Sequential(nn.Linear(3, 2, bias=False), nn.Linear(2, 2, bias=False))
+    batch = (torch.ones(1, 3), None)
+    sp = SNIP(model, density=0.5, batch=batch, loss=lambda m, b: m[0](b[0]).sum())  # layer 1 is never used
+    scores = sp.sensitivity(batch, lambda m, b: m[0](b[0]).sum())
+    assert torch.equal(scores["1.weight"], torch.zeros(2, 2)) and scores["0.weight"].abs().sum() > 0

@@ -223,3 +223,86 @@ def test_a_block_called_with_hidden_states_by_keyword_is_read():
 
     hidden = torch.ones(2, 3)
     assert _hidden((), {"hidden_states": hidden}) is hidden and _hidden((hidden,), {}) is hidden
+
+
+def test_a_two_dimensional_forward_input_is_one_sequence():
+    tokens = torch.randn(5, 3, generator=torch.Generator().manual_seed(3))
+    for kind in (InputNorms, Hessian):
+        flat, batched = kind(3, torch.device("cpu")), kind(3, torch.device("cpu"))
+        flat.add_batch(tokens)  # (tokens, columns): a batch of one
+        batched.add_batch(tokens.unsqueeze(0))
+        assert flat.nsamples == batched.nsamples == 1
+        assert torch.equal(getattr(flat, "scaler_row", None) if kind is InputNorms else flat.H,
+                           getattr(batched, "scaler_row", None) if kind is InputNorms else batched.H)
+
+
+def test_ties_prune_the_lower_input_first_in_rows_wide_enough_for_an_unstable_sort_to_reorder_them():
+    norms = InputNorms(128, torch.device("cpu"))
+    norms.add_batch(torch.ones(1, 1, 128))
+    kept = wanda_mask(torch.ones(2, 128), norms, 0.25)
+    assert (~kept).nonzero()[:, 1].reshape(2, -1).tolist() == [list(range(32))] * 2
+    grouped = wanda_mask(torch.ones(2, 128), norms, structure=(48, 64))
+    assert (~grouped).nonzero()[:, 1].reshape(2, -1).tolist() == [[*range(16), *range(64, 80)]] * 2
+
+
+def test_sparsegpt_chooses_the_unstructured_mask_per_block_of_128_columns_by_default():
+    generator = torch.Generator().manual_seed(4)
+    weight = torch.randn(6, 300, generator=generator)
+    hessian = Hessian(300, torch.device("cpu"))
+    hessian.add_batch(torch.randn(1, 600, 300, generator=generator))
+    default = sparsegpt_prune(weight, hessian, 0.5)
+    assert all(torch.equal(a, b) for a, b in zip(default, sparsegpt_prune(weight, hessian, 0.5, blocksize=128),
+                                                   strict=True))
+    small = sparsegpt_prune(weight, hessian, 0.5, blocksize=64)[1]  # 5 blocks: each keeps its own half, + 1
+    for start in range(0, 300, 64):
+        block = small[:, start:start + 64]
+        assert block.numel() - int(block.sum()) == int(block.numel() * 0.5) + 1
+
+
+def test_the_decoder_blocks_are_the_largest_list_of_blocks_whatever_comes_first():
+    from topo.sparsity.oneshot import decoder_blocks
+
+    class Model(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.empty = torch.nn.ModuleList()
+            self.mixed = torch.nn.ModuleList([torch.nn.Linear(2, 2), torch.nn.ReLU()])
+            self.small = torch.nn.ModuleList([torch.nn.Sequential(torch.nn.Linear(2, 2)) for _ in range(2)])
+            self.large = torch.nn.ModuleList([torch.nn.Sequential(torch.nn.Linear(8, 8)) for _ in range(2)])
+
+    name, blocks = decoder_blocks(Model())
+    assert name == "large" and len(blocks) == 2
+
+
+def test_true_sequential_groups_are_the_attention_inputs_its_output_the_mlp_inputs_and_its_output():
+    from topo.sparsity.oneshot import _groups
+
+    names = [f"self_attn.{p}_proj" for p in "qkvo"] + [f"mlp.{p}_proj" for p in ("gate", "up", "down")]
+    linears = dict.fromkeys(names)
+    assert _groups(linears, False) == [names]
+    assert _groups(linears, True) == [names[:3], names[3:4], names[4:6], names[6:]]
+
+
+def test_a_blocks_linears_are_its_linear_and_conv1d_layers_and_its_tuple_output_is_its_hidden_state():
+    from topo.sparsity.oneshot import _linears, _run
+
+    class Odd(torch.nn.Module):
+        nf = 4  # not Hugging Face's Conv1D, whatever its attributes
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(4, 4))
+
+    class Block(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj, self.odd = torch.nn.Linear(4, 4), Odd()
+
+        def forward(self, x: torch.Tensor) -> tuple:
+            return self.proj(x), None  # older Hugging Face blocks return (hidden, cache, …)
+
+    block = Block()
+    assert list(_linears(block)) == ["proj"]
+    x = torch.ones(1, 2, 4)
+    (out,) = _run(block, [((x,), {})])
+    assert torch.equal(out, block.proj(x))

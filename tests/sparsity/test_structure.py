@@ -187,3 +187,37 @@ def test_conv1d_as_linear_keeps_dtype_and_a_missing_bias():
     assert linear.bias is None and linear.weight.dtype == torch.float64 and linear.weight.shape == (6, 4)
     x = torch.randn(3, 4, dtype=torch.float64)
     assert torch.allclose(linear(x), x @ conv.weight)
+
+
+def test_ties_go_to_the_lower_input_in_groups_wide_enough_for_an_unstable_sort_to_reorder_them():
+    """torch's sort is stable by accident on short rows only: from 64 entries an unstable sort reorders ties."""
+    from topo.sparsity.structure import grow_in_groups
+
+    ties = torch.ones(4, 128)
+    kept = nm_top(ties, 2, 64)
+    assert kept.nonzero()[:, 1].reshape(4, -1).tolist() == [[0, 1, 64, 65]] * 4
+    counts = torch.full((4, 2), 3)
+    grown = grow_in_groups(ties, torch.ones(4, 128, dtype=torch.bool), counts, 64)
+    assert grown.nonzero()[:, 1].reshape(4, -1).tolist() == [[0, 1, 2, 64, 65, 66]] * 4
+
+
+def test_a_3_4_layer_is_not_exported_as_2_4():
+    model = nn.Sequential(nn.Linear(16, 8, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([1.0, 1.0, 1.0, 0.0]).repeat(8, 4))
+    with pytest.raises(ConfigError, match="no nn.Linear or Conv1D weight of the model fits 2:4"):
+        ts.to_semi_structured(model)
+
+
+def test_only_a_module_of_class_conv1d_is_read_in_out():
+    """A module with an ``nf`` attribute that is not Hugging Face's Conv1D is not a layer the export takes."""
+
+    class Odd(nn.Module):
+        nf = 8
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.tensor([1.0, 1.0, 0.0, 0.0]).repeat(8, 4).t().contiguous())
+
+    with pytest.raises(ConfigError, match="no nn.Linear or Conv1D weight"):  # read (in, out) it would fit 2:4
+        ts.to_semi_structured(nn.Sequential(Odd()))
