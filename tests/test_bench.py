@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import math
 import subprocess
@@ -64,6 +65,19 @@ def test_transformer_benchmark_reports_both_reads(tmp_path):
     backbone, two_four = figures["magnitude backbone"], figures["2:4"]
     assert backbone["matrices"] == 14 and backbone["graphs"] == 2 * (4 * 4 + 3)  # q/k/v/o per head, then the MLP
     assert two_four["n_m"] == ["2:4"] and two_four["peak_rss_mib"] > 0
+
+
+def test_llm_benchmark_times_each_variant_and_block_count(tmp_path):
+    out = tmp_path / "llm"
+    done = subprocess.run([sys.executable, "bench/analyze_llm.py", "--blocks", "1", "2", "--hidden", "64",
+                           "--intermediate", "128", "--heads", "4", "--out", str(out)], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    runs = json.loads((out / "analyze_llm.json").read_text())["runs"]
+    assert [(r["variant"], r["blocks"], r["graphs"]) for r in runs] == [
+        ("2:4", 1, 19), ("2:4", 2, 38), ("unstructured", 1, 19), ("unstructured", 2, 38)]  # 4 × 4 heads + 3 MLP
+    assert all(r["seconds"] > 0 and r["peak_rss_mib"] > 100 for r in runs)
+    assert len(gzip.decompress((out / "2of4.csv.gz").read_bytes()).decode().splitlines()) == 1 + 38
 
 
 def test_mutation_score_counts_killed_survived_and_equivalent_mutants_per_package():

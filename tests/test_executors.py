@@ -185,7 +185,7 @@ def test_local_jobs_run_in_order_and_failures_are_named():
         run_jobs([Job("good", record, (1,)), Job("bad", statistics.mean, ([],)), Job("after", record, (2,)),
                   Job("worse", divmod, (1, 0)), Job("last", record, (3,))])
     assert done == [1, 2, 3] and set(failed.value.failures) == {"bad", "worse"}  # the same semantics as Ray's
-    with pytest.raises(ConfigError, match="unknown executor 'dask'; valid: local, ray"):
+    with pytest.raises(ConfigError, match="unknown executor 'dask'; valid: local, processes, ray"):
         run_jobs([], "dask")
 
 
@@ -295,3 +295,30 @@ def test_a_checkpoint_analysed_on_ray_gives_the_local_table(ray_cluster, tmp_pat
     assert on_ray.degrees.keys() == here.degrees.keys() and not (tmp_path / "kept").exists()
     with pytest.raises(ConfigError, match="--global ranks every layer"):
         analyze_checkpoint(tmp_path / "model.pt", executor="ray", backbone="magnitude:0.5", global_backbone=True)
+
+
+def test_jobs_in_worker_processes_come_back_in_order_and_failures_are_named():
+    assert run_jobs([Job(str(i), pow, (i, 2)) for i in range(5)], "processes", workers=2, progress=False) == \
+        [0, 1, 4, 9, 16]
+    with pytest.raises(JobsFailed, match=r"1 job\(s\) failed: bad: .*by zero") as failed:
+        run_jobs([Job("good", pow, (2, 2)), Job("bad", divmod, (1, 0))], "processes", workers=2, progress=False)
+    assert set(failed.value.failures) == {"bad"}
+    with pytest.raises(ConfigError, match="--workers applies to --executor processes"):
+        run_jobs([Job("a", pow, (2, 2))], "local", workers=2)
+
+
+def test_a_checkpoint_analysed_in_worker_processes_gives_the_local_table(tmp_path):
+    from topo.analyze import analyze_checkpoint
+
+    torch.manual_seed(0)
+    state = {f"blocks.{b}.{part}.weight": torch.randn(32, 32) * (torch.rand(32, 32) < 0.3)
+             for b in range(2) for part in ("q_proj", "k_proj", "v_proj", "o_proj")}
+    torch.save(state, tmp_path / "model.pt")
+    options = {"heads": True, "num_heads": 4, "null": "er", "null_samples": 3, "progress": False}
+    here = analyze_checkpoint(tmp_path / "model.pt", **options)
+    workers = analyze_checkpoint(tmp_path / "model.pt", executor="processes", workers=2,
+                                 resume_dir=tmp_path / "kept", **options)
+    pd.testing.assert_frame_equal(workers.table, here.table)
+    assert workers.degrees.keys() == here.degrees.keys() and not (tmp_path / "kept").exists()
+    with pytest.raises(ConfigError, match="--workers applies to --executor processes"):
+        analyze_checkpoint(tmp_path / "model.pt", workers=2)

@@ -149,6 +149,7 @@ def analyze_checkpoint(
     resume_dir: str | os.PathLike | None = None,
     executor: str = "local",
     ray_options: RayOptions | None = None,
+    workers: int | None = None,
 ) -> CheckpointAnalysis:
     """Summarise every graph of every layer of the checkpoint at ``path`` (see the module docstring).
 
@@ -173,8 +174,9 @@ def analyze_checkpoint(
     resume_dir: keep each matrix's results under this folder as it finishes (:mod:`topo.resume`), so the same call
         after an interruption continues from the matrices done; removed once the analysis completes or refuses
         the checkpoint.
-    executor, ray_options: ``"ray"`` analyses the matrices in parallel, one Ray task each, every task reading its
-        own tensors from ``path`` (which must be a path every worker sees); the table is the local one's. Not with
+    executor, ray_options, workers: ``"processes"`` analyses the matrices in parallel in ``workers`` processes
+        on this machine (default: one per core), ``"ray"`` as one Ray task each; every job reads its own tensors
+        from ``path`` (for Ray, a path every worker sees); the table is the local one's. Not with
         ``global_backbone``, whose threshold ranks every layer in one process.
 
     Bipartite graphs (layers, projections, kernels) also get the weighted spectral gap of their active weights'
@@ -183,18 +185,22 @@ def analyze_checkpoint(
     check_analysis_options(backbone=backbone, global_backbone=global_backbone, path_sources=path_sources,
                            small_world=small_world, null=null, null_samples=null_samples, conv=conv,
                            num_heads=num_heads)
-    if executor == "ray" and global_backbone:
+    if executor != "local" and global_backbone:
         raise ConfigError("--global ranks every layer's weights in one process: analyse it with the local executor")
+    if workers is not None and (executor != "processes" or workers < 1):
+        raise ConfigError(f"--workers applies to --executor processes and must be >= 1, got {workers} with "
+                          f"{executor}")
     source, family = _open_with_family(path, key, num_heads)
     numeric = {"backbone": backbone, "global_backbone": global_backbone, "path_sources": path_sources,
                "small_world": small_world, "device": device, "heads": heads, "conv": conv, "null": null,
                "null_samples": null_samples}
     kept = _kept_results(resume_dir, path, key, layers, family, numeric)
     try:
-        if executor == "ray":
+        if executor != "local":
             result = _analyze_on_workers(path, source, family, key=key, layers=layers, embeddings=embeddings,
                                          num_heads=num_heads, resume_dir=resume_dir, numeric=numeric,
-                                         ray_options=ray_options, progress=progress)
+                                         executor=executor, ray_options=ray_options, workers=workers,
+                                         progress=progress)
         else:
             result = _analyze_source(source, family, layers=layers, embeddings=embeddings, progress=progress,
                                      kept=kept, **numeric)
@@ -230,14 +236,16 @@ def _kept_results(resume_dir: str | os.PathLike | None, path: str | os.PathLike,
 
 def _analyze_on_workers(path: str | os.PathLike, source: CheckpointSource, family: Family, *, key: str | None,
                         layers: str | None, embeddings: bool, num_heads: int | None,
-                        resume_dir: str | os.PathLike | None, numeric: dict[str, Any],
-                        ray_options: RayOptions | None, progress: bool) -> CheckpointAnalysis:
-    """:func:`analyze_checkpoint` with one Ray task per matrix (:func:`_matrix_job`), assembled in model order."""
+                        resume_dir: str | os.PathLike | None, numeric: dict[str, Any], executor: str,
+                        ray_options: RayOptions | None, workers: int | None,
+                        progress: bool) -> CheckpointAnalysis:
+    """:func:`analyze_checkpoint` with one job per matrix (:func:`_matrix_job`) in worker processes or Ray tasks,
+    assembled in model order."""
     names, left_out = _selected(source, family, layers, embeddings)
     portable = {**numeric, "device": None if numeric["device"] is None else str(numeric["device"])}
     jobs = [Job(name, _matrix_job, (str(path), key, name, num_heads, None if resume_dir is None else str(resume_dir),
                                     portable)) for name in names]
-    parts = run_jobs(jobs, "ray", ray_options, progress=progress,
+    parts = run_jobs(jobs, executor, ray_options, progress=progress, workers=workers,
                      headline=lambda part: f"{len(part.records)} graph(s)")
     records = [record for part in parts for record in part.records]
     _warn_without_nm(numeric["null"], records, source.path)
@@ -516,9 +524,11 @@ def analyze_runs(
     conv: str = "auto",
     null: str | None = None,
     null_samples: int = 20,
+    workers: int | None = None,
 ) -> pd.DataFrame:
-    """:func:`analyze_run` over many run directories, one job each (``executor="ray"``: in parallel), as one
-    tidy table in the order of ``paths``. Every path is checked to be a run directory before any work starts."""
+    """:func:`analyze_run` over many run directories, one job each (``executor="processes"`` with ``workers``
+    processes, or ``"ray"``: in parallel), as one tidy table in the order of ``paths``. Every path is checked to
+    be a run directory before any work starts."""
     for path in paths:
         if not is_run_directory(path):
             raise CheckpointError(f"{path}: not a topo run directory (no run.json); several paths must all be runs")
@@ -531,7 +541,7 @@ def analyze_runs(
     jobs = [Job(name, _analyze_job, (str(path), layers, small_world, None if device is None else str(device),
                                      here, save, heads, conv, null, null_samples))
             for name, path in zip(names, paths, strict=True)]
-    tables = run_jobs(jobs, executor, ray_options, progress=progress,
+    tables = run_jobs(jobs, executor, ray_options, progress=progress, workers=workers,
                       headline=lambda table: f"{table['epoch'].nunique()} epochs")
     return pd.concat(tables, ignore_index=True)
 

@@ -145,7 +145,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     out = None if to_stdout else Path(args.csv) if args.csv else paths[0] / "graph_metrics.csv" if single else None
     if out is None and not to_stdout and not args.json:
         raise ConfigError("several runs: --csv FILE names the table they go into")
-    table = analyze_runs(paths, executor=args.executor, ray_options=options, layers=args.layers,
+    table = analyze_runs(paths, executor=args.executor, ray_options=options, workers=args.workers, layers=args.layers,
                          small_world=args.small_world, device=device, heads=args.heads, conv=args.conv,
                          null=args.null, null_samples=args.null_samples,
                          progress=not args.quiet and not to_stdout and not args.json)
@@ -185,7 +185,8 @@ def _analyze_checkpoint(args: argparse.Namespace, path: Path, device, to_stdout:
                                 small_world=args.small_world, device=device, progress=not args.quiet,
                                 heads=args.heads, embeddings=args.embeddings, conv=args.conv,
                                 num_heads=args.num_heads, null=args.null, null_samples=args.null_samples,
-                                resume_dir=resume_dir, executor=args.executor, ray_options=_ray_options(args))
+                                resume_dir=resume_dir, executor=args.executor, ray_options=_ray_options(args),
+                                workers=args.workers)
     print(f"topo: {path}: {result.source}" + (f"; {result.reading}" if result.reading else ""), file=sys.stderr)
     if result.dense:
         print(f"topo: note: every analysed layer of {path} is dense, so its graphs are complete and their metrics "
@@ -494,11 +495,16 @@ def _training_options(parser: argparse.ArgumentParser, model_default: str = "mlp
                         help="store every snapshot's weights (float16) too, for weighted measures over training")
 
 
-def _executor_options(parser: argparse.ArgumentParser, what: str) -> None:
+def _executor_options(parser: argparse.ArgumentParser, what: str, processes: bool = False) -> None:
     group = parser.add_argument_group("executor", f"where the {what} run (docs: Scaling out on Ray)")
-    group.add_argument("--executor", choices=["local", "ray"], default="local",
-                       help=f"local: the {what} one after the other here; ray: as Ray tasks, in parallel "
-                            '(pip install "topo[ray]")')
+    group.add_argument("--executor", choices=["local", "processes", "ray"] if processes else ["local", "ray"],
+                       default="local",
+                       help=f"local: the {what} one after the other here; "
+                            + ("processes: in parallel in --workers processes on this machine; " if processes else "")
+                            + 'ray: as Ray tasks, in parallel (pip install "topo[ray]")')
+    if processes:
+        group.add_argument("--workers", type=int, metavar="N",
+                           help="processes: how many worker processes (default: one per core)")
     group.add_argument("--address", help="Ray: join this cluster (auto, or HOST:PORT); default: start a local "
                                          "one on this machine")
     group.add_argument("--cpus-per-run", type=float, help="Ray: CPUs each run asks for (default 1)")
@@ -567,7 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also σ and ω against N degree-preserving random graphs")
     p.add_argument("--plot", help="draw a figure into this file: Figure 5 for a run directory, degree "
                                   "distributions and metrics by depth for a checkpoint")
-    _executor_options(p, "runs (or a checkpoint's matrices)")
+    _executor_options(p, "runs (or a checkpoint's matrices)", processes=True)
     p.set_defaults(func=cmd_analyze)
 
     p = command("compare", help="topology distance (NNSTD) between two runs or checkpoints",

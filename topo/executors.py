@@ -1,7 +1,10 @@
-"""Where independent jobs run: one after the other in this process (``local``), or as Ray tasks (``ray``).
+"""Where independent jobs run: one after the other in this process (``local``), in worker processes on this
+machine (``processes``), or as Ray tasks (``ray``).
 
 A Table 2 grid or the analysis of many runs is a list of independent jobs, each writing into its own run
-directory. :func:`run_jobs` runs them with the executor named. With ``ray`` every job is a Ray task with its own
+directory. :func:`run_jobs` runs them with the executor named. With ``processes`` a pool of ``workers`` fresh
+Python processes (spawned, so nothing of the driver's state is shared) runs them, each process with its share
+of the machine's cores as torch threads. With ``ray`` every job is a Ray task with its own
 resources (``cpus_per_run``, ``gpus_per_run``; a fraction of a GPU lets several small runs share one). Without an
 ``address`` Ray starts a local cluster on this machine; ``address="auto"`` or ``"HOST:PORT"`` joins a running one
 (``ray start --head`` …). A task whose worker process dies is retried up to ``max_retries`` times; jobs are
@@ -33,7 +36,7 @@ from topo.errors import ConfigError, TopoError
 
 log = logging.getLogger(__name__)
 
-EXECUTORS = ("local", "ray")
+EXECUTORS = ("local", "processes", "ray")
 #: Seconds to wait for a cluster's address to accept a connection before giving up.
 CONNECT_TIMEOUT_S = 10.0
 
@@ -213,12 +216,14 @@ def run_jobs(
     progress: bool = True,
     headline: Callable[[Any], str] | None = None,
     output_root: str | os.PathLike | None = None,
+    workers: int | None = None,
 ) -> list[Any]:
     """Each job's result, in the order of ``jobs``.
 
-    ``local`` runs them here one after the other. ``ray`` submits them all as tasks and shows one bar over jobs
-    (done, running, queued, failed) with the ``headline`` of each finished job's result. Both run every job: when
-    some fail, the others still finish, then :class:`JobsFailed` names the failed ones with their errors.
+    ``local`` runs them here one after the other. ``processes`` runs them in ``workers`` worker processes (default:
+    one per core) and ``ray`` submits them all as tasks; both show one bar over jobs (its time left included) with
+    the ``headline`` of each finished job's result. Every executor runs every job: when some fail, the others
+    still finish, then :class:`JobsFailed` names the failed ones with their errors.
     Interrupting the driver (Ctrl-C) stops at once; under Ray it cancels the tasks still running (their run
     directories keep their last checkpoint). With no jobs nothing is started (no Ray cluster). ``output_root`` is
     where the jobs write, checked with :func:`check_output_root`.
@@ -227,8 +232,13 @@ def run_jobs(
         raise ConfigError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
     if not jobs:
         return []
+    if workers is not None and (executor != "processes" or workers < 1):
+        raise ConfigError(f"--workers applies to --executor processes and must be >= 1, got {workers} with "
+                          f"{executor}")
     if executor == "local":
         return _run_here(jobs)
+    if executor == "processes":
+        return _run_in_processes(jobs, workers or os.cpu_count() or 1, progress, headline)
     options = ray_options or RayOptions()
     ray, started = connect(options, output_root)
     try:
@@ -249,6 +259,57 @@ def _run_here(jobs: Sequence[Job]) -> list[Any]:
             log.warning("%s failed: %s", job.name, exc)
             failures[job.name] = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
             results.append(None)
+    if failures:
+        raise JobsFailed(failures)
+    return results
+
+
+def _limit_threads(threads: int) -> None:
+    """A worker process's share of the cores: ``threads`` torch threads (set before any job runs)."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _run_in_processes(jobs: Sequence[Job], workers: int, progress: bool,
+                      headline: Callable[[Any], str] | None) -> list[Any]:
+    """Every job in a pool of ``workers`` spawned processes, each with its share of the cores as torch threads;
+    results in the order of ``jobs``, failures named at the end (:class:`JobsFailed`), a worker that died (killed
+    for memory) reported as its job's failure. Interrupting the driver cancels the jobs not started."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    workers = min(workers, len(jobs))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    results: list[Any] = [None] * len(jobs)
+    failures: dict[str, str] = {}
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_limit_threads, initargs=(threads,))
+    bar = tqdm(total=len(jobs), desc="jobs", unit="job", disable=not progress)
+    try:
+        futures = {pool.submit(job.function, *job.args): index for index, job in enumerate(jobs)}
+        for future in as_completed(futures):
+            index = futures[future]
+            name = jobs[index].name
+            try:
+                results[index] = future.result()
+            except BrokenProcessPool:
+                failures[name] = "its worker process died (out of memory?)"
+            except Exception as exc:  # noqa: BLE001 - any job's error is reported, the other jobs still run
+                failures[name] = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+            else:
+                log.info("%s done%s", name, f": {headline(results[index])}" if headline else "")
+                if headline:
+                    bar.set_description(f"jobs (last: {name} {headline(results[index])})")
+            bar.update()
+            bar.set_postfix(failed=len(failures))
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    finally:
+        bar.close()
+    pool.shutdown()
     if failures:
         raise JobsFailed(failures)
     return results
