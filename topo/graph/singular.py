@@ -28,7 +28,8 @@ bound of Lubotzky, Phillips & Sarnak (1988) with the mean degree d̄ of the non-
 2022, use this form for square graphs).
 
 Solvers: LAPACK on the dense matrix up to :data:`DENSE_LIMIT` (the smaller side), above it ARPACK's Lanczos on the
-Gram operator BBᵀ or BᵀB (relative tolerance 1e-12; on no convergence, the dense solve), both for numpy arrays and
+Gram operator BBᵀ or BᵀB (relative tolerance 1e-12; on no convergence, the dense solve; sparse products on every
+core, :func:`topo.graph.products.csr_product`), both for numpy arrays and
 CPU tensors; on a CUDA device a dense float64 SVD or eigendecomposition there. No unconverged value is returned. An
 empty graph gives NaN.
 """
@@ -42,6 +43,8 @@ import scipy.linalg
 import scipy.sparse
 import scipy.sparse.linalg
 import torch
+
+from topo.graph.products import csr_product
 
 #: Up to this many nodes on the smaller side, singular values come from a dense LAPACK solve.
 DENSE_LIMIT = 1024
@@ -57,13 +60,13 @@ def top_singular_values(matrix: np.ndarray | scipy.sparse.sparray, k: int = 2) -
         values = scipy.linalg.svdvals(dense.astype(np.float64))
         return np.pad(values[:k], (0, max(0, k - len(values))))
     sparse = scipy.sparse.csr_array(matrix).astype(np.float64)
-    transpose = sparse.T.tocsr()
+    forward, backward = csr_product(sparse), csr_product(sparse.T.tocsr())
     small = min(rows, cols)
     if rows <= cols:
-        gram = scipy.sparse.linalg.LinearOperator((rows, rows), matvec=lambda x: sparse @ (transpose @ x),
+        gram = scipy.sparse.linalg.LinearOperator((rows, rows), matvec=lambda x: forward(backward(x.ravel())),
                                                   dtype=np.float64)
     else:
-        gram = scipy.sparse.linalg.LinearOperator((cols, cols), matvec=lambda x: transpose @ (sparse @ x),
+        gram = scipy.sparse.linalg.LinearOperator((cols, cols), matvec=lambda x: backward(forward(x.ravel())),
                                                   dtype=np.float64)
     start = np.random.default_rng(0).standard_normal(small)
     try:
@@ -139,11 +142,13 @@ def _extreme_eigenvalues(adjacency: np.ndarray) -> np.ndarray:
     n = adjacency.shape[0]
     if n <= DENSE_LIMIT:
         return scipy.linalg.eigvalsh(adjacency)
-    sparse = scipy.sparse.csr_array(adjacency)
+    product = csr_product(scipy.sparse.csr_array(adjacency))
+    operator = scipy.sparse.linalg.LinearOperator((n, n), matvec=lambda x: product(x.ravel()), dtype=np.float64)
     start = np.random.default_rng(0).standard_normal(n)
     try:
-        top = scipy.sparse.linalg.eigsh(sparse, k=2, which="LA", tol=1e-12, v0=start, return_eigenvectors=False)
-        bottom = scipy.sparse.linalg.eigsh(sparse, k=1, which="SA", tol=1e-12, v0=start, return_eigenvectors=False)
+        top = scipy.sparse.linalg.eigsh(operator, k=2, which="LA", tol=1e-12, v0=start, return_eigenvectors=False)
+        bottom = scipy.sparse.linalg.eigsh(operator, k=1, which="SA", tol=1e-12, v0=start,
+                                           return_eigenvectors=False)
         return np.concatenate([bottom, top])
     except scipy.sparse.linalg.ArpackNoConvergence:
         return scipy.linalg.eigvalsh(adjacency)

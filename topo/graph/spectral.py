@@ -28,6 +28,7 @@ import scipy.sparse.linalg
 import torch
 
 from topo.graph.bitsets import csr_of
+from topo.graph.products import csr_product
 
 #: Krylov sizes at which convergence is checked (and :data:`MAX_ITER` itself).
 CHECKPOINTS = (24, 48, 80, 120, 170, 230)
@@ -122,7 +123,8 @@ def lambda2_scipy(adjacency: np.ndarray, dense_limit: int = 256) -> float:
     """λ2 of one connected graph (numpy boolean adjacency, n ≥ 2) with scipy, on the CPU.
 
     LAPACK's ``eigh`` restricted to the second eigenvalue up to ``dense_limit`` nodes. Above it ARPACK's Lanczos for
-    the two smallest eigenvalues (0 and λ2) of the sparse Laplacian, to relative accuracy 1e-10 and at most 50
+    the two smallest eigenvalues (0 and λ2) of the sparse Laplacian (its products on every core,
+    :func:`topo.graph.products.csr_product`), to relative accuracy 1e-10 and at most 50
     restarts of a 40-vector basis (twice ARPACK's default: half the matrix products on the clustered spectra of N:M
     layers, measured on a 2:4 Llama MLP layer); when that does not converge (λ2 inside a cluster of tiny
     eigenvalues, as in path-like graphs), ARPACK in shift-invert mode around a small negative shift, where 0 and λ2
@@ -132,14 +134,17 @@ def lambda2_scipy(adjacency: np.ndarray, dense_limit: int = 256) -> float:
     degrees = adjacency.sum(1, dtype=np.float64)
     if n <= dense_limit:
         return _lambda2_lapack(adjacency, degrees)
-    laplacian = scipy.sparse.diags_array(degrees) - csr_of(adjacency).astype(np.float64)
+    adjacency_product = csr_product(csr_of(adjacency))
+    laplacian_operator = scipy.sparse.linalg.LinearOperator(
+        (n, n), matvec=lambda x: degrees * x.ravel() - adjacency_product(x.ravel()), dtype=np.float64)
     start = np.random.default_rng(0).standard_normal(n)
     try:
-        values = scipy.sparse.linalg.eigsh(laplacian, k=2, which="SA", tol=1e-10, maxiter=50, ncv=min(n - 1, 40),
-                                           v0=start, return_eigenvectors=False)
+        values = scipy.sparse.linalg.eigsh(laplacian_operator, k=2, which="SA", tol=1e-10, maxiter=50,
+                                           ncv=min(n - 1, 40), v0=start, return_eigenvectors=False)
         return float(np.max(values))
     except scipy.sparse.linalg.ArpackNoConvergence:
         pass
+    laplacian = scipy.sparse.diags_array(degrees) - csr_of(adjacency).astype(np.float64)
     shift = -1e-3 * max(1.0, degrees.mean())
     try:
         values = scipy.sparse.linalg.eigsh(laplacian.tocsc(), k=2, sigma=shift, which="LM", v0=start,
