@@ -28,3 +28,37 @@ def test_the_product_equals_scipys_for_vectors_and_blocks_whatever_the_threads()
         torch.set_num_threads(threads)
     assert np.array_equal(alone, product(vector))  # one thread per row: the same sums on any number of threads
     assert product(vector.astype(np.float32)).dtype == np.float64
+
+
+def test_the_search_by_products_finds_the_bit_parallel_searchs_distances():
+    from topo.graph import bitsets
+    from topo.graph.products import sampled_bfs_by_products
+
+    rng = np.random.default_rng(1)
+    for n_in, n_out, density in ((30, 20, 0.05), (30, 20, 0.4), (64, 64, 0.02)):
+        block = rng.random((n_out, n_in)) < density
+        n = n_in + n_out
+        adjacency = np.zeros((n, n), dtype=bool)
+        adjacency[n_in:, :n_in], adjacency[:n_in, n_in:] = block, block.T
+        sources = np.sort(rng.choice(n, size=17, replace=False))
+        expected = bitsets.sampled_bfs(adjacency, sources)
+        for split in (n_in, None):  # as a bipartite block, and as any square adjacency
+            found = sampled_bfs_by_products(adjacency, sources, split)
+            assert all(np.array_equal(a, b) for a, b in zip(found, expected, strict=True))
+
+
+def test_dense_graphs_are_searched_by_products_with_the_same_estimate(monkeypatch):
+    import topo.graph.metrics as metrics
+    from topo.graph import layered_graph
+
+    block = np.random.default_rng(2).random((40, 60)) < 0.5
+    graph = layered_graph([block])
+    by_products = metrics.sampled_shortest_path(graph, sources=30)
+    monkeypatch.setattr(metrics, "PRODUCTS_FROM", 2.0)  # never: the bit-parallel search
+    assert metrics.sampled_shortest_path(graph, sources=30) == by_products
+    calls = []
+    monkeypatch.setattr(metrics, "PRODUCTS_FROM", 0.3)
+    monkeypatch.setattr(metrics, "sampled_bfs_by_products",
+                        lambda *args: calls.append(args) or (np.ones(30), np.ones(30)))
+    metrics.sampled_shortest_path(graph, sources=30)
+    assert len(calls) == 1 and calls[0][2] == 60  # the biadjacency block, inputs first

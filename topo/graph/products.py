@@ -32,3 +32,38 @@ def csr_product(matrix: scipy.sparse.csr_array | scipy.sparse.csr_matrix) -> Cal
         return (tensor @ torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))).numpy()
 
     return product
+
+
+def sampled_bfs_by_products(adjacency: np.ndarray, sources: np.ndarray,
+                            split: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per source, (Σ of shortest-path lengths to the nodes it reaches, number of nodes it reaches, itself
+    excluded): what :func:`topo.graph.bitsets.sampled_bfs` computes, by float32 matrix products on every core.
+
+    Every level's frontier (nodes × sources, 0/1) is the adjacency times the last level's, less the nodes already
+    reached: exact (the products count paths, at most n < 2²⁴). Its cost does not depend on the number of edges,
+    so it is the faster search for dense graphs. With ``split`` the graph is bipartite (nodes below ``split`` one
+    side, the rest the other, no edge within a side) and only its biadjacency block is multiplied.
+    """
+    n, count = adjacency.shape[0], len(sources)
+    frontier = np.zeros((n, count), dtype=np.float32)
+    frontier[np.asarray(sources), np.arange(count)] = 1.0
+    reached = frontier > 0
+    block = adjacency[split:, :split].astype(np.float32) if split else adjacency.astype(np.float32)
+    distances, reach = np.zeros(count, dtype=np.int64), np.zeros(count, dtype=np.int64)
+    level = 0
+    while True:
+        level += 1
+        if split:
+            paths = np.empty_like(frontier)
+            paths[:split] = block.T @ frontier[split:]
+            paths[split:] = block @ frontier[:split]
+        else:
+            paths = block @ frontier
+        new = (paths > 0) & ~reached
+        newly = new.sum(0, dtype=np.int64)
+        if not newly.any():
+            return distances, reach
+        distances += level * newly
+        reach += newly
+        reached |= new
+        frontier = new.astype(np.float32)
