@@ -129,3 +129,11 @@ def test_widths_of_one_are_allowed_and_a_parameter_filter_counts_only_its_weight
     dense = nonzero_count(_two_layer([16]), 1.0, only_first)
     assert match.target == dense and match.nonzeros == nonzero_count(_two_layer(match.widths), 0.25, only_first)
     assert nonzero_count(_two_layer([16]), 0.25, only_first) != nonzero_count(_two_layer([16]), 0.25)
+
+
+def test_the_budget_counts_only_the_parameters_named():
+    params = ["0.weight", "2.weight"]  # the last layer stays out of the sparse budget
+    match = match_budget(mnist_mlp, [64, 64, 64], 0.25, params=params)
+    assert match.target == nonzero_count(mnist_mlp([64, 64, 64]), 1.0, params)
+    assert match.wide_dense_params == nonzero_count(mnist_mlp(match.widths), 1.0, params)
+    assert match.relative_error <= 0.01

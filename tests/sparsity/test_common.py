@@ -283,3 +283,15 @@ def test_exploration_survives_a_resume():
     fresh = make_sparsifier("set", mlp((32,)), density=0.3, seed=1, zeta=0.3)
     fresh.load_state_dict(sp.state_dict())
     assert fresh.exploration() == explored
+
+
+def test_random_controls_record_their_distribution_and_draw_from_their_own_seed():
+    fixed = make_sparsifier("random-fixed", mlp((32, 32)), density=0.3, seed=0, distribution="erk")
+    assert fixed.config()["distribution"] == "erk"
+    assert fixed.layer_density["0.weight"] != fixed.layer_density["2.weight"]
+    masks = []
+    for global_seed in (0, 1):
+        torch.manual_seed(global_seed)
+        model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3))
+        masks.append(make_sparsifier("random-channelwise", model, density=0.3, seed=4).masks)
+    assert all(torch.equal(masks[0][n], masks[1][n]) for n in masks[0])

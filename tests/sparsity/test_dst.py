@@ -496,3 +496,16 @@ def test_snip_scores_a_weight_the_loss_does_not_use_as_zero():
     sp = SNIP(model, density=0.5, batch=batch, loss=lambda m, b: m[0](b[0]).sum())  # layer 1 is never used
     scores = sp.sensitivity(batch, lambda m, b: m[0](b[0]).sum())
     assert torch.equal(scores["1.weight"], torch.zeros(2, 2)) and scores["0.weight"].abs().sum() > 0
+
+
+def test_rigl_refuses_an_update_without_a_layers_gradient():
+    sp = RigL(mlp((16,)), density=0.3, seed=0, delta_t=5, total_steps=100)
+    with pytest.raises(ConfigError, match="no gradient for layer"):
+        sp.adapt({}, step=5)
+
+
+def test_snip_sparsifies_only_the_parameters_named():
+    model = nn.Sequential(nn.Linear(3, 4, bias=False), nn.Linear(4, 2, bias=False))
+    batch = (torch.ones(2, 3), None)
+    sp = SNIP(model, density=0.5, batch=batch, loss=lambda m, b: m(b[0]).sum(), params=["1.weight"])
+    assert list(sp.masks) == ["1.weight"] and torch.count_nonzero(model[0].weight) == 12

@@ -266,12 +266,13 @@ def test_the_decoder_blocks_are_the_largest_list_of_blocks_whatever_comes_first(
         def __init__(self) -> None:
             super().__init__()
             self.empty = torch.nn.ModuleList()
-            self.mixed = torch.nn.ModuleList([torch.nn.Linear(2, 2), torch.nn.ReLU()])
+            self.mixed = torch.nn.ModuleList([torch.nn.Linear(32, 32), torch.nn.ReLU()])  # not one kind of block
             self.small = torch.nn.ModuleList([torch.nn.Sequential(torch.nn.Linear(2, 2)) for _ in range(2)])
             self.large = torch.nn.ModuleList([torch.nn.Sequential(torch.nn.Linear(8, 8)) for _ in range(2)])
+            self.twin = torch.nn.ModuleList([torch.nn.Sequential(torch.nn.Linear(8, 8)) for _ in range(2)])
 
     name, blocks = decoder_blocks(Model())
-    assert name == "large" and len(blocks) == 2
+    assert name == "large" and len(blocks) == 2  # the largest list of one kind of block; ties: the first
 
 
 def test_true_sequential_groups_are_the_attention_inputs_its_output_the_mlp_inputs_and_its_output():
@@ -306,3 +307,43 @@ def test_a_blocks_linears_are_its_linear_and_conv1d_layers_and_its_tuple_output_
     x = torch.ones(1, 2, 4)
     (out,) = _run(block, [((x,), {})])
     assert torch.equal(out, block.proj(x))
+
+
+def test_sparsegpt_n_m_keeps_each_groups_largest_magnitudes_whatever_the_block_size_and_returns_the_dtype():
+    generator = torch.Generator().manual_seed(5)
+    weight = torch.randn(4, 16, generator=generator)
+    weight[:, 0] = -10.0  # a large negative weight is kept: the score is w², not w
+    diagonal = Hessian(16, torch.device("cpu"))
+    diagonal.H = torch.eye(16)
+    _, kept = sparsegpt_prune(weight, diagonal, structure=(2, 4))
+    expected = torch.zeros_like(kept)
+    top = weight.abs().reshape(4, 4, 4).topk(2, dim=-1).indices
+    expected.reshape(4, 4, 4).scatter_(-1, top, True)
+    assert torch.equal(kept, expected)
+    full = Hessian(16, torch.device("cpu"))
+    full.add_batch(torch.randn(1, 64, 16, generator=generator))
+    lazy = sparsegpt_prune(weight, full, structure=(2, 4), blocksize=4)  # later blocks updated once per block
+    eager = sparsegpt_prune(weight, full, structure=(2, 4), blocksize=16)
+    assert torch.equal(lazy[1], eager[1]) and torch.allclose(lazy[0], eager[0], atol=1e-5)
+    assert sparsegpt_prune(weight.to(torch.bfloat16), full, structure=(2, 4))[0].dtype == torch.bfloat16
+
+
+def test_a_blocks_linears_come_in_module_order_whatever_order_they_were_defined_in():
+    from topo.sparsity.oneshot import _linears
+
+    class Block(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mlp = torch.nn.ModuleDict({"down_proj": torch.nn.Linear(4, 4), "up_proj": torch.nn.Linear(4, 4)})
+            self.self_attn = torch.nn.ModuleDict({p: torch.nn.Linear(4, 4) for p in ("o_proj", "q_proj")})
+
+    assert list(_linears(Block())) == ["self_attn.q_proj", "self_attn.o_proj", "mlp.up_proj", "mlp.down_proj"]
+
+
+def test_one_dimensional_calibration_sequences_are_read_as_batches_of_one():
+    model = tiny_llama(1)
+    flat = [ids[0] for ids in calibration(2)]
+    masks = prune_oneshot(model, "wanda", flat, density=0.5, progress=False)
+    assert torch.equal(masks["model.layers.0.mlp.up_proj.weight"],
+                       prune_oneshot(tiny_llama(1), "wanda", calibration(2), density=0.5,
+                                     progress=False)["model.layers.0.mlp.up_proj.weight"])

@@ -162,3 +162,12 @@ def test_srigl_and_rigl_defaults_and_srigls_layers():
     mask = torch.zeros(4, 10, dtype=torch.bool)
     mask[0, :4] = True
     assert neurons_to_ablate(weight, torch.zeros(4, 10), mask, n_keep=8, n_prune=0, budget=12, gamma_sal=2) == [3]
+
+
+def test_positions_scored_minus_infinity_are_never_chosen_even_when_a_row_asks_for_more():
+    import math
+
+    from topo.sparsity.srigl import _top_per_row
+
+    scores = torch.tensor([[1.0, -math.inf, -math.inf, 0.5], [-math.inf, 2.0, 3.0, 1.0]])
+    assert _top_per_row(scores, 3).tolist() == [[True, False, False, True], [False, True, True, True]]

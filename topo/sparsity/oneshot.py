@@ -196,8 +196,8 @@ def _order(name: str) -> tuple:
 
 def decoder_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """The model's decoder blocks: the ``nn.ModuleList`` of modules of one class holding linear layers with the
-    most parameters (``model.layers`` of Llama, ``transformer.h`` of GPT-2, ``model.decoder.layers`` of OPT …), and
-    its name. Raises :class:`ConfigError` for a model without one."""
+    most parameters (``model.layers`` of Llama, ``transformer.h`` of GPT-2, ``model.decoder.layers`` of OPT …; of
+    lists of equal size, the first), and its name. Raises :class:`ConfigError` for a model without one."""
     best: tuple[int, str, nn.ModuleList] | None = None
     for name, module in model.named_modules():
         if not isinstance(module, nn.ModuleList) or len(module) == 0:
