@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,15 +70,22 @@ def test_transformer_benchmark_reports_both_reads(tmp_path):
 
 def test_llm_benchmark_times_each_variant_and_block_count(tmp_path):
     out = tmp_path / "llm"
-    done = subprocess.run([sys.executable, "bench/analyze_llm.py", "--blocks", "1", "2", "--hidden", "64",
-                           "--intermediate", "128", "--heads", "4", "--out", str(out)], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run([sys.executable, "bench/analyze_llm.py", "--blocks", "1", "2", "--variants", "2:4",
+                           "--hidden", "64", "--intermediate", "128", "--heads", "4", "--out", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     runs = json.loads((out / "analyze_llm.json").read_text())["runs"]
-    assert [(r["variant"], r["blocks"], r["graphs"]) for r in runs] == [
-        ("2:4", 1, 19), ("2:4", 2, 38), ("unstructured", 1, 19), ("unstructured", 2, 38)]  # 4 × 4 heads + 3 MLP
+    assert [(r["variant"], r["blocks"], r["graphs"]) for r in runs] == [("2:4", 1, 19), ("2:4", 2, 38)]  # 16 heads + 3
     assert all(r["seconds"] > 0 and r["peak_rss_mib"] > 100 for r in runs)
-    assert len(gzip.decompress((out / "2of4.csv.gz").read_bytes()).decode().splitlines()) == 1 + 38
+    table = gzip.decompress((out / "2of4.csv.gz").read_bytes()).decode().splitlines()
+    assert len(table) == 1 + 38 and all(",2:4," in row for row in table[1:])  # pruned 2:4, read as such
+    sys.path.insert(0, str(REPO / "bench"))
+    from analyze_llm import pruned
+
+    weight = torch.randn(8, 16, generator=torch.Generator().manual_seed(0))
+    half = pruned(weight, "unstructured")
+    assert int((half != 0).sum()) == 64 and half.abs().min() == 0 and (half.abs() > 0).sum() == 64
+    assert weight.abs()[half != 0].min() > weight.abs()[half == 0].max()  # the largest half
 
 
 def test_mutation_score_counts_killed_survived_and_equivalent_mutants_per_package():
