@@ -2,7 +2,8 @@
 
 Usage: python bench/analyze_llm.py [--blocks 1 2 4 32] [--variants 2:4 unstructured] [--hidden 4096]
                                    [--intermediate 11008] [--heads 32] [--executor local|processes]
-                                   [--workers N] [--null nm --null-samples 8] [--keep DIR] [--out DIR] [--json F]
+                                   [--workers N] [--device cuda] [--null nm --null-samples 8] [--keep DIR]
+                                   [--out DIR] [--json F]
 
 Writes a synthetic Llama-shaped bfloat16 checkpoint of max(--blocks) decoder blocks (q, k, v, o of hidden ×
 hidden; gate and up of intermediate × hidden; down of hidden × intermediate; random normal weights), one
@@ -120,6 +121,7 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=32)
     parser.add_argument("--executor", choices=["local", "processes"], default="local")
     parser.add_argument("--workers", type=int)
+    parser.add_argument("--device", default="cpu", help="where topo analyze computes (cuda: on the GPU)")
     parser.add_argument("--null", choices=["er", "degree", "nm"])
     parser.add_argument("--null-samples", type=int, default=8)
     parser.add_argument("--keep", help="write the shards here (and keep them) instead of a temporary folder")
@@ -127,7 +129,8 @@ def main() -> None:
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
     counts = sorted(set(args.blocks))
-    extra = ["--executor", args.executor] + (["--workers", str(args.workers)] if args.workers else [])
+    extra = ["--executor", args.executor, "--device", args.device] + (
+        ["--workers", str(args.workers)] if args.workers else [])
     if args.null:
         extra += ["--null", args.null, "--null-samples", str(args.null_samples)]
     print(f"# {' '.join(sys.argv)}")
@@ -159,6 +162,7 @@ def main() -> None:
                         out.mkdir(parents=True, exist_ok=True)
                         (out / f"{variant.replace(':', 'of')}.csv.gz").write_bytes(gzip.compress(table.read_bytes()))
             largest = figures["runs"][-1]
+            figures[f"{variant}_seconds"] = largest["seconds"]
             per_block = largest["seconds"] / largest["blocks"]
             print(f"{variant}: 32 blocks at {per_block:.1f} s a block: {32 * per_block / 60:.1f} min")
             if not args.keep:

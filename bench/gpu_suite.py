@@ -20,7 +20,10 @@ such and the suite goes on):
    ``--gpus-per-run 0.2`` (needs Ray among the carried wheels);
 8. the ResNet row of Table 2 on the GPU (issue 25): ResNet-110 on Fashion-MNIST padded to 32 × 32 (from
    ``data/fashion-mnist`` when carried there, else the bundled digits), dense, random fixed, the paper's rule and
-   RigL at −log α = 0.5, one seed, 10 epochs of 100 minibatches, into ``<out>/resnet110-<dataset>/``.
+   RigL at −log α = 0.5, one seed, 10 epochs of 100 minibatches, into ``<out>/resnet110-<dataset>/``;
+9. ``bench/analyze_llm.py --device cuda``: ``topo analyze --heads`` of a Llama-2-7B-shaped checkpoint pruned 2:4
+   (32 blocks, 13 GB written first; issue 32's goal: 10 minutes). Choose parts with ``--parts``: the device's
+   time is short.
 
 Everything measured, with the device, the torch and CUDA versions and the commands, is written to
 ``<out>/<device>.md`` and ``<out>/<device>.csv`` after every part, so a run cut short keeps its finished parts.
@@ -144,6 +147,8 @@ def goals(parts: dict[str, Part]) -> list[Goal]:
              fig("analyze-100m", "seconds"), None),
         Goal("MLP Table 2 grid, local executor / Ray at 0.2 GPU per run (wall time ratio)", "–", "measured",
              fig("ray-grid", "speedup"), None),
+        Goal("topo analyze --heads of a Llama-2-7B-shaped 2:4 checkpoint (32 blocks, s)", "3.8 h on 2 CPU cores",
+             "≤ 600 s", fig("llm", "2:4_seconds"), 600.0),
     ]
 
 
@@ -226,6 +231,9 @@ def plan(args: argparse.Namespace, scratch: Path) -> list[Part]:
                                 if (REPO / "data" / "fashion-mnist").exists()
                                 else ["--dataset", "digits", "--out", str(out_dir / "resnet110-digits")])])],
              limit(420, 240)),
+        Part("llm", [py, "bench/analyze_llm.py", "--variants", "2:4", "--json", str(scratch / "llm.json"),
+                     *(["--blocks", "1", "--hidden", "64", "--intermediate", "128", "--heads", "4"] if quick else
+                       ["--blocks", "32", "--device", "cuda"])], limit(900, 120), scratch / "llm.json"),
     ]
     if args.skip_install:
         parts = parts[2:]

@@ -25,12 +25,12 @@ def test_gpu_suite_quick_mode_runs_every_part_and_writes_its_report(tmp_path):
     assert len(reports) == 1 and "(quick)" in reports[0].read_text()
     text = reports[0].read_text()
     for part in ("pytest -m cuda", "overhead-fp32", "overhead-bf16", "recorder", "graphs", "analyze-100m", "ray-grid",
-                 "resnet110"):
+                 "resnet110", "llm"):
         assert f"### {part}: ok" in text, part
     assert "| rigl | 0.5 |" in text  # the ResNet part prints its Table 2 rows
     with open(reports[0].with_suffix(".csv")) as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 12 and all(row["verdict"] in ("met", "not met", "measured", "not measured") for row in rows)
+    assert len(rows) == 13 and all(row["verdict"] in ("met", "not met", "measured", "not measured") for row in rows)
     assert sum(row["measured"] != "" for row in rows) >= 8
     assert "tables equal: True" in text  # the grid part: Ray's Table 2 is the local executor's
 
