@@ -11,7 +11,10 @@ import torch
 from topo.graph.products import csr_product
 
 
-def test_the_product_equals_scipys_for_vectors_and_blocks_whatever_the_threads():
+def test_the_product_equals_scipys_for_vectors_and_blocks_whatever_the_threads(monkeypatch):
+    import topo.graph.products as products
+
+    monkeypatch.setattr(products, "THREADED_FROM", 0)  # torch's kernel even for this small matrix
     matrix = scipy.sparse.random(300, 200, density=0.1, format="csr", random_state=0)
     rng = np.random.default_rng(0)
     vector, block = rng.standard_normal(200), rng.standard_normal((200, 3))
@@ -62,3 +65,9 @@ def test_dense_graphs_are_searched_by_products_with_the_same_estimate(monkeypatc
                         lambda *args: calls.append(args) or (np.ones(30), np.ones(30)))
     metrics.sampled_shortest_path(graph, sources=30)
     assert len(calls) == 1 and calls[0][2] == 60  # the biadjacency block, inputs first
+
+
+def test_below_the_threshold_the_product_is_scipys_exactly():
+    matrix = scipy.sparse.random(30, 20, density=0.2, format="csr", random_state=1)
+    vector = np.arange(20.0)
+    assert np.array_equal(csr_product(matrix)(vector), matrix @ vector)  # scipy's own sums, bit for bit
