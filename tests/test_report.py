@@ -236,3 +236,24 @@ def test_a_checkpoint_reports_tables_sort_in_a_headless_browser(llama_report, tm
     assert ascending != model_order and height  # the click reordered the rows; a long table scrolls in place
     image = imread(tmp_path / "shot.png")
     assert image.shape[0] > 3000 and np.std(image) > 0.05
+
+
+def test_the_tables_topo_analyze_wrote_are_reported_without_a_second_analysis(llama_report, tmp_path):
+    import base64
+
+    from topo.errors import CheckpointError
+
+    page = llama_report.read_text()
+    for name in ("a", "b"):  # the tables the page carries are those topo analyze --csv writes
+        link = re.search(rf'download="{name}-graphs.csv" href="data:text/csv;base64,([^"]+)"', page)
+        (tmp_path / f"{name}.csv").write_bytes(base64.b64decode(link.group(1)))
+    one = write_report([tmp_path / "a.csv"], tmp_path / "one.html").read_text()
+    assert "the table of topo analyze in a.csv (57 graphs)" in one and "57 graphs of 21 layers in 3 blocks" in one
+    assert "Far from the null" in one and 'alt="heads of self_attn.q_proj[q]"' in one
+    both = write_report([tmp_path / "a.csv", tmp_path / "b.csv"], tmp_path / "both.html").read_text()
+    assert "2 checkpoints compared" in both and CHANGED in both and "No NNSTD" in both
+    with pytest.raises(ConfigError, match="--heads applies when topo report analyses a checkpoint"):
+        write_report([tmp_path / "a.csv"], tmp_path / "x.html", heads=True)
+    (tmp_path / "other.csv").write_text("x,y\n1,2\n")
+    with pytest.raises(CheckpointError, match="other.csv: not a table of topo analyze"):
+        write_report([tmp_path / "other.csv"], tmp_path / "x.html")

@@ -612,7 +612,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "heat maps, every graph; several checkpoints of one architecture compared per graph "
                             "and per layer by NNSTD).")
     p.add_argument("paths", nargs="+",
-                   help="run directories, or checkpoints of one architecture (anything topo analyze reads)")
+                   help="run directories, or checkpoints of one architecture (anything topo analyze reads), or the "
+                        "tables topo analyze CHECKPOINT --csv wrote of them (no second analysis)")
     p.add_argument("-o", "--output", required=True, help="the HTML file to write")
     p.add_argument("--title", help="the page's title")
     p.add_argument("--layers", help="glob over layer names")

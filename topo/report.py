@@ -281,10 +281,11 @@ def checkpoint_section(path: str | os.PathLike, *, null: str | None, null_sample
     table = result.table
     if table.empty:
         return "\n".join([*parts, '<p class="note">No graph was analysed.</p>'])
+    scored = any(str(c).endswith("_z") for c in table.columns)
     parts += summary_html(table, named)
-    if null is not None:
+    if scored:
         parts += far_from_null_html(table)
-    parts += figures_html(table, result.degrees, named, null is not None)
+    parts += figures_html(table, result.degrees, named, scored)
     parts += ["<h3>Every graph</h3>", graph_table_html(table),
               csv_download_html(table, f"{Path(str(path)).name}-graphs.csv",
                                 "The whole table as CSV (every column, null means and standard deviations too)")]
@@ -341,6 +342,8 @@ def figures_html(table: pd.DataFrame, degrees: dict[str, tuple[np.ndarray, ...]]
     placed = with_positions(table)
     parts = []
     if placed["block"].nunique() < 2 and len(placed) <= FIGURE_GRAPHS:
+        if not degrees:  # a table read back: no degrees to draw
+            return []
         frame = pd.DataFrame([(graph, side, int(d)) for graph, pieces in degrees.items()
                               for side, values in zip(("fan-out", "fan-in") if len(pieces) == 2 else ("degree",),
                                                       pieces, strict=True) for d in values],
@@ -452,7 +455,10 @@ def checkpoints_comparison_section(paths: list[str], results: list[Any], *, laye
                   f'<p class="note">{len(moved):,} of {len(wide):,} graphs differ in some metric (the others in '
                   "none; the CSV holds every graph).</p>", sortable_table_html(moved),
                   csv_download_html(found, "differences.csv", "Every graph's values and differences as CSV")]
-    if nnstd_samples:
+    if nnstd_samples and any(is_analysis_table(p) for p in paths):
+        parts.append('<p class="note">No NNSTD: it compares masks, and some inputs are tables of metrics; give the '
+                     "checkpoints themselves for it.</p>")
+    elif nnstd_samples:
         distances = layer_distances(paths, key=key, layers=layers, backbone=backbone, embeddings=embeddings,
                                     num_heads=num_heads, samples=nnstd_samples)
         distances["nnstd_z"] = (distances["nnstd"] - distances["nnstd_random"]) / distances["nnstd_random_std"]
@@ -463,12 +469,36 @@ def checkpoints_comparison_section(paths: list[str], results: list[Any], *, laye
     return "\n".join(parts)
 
 
+def is_analysis_table(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a file written by ``topo analyze CHECKPOINT --csv`` (``.csv`` or ``.csv.gz``)."""
+    return Path(path).is_file() and str(path).lower().endswith((".csv", ".csv.gz"))
+
+
+def read_analysis_table(path: str | os.PathLike) -> Any:
+    """The per-graph table of ``topo analyze CHECKPOINT --csv`` at ``path`` as a
+    :class:`topo.analyze.CheckpointAnalysis` (no degrees: they are not in the table), so that a report of a model
+    whose analysis took an hour needs no second analysis. :class:`CheckpointError` for a file that is not one."""
+    from topo.analyze import CheckpointAnalysis
+    from topo.errors import CheckpointError
+
+    try:
+        table = pd.read_csv(path)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: not a readable CSV table ({exc})") from None
+    missing = [c for c in ("layer", "graph", "kind") if c not in table.columns]
+    if missing:
+        raise CheckpointError(f"{path}: not a table of topo analyze CHECKPOINT --csv (no {', '.join(missing)} "
+                              "column)")
+    return CheckpointAnalysis(table, table.to_dict("records"), f"the table of topo analyze in {Path(path).name} "
+                              f"({len(table):,} graphs)", False)
+
+
 def write_report(paths: list[str | os.PathLike], out: str | os.PathLike, *, title: str | None = None,
                  null: str | None = None, null_samples: int = 20, layers: str | None = None,
                  backbone: str | None = None, heads: bool = False, embeddings: bool = False, conv: str = "auto",
                  num_heads: int | None = None, key: str | None = None, nnstd_samples: int = 2) -> Path:
-    """Write the report of ``paths`` (run directories, or checkpoints of one architecture) to the HTML file
-    ``out``; returns it.
+    """Write the report of ``paths`` (run directories, or checkpoints of one architecture, or the tables
+    ``topo analyze CHECKPOINT --csv`` wrote of them) to the HTML file ``out``; returns it.
 
     ``null``, ``null_samples``, ``layers``, ``heads`` and ``conv`` are :func:`topo.analyze.analyze_checkpoint`'s
     and :func:`topo.analyze.analyze_run`'s; ``backbone``, ``embeddings``, ``num_heads`` and ``key`` apply to
@@ -495,6 +525,16 @@ def write_report(paths: list[str | os.PathLike], out: str | os.PathLike, *, titl
                                           ("--num-heads", num_heads), ("--key", key)) if value]
         if given:
             raise ConfigError(f"{given[0]} applies to checkpoints; a run directory's masks are its own")
+    tables = [is_analysis_table(p) for p in paths]
+    if any(tables):
+        given = [flag for flag, value in (("--backbone", backbone), ("--embeddings", embeddings),
+                                          ("--num-heads", num_heads), ("--key", key), ("--heads", heads),
+                                          ("--null", null), ("--layers", layers), ("--conv", conv != "auto"))
+                 if value]
+        if given:
+            table = paths[tables.index(True)]
+            raise ConfigError(f"{given[0]} applies when topo report analyses a checkpoint; {table} is an analysis "
+                              "already (its options are those topo analyze was given)")
     sections = []
     if runs[0]:
         if len(paths) > 1:
@@ -502,9 +542,11 @@ def write_report(paths: list[str | os.PathLike], out: str | os.PathLike, *, titl
         sections += [run_section(p, null=null, null_samples=null_samples, layers=layers, heads=heads, conv=conv)
                      for p in paths]
     else:
-        results = [analyze_checkpoint(p, key=key, layers=layers, backbone=backbone, null=null,
+        results = [read_analysis_table(p) if table else
+                   analyze_checkpoint(p, key=key, layers=layers, backbone=backbone, null=null,
                                       null_samples=null_samples, heads=heads, embeddings=embeddings, conv=conv,
-                                      num_heads=num_heads, progress=False) for p in paths]
+                                      num_heads=num_heads, progress=False)
+                   for p, table in zip(paths, tables, strict=True)]
         if len(paths) > 1:
             sections.append(checkpoints_comparison_section(paths, results, layers=layers, backbone=backbone,
                                                            embeddings=embeddings, num_heads=num_heads, key=key,
