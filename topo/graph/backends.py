@@ -96,15 +96,18 @@ class CPUBackend:
             common = (sparse @ sparse.T).data
             pairs = float((common * (common - 1)).sum()) / 2
             through = sparse @ (degree_in - 1)
-        else:
-            b_t = np.ascontiguousarray(block.T, dtype=np.float32)
+            cycles = (pairs - float((degree_out * (degree_out - 1) / 2).sum())) / 2
+        else:  # a 4-cycle is two nodes of either side with two common neighbours: count on the smaller side
+            side, side_degrees = (block, degree_out) if block.shape[0] <= block.shape[1] else (block.T, degree_in)
+            other_t = np.ascontiguousarray(side.T, dtype=np.float32)
             pairs, through = 0.0, np.empty(block.shape[0])
-            for start in range(0, block.shape[0], ROWS_PER_CHUNK):  # c = B·Bᵀ a band of rows at a time
-                band = block[start : start + ROWS_PER_CHUNK].astype(np.float32)
-                common = (band @ b_t).astype(np.float64)
+            for start in range(0, side.shape[0], ROWS_PER_CHUNK):  # c = S·Sᵀ a band of rows at a time
+                common = (side[start : start + ROWS_PER_CHUNK].astype(np.float32) @ other_t).astype(np.float64)
                 pairs += float((common * (common - 1)).sum()) / 2
-                through[start : start + ROWS_PER_CHUNK] = band @ (degree_in - 1).astype(np.float32)
-        cycles = (pairs - float((degree_out * (degree_out - 1) / 2).sum())) / 2
+            for start in range(0, block.shape[0], ROWS_PER_CHUNK):
+                through[start : start + ROWS_PER_CHUNK] = \
+                    block[start : start + ROWS_PER_CHUNK].astype(np.float64) @ (degree_in - 1)
+            cycles = (pairs - float((side_degrees * (side_degrees - 1) / 2).sum())) / 2
         return cycles, float(((degree_out - 1) * through).sum())
 
     def path_counts(self, adjacency: np.ndarray) -> PathCounts:
