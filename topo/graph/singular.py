@@ -28,10 +28,11 @@ bound of Lubotzky, Phillips & Sarnak (1988) with the mean degree d̄ of the non-
 2022, use this form for square graphs).
 
 Solvers: LAPACK on the dense matrix up to :data:`DENSE_LIMIT` (the smaller side), above it ARPACK's Lanczos on the
-Gram operator BBᵀ or BᵀB (relative tolerance 1e-12; on no convergence, the dense solve; sparse products on every
-core, :func:`topo.graph.products.csr_product`), both for numpy arrays and
-CPU tensors; on a CUDA device a dense float64 SVD or eigendecomposition there. No unconverged value is returned. An
-empty graph gives NaN.
+Gram operator BBᵀ or BᵀB (ARPACK's tolerance 1e-8; on no convergence, the dense solve; sparse products on every
+core, :func:`topo.graph.products.csr_product`), both for numpy arrays and CPU tensors; on a CUDA device a dense
+float64 SVD or eigendecomposition there. No unconverged value is returned. An empty graph gives NaN. The tolerance
+bounds the Ritz residual; the eigenvalue's error is of the order of its square: the gaps of a 5504 × 2048 2:4
+layer, 0/1 and weighted, came out identical with tolerances 1e-12 and 1e-8, the second with 36 % fewer products.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def top_singular_values(matrix: np.ndarray | scipy.sparse.sparray, k: int = 2) -
                                                   dtype=np.float64)
     start = np.random.default_rng(0).standard_normal(small)
     try:
-        values = scipy.sparse.linalg.eigsh(gram, k=k, which="LA", tol=1e-12, v0=start, return_eigenvectors=False)
+        values = scipy.sparse.linalg.eigsh(gram, k=k, which="LA", tol=1e-8, v0=start, return_eigenvectors=False)
     except scipy.sparse.linalg.ArpackNoConvergence:
         values = scipy.linalg.svdvals(sparse.toarray()) ** 2
     return np.sqrt(np.clip(np.sort(values)[::-1][:k], 0.0, None))
@@ -146,8 +147,8 @@ def _extreme_eigenvalues(adjacency: np.ndarray) -> np.ndarray:
     operator = scipy.sparse.linalg.LinearOperator((n, n), matvec=lambda x: product(x.ravel()), dtype=np.float64)
     start = np.random.default_rng(0).standard_normal(n)
     try:
-        top = scipy.sparse.linalg.eigsh(operator, k=2, which="LA", tol=1e-12, v0=start, return_eigenvectors=False)
-        bottom = scipy.sparse.linalg.eigsh(operator, k=1, which="SA", tol=1e-12, v0=start,
+        top = scipy.sparse.linalg.eigsh(operator, k=2, which="LA", tol=1e-8, v0=start, return_eigenvectors=False)
+        bottom = scipy.sparse.linalg.eigsh(operator, k=1, which="SA", tol=1e-8, v0=start,
                                            return_eigenvectors=False)
         return np.concatenate([bottom, top])
     except scipy.sparse.linalg.ArpackNoConvergence:
