@@ -247,10 +247,9 @@ def test_the_tables_topo_analyze_wrote_are_reported_without_a_second_analysis(ll
     for name in ("a", "b"):  # the tables the page carries are those topo analyze --csv writes
         link = re.search(rf'download="{name}-graphs.csv" href="data:text/csv;base64,([^"]+)"', page)
         (tmp_path / f"{name}.csv").write_bytes(base64.b64decode(link.group(1)))
-    one = write_report([tmp_path / "a.csv"], tmp_path / "one.html").read_text()
-    assert "the table of topo analyze in a.csv (57 graphs)" in one and "57 graphs of 21 layers in 3 blocks" in one
-    assert "Far from the null" in one and 'alt="heads of self_attn.q_proj[q]"' in one
     both = write_report([tmp_path / "a.csv", tmp_path / "b.csv"], tmp_path / "both.html").read_text()
+    assert "the table of topo analyze in a.csv (57 graphs)" in both and "57 graphs of 21 layers in 3 blocks" in both
+    assert "Far from the null" in both and 'alt="z-scores of the heads of self_attn.q_proj[q]"' in both
     assert "2 checkpoints compared" in both and CHANGED in both and "No NNSTD" in both
     with pytest.raises(ConfigError, match="--heads applies when topo report analyses a checkpoint"):
         write_report([tmp_path / "a.csv"], tmp_path / "x.html", heads=True)
