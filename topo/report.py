@@ -477,7 +477,8 @@ def is_analysis_table(path: str | os.PathLike) -> bool:
 def read_analysis_table(path: str | os.PathLike) -> Any:
     """The per-graph table of ``topo analyze CHECKPOINT --csv`` at ``path`` as a
     :class:`topo.analyze.CheckpointAnalysis` (no degrees: they are not in the table), so that a report of a model
-    whose analysis took an hour needs no second analysis. :class:`CheckpointError` for a file that is not one."""
+    whose analysis took an hour needs no second analysis. :class:`~topo.errors.CheckpointError` for a file that is
+    not one."""
     from topo.analyze import CheckpointAnalysis
     from topo.errors import CheckpointError
 
