@@ -79,6 +79,14 @@ class CheckpointAnalysis:
     degrees: dict[str, tuple[np.ndarray, ...]] = field(default_factory=dict)
     reading: str = ""
 
+    def degree_table(self) -> pd.DataFrame:
+        """:attr:`degrees` as the tidy frame :func:`topo.plot.layer_figure` draws: graph, side (``fan-out`` and
+        ``fan-in`` of a bipartite graph's two parts, ``degree`` of a square one), degree."""
+        return pd.DataFrame([(graph, side, int(d)) for graph, parts in self.degrees.items()
+                             for side, values in zip(("fan-out", "fan-in") if len(parts) == 2 else ("degree",),
+                                                     parts, strict=True) for d in values],
+                            columns=["graph", "side", "degree"])
+
 
 def describe_reading(family: Family, names: list[str], left_out: list[str], tied: dict[str, str] | None = None) -> str:
     """One line on how a model's weights were read: the family, the weights read transposed, the embedding

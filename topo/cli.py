@@ -172,9 +172,6 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _analyze_checkpoint(args: argparse.Namespace, path: Path, device, to_stdout: bool) -> int:
-
-    import pandas as pd
-
     from topo.analyze import analyze_checkpoint
     from topo.record.store import write_csv
     from topo.resume import default_root
@@ -195,10 +192,7 @@ def _analyze_checkpoint(args: argparse.Namespace, path: Path, device, to_stdout:
     if args.plot:
         from topo.plot import layer_figure, save
 
-        degrees = pd.DataFrame([(graph, side, int(d)) for graph, parts in result.degrees.items()
-                                for side, values in zip(("fan-out", "fan-in") if len(parts) == 2 else ("degree",),
-                                                        parts, strict=True) for d in values],
-                               columns=["graph", "side", "degree"])
+        degrees = result.degree_table()
         named = f"{path}" + (f", backbone {args.backbone}" + (" (global)" if args.global_backbone else "")
                              if args.backbone else "")
         save(layer_figure(result.table, degrees, title=f"Layers of {named}"), args.plot)

@@ -285,7 +285,7 @@ def checkpoint_section(path: str | os.PathLike, *, null: str | None, null_sample
     parts += summary_html(table, named)
     if scored:
         parts += far_from_null_html(table)
-    parts += figures_html(table, result.degrees, named, scored)
+    parts += figures_html(table, result.degree_table(), named, scored)
     parts += ["<h3>Every graph</h3>", graph_table_html(table),
               csv_download_html(table, f"{Path(str(path)).name}-graphs.csv",
                                 "The whole table as CSV (every column, null means and standard deviations too)")]
@@ -332,8 +332,7 @@ def far_from_null_html(table: pd.DataFrame) -> list[str]:
     return parts
 
 
-def figures_html(table: pd.DataFrame, degrees: dict[str, tuple[np.ndarray, ...]], named: str,
-                 with_null: bool) -> list[str]:
+def figures_html(table: pd.DataFrame, degrees: pd.DataFrame, named: str, with_null: bool) -> list[str]:
     """The metrics by block and the head heat maps of a model with numbered blocks; the per-graph figure of a small
     one without (:func:`topo.plot.layer_figure`)."""
     from topo.plot import depth_figure, head_heatmaps, layer_figure
@@ -342,13 +341,9 @@ def figures_html(table: pd.DataFrame, degrees: dict[str, tuple[np.ndarray, ...]]
     placed = with_positions(table)
     parts = []
     if placed["block"].nunique() < 2 and len(placed) <= FIGURE_GRAPHS:
-        if not degrees:  # a table read back: no degrees to draw
+        if degrees.empty:  # a table read back: no degrees to draw
             return []
-        frame = pd.DataFrame([(graph, side, int(d)) for graph, pieces in degrees.items()
-                              for side, values in zip(("fan-out", "fan-in") if len(pieces) == 2 else ("degree",),
-                                                      pieces, strict=True) for d in values],
-                             columns=["graph", "side", "degree"])
-        return [figure_html(layer_figure(table, frame, title=f"Layers of {named}"), "layers")]
+        return [figure_html(layer_figure(table, degrees, title=f"Layers of {named}"), "layers")]
     varying, _ = _varying(placed, summarised_metrics(placed))
     depth = by_block(table)
     depth = depth[depth["metric"].isin(varying)]
