@@ -3,7 +3,7 @@
 Usage: python bench/analyze_llm.py [--blocks 1 2 4 32] [--variants 2:4 unstructured] [--hidden 4096]
                                    [--intermediate 11008] [--heads 32] [--executor local|processes]
                                    [--workers N] [--device cuda] [--null nm --null-samples 8] [--keep DIR]
-                                   [--out DIR] [--json F]
+                                   [--out DIR] [--json F] [--profile F]
 
 Writes a synthetic Llama-shaped bfloat16 checkpoint of max(--blocks) decoder blocks (q, k, v, o of hidden ×
 hidden; gate and up of intermediate × hidden; down of hidden × intermediate; random normal weights), one
@@ -16,6 +16,8 @@ too), its peak resident memory summed over the process and its workers (psutil; 
 Prints, per variant and block count: seconds, seconds per block, graphs, peak memory; and the 32-block time
 extrapolated from the per-block cost of the largest run. ``--out DIR`` also keeps the largest run's table
 (``<variant>.csv.gz``) and the figures (``analyze_llm.json``, with the command line and the machine).
+``--profile F`` runs the largest analysis under cProfile (written to F) and prints its 40 costliest calls with
+what they call and the 25 costliest without.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import gzip
 import json
 import os
 import platform
+import pstats
 import shutil
 import subprocess
 import sys
@@ -127,6 +130,7 @@ def main() -> None:
     parser.add_argument("--keep", help="write the shards here (and keep them) instead of a temporary folder")
     parser.add_argument("--out", help="keep the largest run's table and the figures in this folder")
     parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("--profile", help="profile the largest analysis with cProfile into this file")
     args = parser.parse_args()
     counts = sorted(set(args.blocks))
     extra = ["--executor", args.executor, "--device", args.device] + (
@@ -148,9 +152,15 @@ def main() -> None:
                 with tempfile.TemporaryDirectory(dir=root) as work:
                     folder = checkpoint_of(shards, names, blocks, args.hidden, args.heads, Path(work) / "model")
                     table = Path(work) / "table.csv"
-                    command = [sys.executable, "-m", "topo.cli", "analyze", str(folder), "--heads", "--quiet",
-                               "--csv", str(table), *extra]
+                    profiled = args.profile and blocks == max(counts)
+                    command = [sys.executable, *(["-m", "cProfile", "-o", args.profile] if profiled else []),
+                               "-m", "topo.cli", "analyze", str(folder), "--heads", "--quiet", "--csv", str(table),
+                               *extra]
                     seconds, peak = measure(command)
+                    if profiled:
+                        stats = pstats.Stats(args.profile, stream=sys.stdout)
+                        stats.sort_stats("cumulative").print_stats(40)
+                        stats.sort_stats("tottime").print_stats(25)
                     graphs = sum(1 for _ in table.open()) - 1
                     run = {"variant": variant, "blocks": blocks, "seconds": seconds, "graphs": graphs,
                            "peak_rss_mib": peak}

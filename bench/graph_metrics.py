@@ -13,9 +13,10 @@ Usage:
    of the two there on this script's development machine); and networkx (``algebraic_connectivity`` with
    method="lanczos", ``transitivity``, ``average_shortest_path_length``) up to ``--networkx-max-n`` nodes.
    The three must agree to 1e-6. Times are the fastest of ``--repeats`` calls (networkx: one call).
-2. **One graph, torch backend** (on CUDA when present), sizes ``--torch-sizes`` at density 0.1.
-3. **A whole run**: the four gate graphs of a ``--run-units`` LSTM's ``weight_hh`` (mask density 0.1, 5 % of
-   the active weights moved each epoch) over ``--run-epochs`` epochs, through ``metrics_table``: batched on
+2. **One graph, torch backend** (on CUDA when present), sizes ``--torch-sizes`` at density 0.1: the four
+   metrics alone (``metrics=…``), and every metric ``summarize`` reports (the spectral and Ramanujan gaps too).
+3. **A whole run** (every metric): the four gate graphs of a ``--run-units`` LSTM's ``weight_hh`` (mask density
+   0.1, 5 % of the active weights moved each epoch) over ``--run-epochs`` epochs, through ``metrics_table``: batched on
    the torch device (``device=…``), one graph at a time with the torch backend, and with the CPU backend on the
    first ``--cpu-epochs`` epochs (its time per graph × the run's graphs gives the CPU estimate). The batched
    and CPU tables must agree to 1e-6 on the epochs both ran.
@@ -141,13 +142,14 @@ def one_graph_cpu(args: argparse.Namespace, results: dict) -> None:
 
 
 def one_graph_torch(args: argparse.Namespace, device: str, results: dict) -> None:
-    print(f"\n{'n':>6} {'density':>8} {'edges':>10} {'torch ' + device + ' s':>14}")
+    print(f"\n{'n':>6} {'density':>8} {'edges':>10} {'four metrics s':>15} {'all metrics s':>14}   ({device})")
     rows = []
     for n in args.torch_sizes:
         graph = random_gate_graph(n, 0.1, seed=n).torch(device)
-        _, t_torch = timed(summarize, graph, "torch", repeats=args.repeats)
-        rows.append({"n": n, "density": 0.1, "edges": graph.n_edges, "torch_s": t_torch})
-        print(f"{n:>6} {0.1:>8} {graph.n_edges:>10} {t_torch:>14.4f}", flush=True)
+        _, t_four = timed(summarize, graph, "torch", metrics=METRICS, repeats=args.repeats)
+        _, t_all = timed(summarize, graph, "torch", repeats=args.repeats)
+        rows.append({"n": n, "density": 0.1, "edges": graph.n_edges, "torch_s": t_four, "torch_all_s": t_all})
+        print(f"{n:>6} {0.1:>8} {graph.n_edges:>10} {t_four:>15.4f} {t_all:>14.4f}", flush=True)
     results["one_graph_torch"] = rows
 
 

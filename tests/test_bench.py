@@ -30,7 +30,7 @@ def test_gpu_suite_quick_mode_runs_every_part_and_writes_its_report(tmp_path):
     assert "| rigl | 0.5 |" in text  # the ResNet part prints its Table 2 rows
     with open(reports[0].with_suffix(".csv")) as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 13 and all(row["verdict"] in ("met", "not met", "measured", "not measured") for row in rows)
+    assert len(rows) == 14 and all(row["verdict"] in ("met", "not met", "measured", "not measured") for row in rows)
     assert sum(row["measured"] != "" for row in rows) >= 8
     assert "tables equal: True" in text  # the grid part: Ray's Table 2 is the local executor's
 
@@ -71,9 +71,11 @@ def test_transformer_benchmark_reports_both_reads(tmp_path):
 def test_llm_benchmark_times_each_variant_and_block_count(tmp_path):
     out = tmp_path / "llm"
     done = subprocess.run([sys.executable, "bench/analyze_llm.py", "--blocks", "1", "2", "--variants", "2:4",
-                           "--hidden", "64", "--intermediate", "128", "--heads", "4", "--out", str(out)], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+                           "--hidden", "64", "--intermediate", "128", "--heads", "4", "--out", str(out),
+                           "--profile", str(tmp_path / "llm.prof")], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stderr
+    assert "Ordered by: cumulative time" in done.stdout and "_analyze_source" in done.stdout  # the 2-block run's
     runs = json.loads((out / "analyze_llm.json").read_text())["runs"]
     assert [(r["variant"], r["blocks"], r["graphs"]) for r in runs] == [("2:4", 1, 19), ("2:4", 2, 38)]  # 16 heads + 3
     assert all(r["seconds"] > 0 and r["peak_rss_mib"] > 100 for r in runs)
@@ -86,6 +88,14 @@ def test_llm_benchmark_times_each_variant_and_block_count(tmp_path):
     half = pruned(weight, "unstructured")
     assert int((half != 0).sum()) == 64 and half.abs().min() == 0 and (half.abs() > 0).sum() == 64
     assert weight.abs()[half != 0].min() > weight.abs()[half == 0].max()  # the largest half
+
+
+def test_singular_value_benchmark_compares_the_svd_with_the_gram_solve():
+    done = subprocess.run([sys.executable, "bench/singular_values.py", "--shape", "16", "40", "--device", "cpu",
+                           "--repeats", "1"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    difference = float(done.stdout.rsplit("largest relative difference", 1)[1])
+    assert difference < 1e-9 and "svdvals" in done.stdout and "Gram + eigvalsh" in done.stdout
 
 
 def test_mutation_score_counts_killed_survived_and_equivalent_mutants_per_package():

@@ -206,3 +206,16 @@ def test_batched_table_on_cuda_equals_cpu_table():
         cpu = metrics_table(snapshots, backend="cpu", progress=False)
         gpu = metrics_table(snapshots, device="cuda", progress=False)
     np.testing.assert_allclose(gpu["value"], cpu["value"], rtol=1e-6, atol=1e-9)
+
+
+def test_a_checkpoint_analysed_on_cuda_in_batches_equals_the_cpu_analysis(tmp_path):
+    from topo.analyze import analyze_checkpoint
+
+    from .test_report import write_llama
+
+    write_llama(tmp_path / "llama")
+    cpu = analyze_checkpoint(tmp_path / "llama", heads=True, progress=False).table
+    gpu = analyze_checkpoint(tmp_path / "llama", heads=True, device="cuda", progress=False).table
+    assert list(gpu.columns) == list(cpu.columns) and list(gpu.graph) == list(cpu.graph)
+    numbers = cpu.select_dtypes("number").columns
+    assert np.allclose(gpu[numbers], cpu[numbers], rtol=1e-9, atol=1e-12, equal_nan=True)

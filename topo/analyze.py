@@ -9,7 +9,9 @@ Layers are read one at a time (:mod:`topo.record.formats`), so a model larger th
 layers' worth of it; a global magnitude backbone reads the model twice (once to find the threshold). Metrics are
 those that apply to each graph's kind (:data:`topo.graph.METRICS`). Exact shortest paths are computed up to
 :data:`EXACT_PATH_LIMIT` nodes; larger graphs get an estimate from :data:`DEFAULT_PATH_SOURCES` sampled sources
-with its standard error (``path_sources`` chooses).
+with its standard error (``path_sources`` chooses). On a CUDA device every path length is exact, and a layer's
+graphs of one size (its heads) are measured in one batch (:func:`topo.graph.summarize_many`): the search that
+counts a graph's components there finds all its distances.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from tqdm.auto import tqdm
 from topo.errors import CheckpointError, ConfigError, TopoError
 from topo.executors import Job, RayOptions, run_jobs
 from topo.families import Family, detect, detect_model, oriented, read_config
-from topo.graph import Graph, metrics_table, recurrent_gates, summarize
+from topo.graph import Graph, metrics_table, recurrent_gates, summarize, summarize_many
 from topo.graph.backbone import GlobalMagnitude, disparity_backbone, magnitude_backbone
 from topo.graph.build import graph_sources
 from topo.graph.compare import run_topology
@@ -133,7 +135,10 @@ def _warn_without_nm(null: str | None, records: list[dict[str, Any]], where: str
 
 
 def _degrees(graph: Graph) -> tuple[np.ndarray, ...]:
-    degrees = graph.numpy().adjacency.sum(1, dtype=np.int64)
+    """Each node's degree (per side of a bipartite graph), summed where the adjacency lives."""
+    adjacency = graph.adjacency
+    degrees = (adjacency.sum(1, dtype=torch.int64).cpu().numpy() if torch.is_tensor(adjacency)
+               else adjacency.sum(1, dtype=np.int64))
     return (degrees[: graph.parts[0]], degrees[graph.parts[0]:]) if graph.is_bipartite else (degrees,)
 
 
@@ -171,8 +176,9 @@ def analyze_checkpoint(
     backbone: ``"magnitude:F"`` or ``"disparity:A"`` (:mod:`topo.graph.backbone`), for dense models.
     global_backbone: the magnitude backbone over the whole model rather than per layer.
     path_sources: estimate mean shortest paths from this many sources (default: exact up to
-        :data:`EXACT_PATH_LIMIT` nodes, :data:`DEFAULT_PATH_SOURCES` sources above).
-    device: run each graph's kernels there (``cuda``), else the CPU backend.
+        :data:`EXACT_PATH_LIMIT` nodes, :data:`DEFAULT_PATH_SOURCES` sources above; exact on a CUDA device).
+    device: run each graph's kernels there (``cuda``: a layer's graphs of one size in one batch, exact paths),
+        else the CPU backend.
     heads: split attention projections into one graph per head (``…[q.h3]``).
     embeddings: analyse embedding tables too (left out by default).
     conv: convolutions as ``"channel"`` or ``"kernel"`` graphs, or ``"auto"`` (:func:`topo.graph.conv_view`).
@@ -329,13 +335,22 @@ def _analyze_source(
         dense = dense and layer_dense
         pattern = nm_pattern(oriented(mask, family.role(name, tuple(mask.shape))))
         on_device = mask.to(device) if device is not None else mask
-        for graph_name, graph_source in graph_sources({name: on_device}, gates, family=family, heads=heads,
-                                                      conv=conv, weights={name: weight}).items():
+        layer_sources = graph_sources({name: on_device}, gates, family=family, heads=heads, conv=conv,
+                                      weights={name: weight})
+        batched = on_device.is_cuda and not path_sources
+        graphs = {graph_name: source.build(source.block) for graph_name, source in layer_sources.items()} \
+            if batched else {}
+        summaries = dict(zip(graphs, summarize_many(list(graphs.values()), small_world_graphs=small_world),
+                             strict=True)) if batched else {}
+        for graph_name, graph_source in layer_sources.items():
             shape = "×".join(map(str, graph_source.layer_shape or tuple(graph_source.block.shape)))
-            graph = graph_source.build(graph_source.block)
-            sources = path_sources if path_sources else (
-                DEFAULT_PATH_SOURCES if graph.n_nodes > EXACT_PATH_LIMIT else None)
-            summary = summarize(graph, "auto", small_world_graphs=small_world, path_sources=sources)
+            graph = graphs[graph_name] if batched else graph_source.build(graph_source.block)
+            if batched:
+                summary = summaries[graph_name]
+            else:
+                sources = path_sources if path_sources else (
+                    DEFAULT_PATH_SOURCES if graph.n_nodes > EXACT_PATH_LIMIT else None)
+                summary = summarize(graph, "auto", small_world_graphs=small_world, path_sources=sources)
             if graph.kind in WEIGHTED_KINDS:
                 summary["weighted_spectral_gap"] = weighted_spectral_gap(graph_source.weights, graph_source.block)
             if null is not None:

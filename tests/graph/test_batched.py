@@ -187,3 +187,21 @@ def test_four_cycles_of_a_large_complete_bipartite_graph_are_exact():
     cycles, paths = bipartite_cycle_counts(adjacency, n_in)
     assert cycles.item() == comb(n_in, 2) * comb(n_out, 2)
     assert paths.item() == n_in * n_out * (n_in - 1) * (n_out - 1)  # every edge, one more edge at each end
+
+
+def test_summarize_many_equals_summarize_graph_by_graph_across_sizes_and_kinds():
+    from topo.graph import bipartite_graph, square_graph, summarize_many
+
+    rng = np.random.default_rng(7)
+    heads = [bipartite_graph(rng.random((8, 40)) < p) for p in (0.3, 0.05, 0.0)]  # one sparse, one empty
+    squares = [square_graph(rng.random((50, 50)) < 0.08) for _ in range(2)]
+    twin = np.kron(np.eye(2, dtype=bool), rng.random((25, 25)) < 0.3)  # two components
+    graphs = [g.torch() for g in [*heads, squares[0], bipartite_graph(rng.random((12, 30)) < 0.2), squares[1],
+                                  square_graph(twin)]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EmptyGraphWarning)
+        expected = [summarize(g, "torch") for g in graphs]
+        got = summarize_many(graphs, batch_bytes=3 * 50 * 50 * 8)  # the squares in batches of one and two
+    for theirs, ours in zip(expected, got, strict=True):
+        assert ours.keys() == theirs.keys()
+        assert ours == pytest.approx(theirs, rel=1e-9, abs=1e-12, nan_ok=True)

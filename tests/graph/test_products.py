@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pytest
 import scipy.sparse
 import torch
 
@@ -35,7 +36,7 @@ def test_the_product_equals_scipys_for_vectors_and_blocks_whatever_the_threads(m
 
 def test_the_search_by_products_finds_the_bit_parallel_searchs_distances():
     from topo.graph import bitsets
-    from topo.graph.products import sampled_bfs_by_products
+    from topo.graph.products import sampled_bfs_by_products, sampled_bfs_by_products_torch
 
     rng = np.random.default_rng(1)
     for n_in, n_out, density in ((30, 20, 0.05), (30, 20, 0.4), (64, 64, 0.02)):
@@ -48,6 +49,8 @@ def test_the_search_by_products_finds_the_bit_parallel_searchs_distances():
         for split in (n_in, None):  # as a bipartite block, and as any square adjacency
             found = sampled_bfs_by_products(adjacency, sources, split)
             assert all(np.array_equal(a, b) for a, b in zip(found, expected, strict=True))
+            on_torch = sampled_bfs_by_products_torch(torch.from_numpy(adjacency), sources, split)
+            assert all(np.array_equal(a, b) for a, b in zip(on_torch, expected, strict=True))
 
 
 def test_dense_graphs_are_searched_by_products_with_the_same_estimate(monkeypatch):
@@ -71,3 +74,17 @@ def test_below_the_threshold_the_product_is_scipys_exactly():
     matrix = scipy.sparse.random(30, 20, density=0.2, format="csr", random_state=1)
     vector = np.arange(20.0)
     assert np.array_equal(csr_product(matrix)(vector), matrix @ vector)  # scipy's own sums, bit for bit
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_cuda_graph_is_searched_on_its_device_with_the_same_estimate(monkeypatch):
+    import topo.graph.metrics as metrics
+    from topo.graph import layered_graph
+
+    block = np.random.default_rng(3).random((300, 500)) < 0.02
+    graph = layered_graph([block])
+    expected = metrics.sampled_shortest_path(graph, sources=64)
+    monkeypatch.setattr(metrics, "sampled_bfs_by_products", None)  # the host searches are not called
+    monkeypatch.setattr(metrics.bitsets, "sampled_bfs", None)
+    assert metrics.sampled_shortest_path(graph.torch("cuda"), sources=64) == expected

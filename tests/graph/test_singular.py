@@ -11,9 +11,11 @@ import torch
 from topo.graph import bipartite_graph, square_graph, summarize
 from topo.graph.singular import (
     DENSE_LIMIT,
+    batch_spectra,
     bipartite_spectrum,
     square_spectrum,
     top_singular_values,
+    top_singular_values_torch,
     weighted_spectral_gap,
 )
 
@@ -146,3 +148,69 @@ def test_square_spectrum_above_the_dense_limit_equals_the_dense_solve():
     found = square_spectrum(adjacency)
     assert found["spectral_gap"] == pytest.approx(expected_gap, rel=1e-8)
     assert found["ramanujan_gap"] == pytest.approx(expected_ramanujan, rel=1e-8)
+
+
+@pytest.mark.parametrize("shape", [(40, 300), (300, 40), (1, 50), (50, 1), (64, 64)])
+def test_singular_values_from_the_gram_of_the_smaller_side_equal_numpy(shape):
+    matrix = np.random.default_rng(sum(shape)).random(shape) * (np.random.default_rng(1).random(shape) < 0.4)
+    expected = np.pad(numpy_sigmas(matrix)[:2], (0, 1))[:2]
+    assert top_singular_values_torch(torch.from_numpy(matrix)) == pytest.approx(tuple(expected), rel=1e-10)
+
+
+def test_singular_values_from_the_gram_keep_a_repeated_top_value():
+    block = np.kron(np.eye(2), np.ones((3, 5)))  # two equal complete blocks: σ1 = σ2 = √15
+    assert top_singular_values_torch(torch.from_numpy(block)) == pytest.approx((math.sqrt(15), math.sqrt(15)))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_spectra_on_cuda_equal_the_cpu_solvers():
+    rng = np.random.default_rng(3)
+    block = rng.random((300, 1500)) < 0.3
+    weights = rng.standard_normal(block.shape)
+    on_cpu = bipartite_spectrum(block)
+    on_cuda = bipartite_spectrum(torch.from_numpy(block).cuda())
+    assert on_cuda == pytest.approx(on_cpu, rel=1e-9)
+    assert weighted_spectral_gap(torch.from_numpy(weights), torch.from_numpy(block).cuda()) == pytest.approx(
+        weighted_spectral_gap(weights, block), rel=1e-9)
+
+
+def _batch_inputs(adjacency: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    import networkx as nx
+
+    degrees = adjacency.sum(2).numpy()
+    components = np.array([nx.number_connected_components(nx.from_numpy_array(a.numpy())) for a in adjacency])
+    return degrees, components
+
+
+def test_batched_square_spectra_equal_the_per_graph_solve_connected_or_not():
+    import networkx as nx
+
+    n = 60
+    rng = np.random.default_rng(4)
+    connected = np.triu(rng.random((n, n)) < 0.2, 1)
+    twin = nx.to_numpy_array(nx.disjoint_union(nx.cycle_graph(30), nx.cycle_graph(30))) > 0  # λ1 = λ2 = 2
+    isolated = connected.copy()
+    isolated[:5] = isolated[:, :5] = False
+    graphs = [connected | connected.T, twin, isolated | isolated.T, np.zeros((n, n), bool)]
+    adjacency = torch.from_numpy(np.stack(graphs))
+    got = batch_spectra(adjacency, None, *_batch_inputs(adjacency))
+    assert got[1]["spectral_gap"] == pytest.approx(0.0, abs=1e-9)
+    for graph, values in zip(graphs, got, strict=True):
+        assert values == pytest.approx(square_spectrum(graph), rel=1e-9, abs=1e-9, nan_ok=True)
+
+
+def test_batched_bipartite_spectra_equal_the_per_graph_solve_on_both_sides():
+    rng = np.random.default_rng(5)
+    for outputs, inputs in ((40, 70), (70, 40)):
+        blocks = [rng.random((outputs, inputs)) < 0.15, np.kron(np.eye(2, dtype=bool), np.ones((outputs // 2,
+                                                                                                 inputs // 2), bool))]
+        sparse = rng.random((outputs, inputs)) < 0.02  # dead nodes and, likely, several components
+        blocks.append(sparse)
+        adjacency = torch.zeros(len(blocks), inputs + outputs, inputs + outputs, dtype=torch.bool)
+        for i, block in enumerate(blocks):
+            adjacency[i, inputs:, :inputs] = torch.from_numpy(block)
+            adjacency[i, :inputs, inputs:] = torch.from_numpy(block.T)
+        got = batch_spectra(adjacency, inputs, *_batch_inputs(adjacency))
+        for block, values in zip(blocks, got, strict=True):
+            assert values == pytest.approx(bipartite_spectrum(block), rel=1e-9, abs=1e-9)

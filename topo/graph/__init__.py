@@ -30,6 +30,7 @@ from topo.graph.metrics import (
     small_world,
     structure,
     summarize,
+    summarize_many,
 )
 
 __all__ = [
@@ -60,4 +61,5 @@ __all__ = [
     "square_graph",
     "structure",
     "summarize",
+    "summarize_many",
 ]

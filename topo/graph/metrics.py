@@ -31,8 +31,8 @@ from topo.graph.batched import batch_size, count_batch
 from topo.graph.build import Graph, GraphSource, graph_sources, recurrent_gates, square_graph
 from topo.graph.compare import run_topology
 from topo.graph.null import NULLS, null_masks, z_scores
-from topo.graph.products import sampled_bfs_by_products
-from topo.graph.singular import graph_spectrum
+from topo.graph.products import sampled_bfs_by_products, sampled_bfs_by_products_torch
+from topo.graph.singular import batch_spectra, graph_spectrum
 
 
 def _as_graph(graph: Graph | Any) -> Graph:
@@ -204,16 +204,20 @@ def sampled_shortest_path(graph: Graph | Any, sources: int, seed: int = 0) -> Pa
     search of :func:`topo.graph.bitsets.sampled_bfs`, whose cost grows with the edges, or, for graphs with at least
     :data:`PRODUCTS_FROM` edges per entry of the block multiplied (the biadjacency of a bipartite graph), by the
     matrix products of :func:`topo.graph.products.sampled_bfs_by_products`, whose cost does not (the same
-    distances either way).
+    distances either way). A graph on a CUDA device is searched there, by products
+    (:func:`topo.graph.products.sampled_bfs_by_products_torch`).
     """
-    graph = _as_graph(graph).numpy()
+    graph = _as_graph(graph)
+    graph = graph if graph.is_torch and graph.adjacency.is_cuda else graph.numpy()
     n = graph.n_nodes
     if n < 2:
         return PathLength(_undefined(graph, "mean shortest path", f"{n} node(s)"), math.nan, math.nan)
     chosen = np.sort(np.random.default_rng(seed).choice(n, size=min(sources, n), replace=False))
     split = graph.parts[0] if graph.is_bipartite else None
     block = split * (n - split) if split else n * n
-    if np.count_nonzero(graph.adjacency) >= PRODUCTS_FROM * block:
+    if graph.is_torch:
+        d, r = sampled_bfs_by_products_torch(graph.adjacency, chosen, split)
+    elif np.count_nonzero(graph.adjacency) >= PRODUCTS_FROM * block:
         d, r = sampled_bfs_by_products(graph.adjacency, chosen, split)
     else:
         d, r = bitsets.sampled_bfs(graph.adjacency, chosen)
@@ -353,11 +357,16 @@ def summarize(graph: Graph | Any, backend: str = "auto", *, small_world_graphs: 
     components = kernels.n_components(adjacency) if graph.n_nodes >= 2 else 0
     split = graph.parts[0] if graph.is_bipartite else 0
     sampled = bool(path_sources) and path_sources < graph.n_nodes
+    degrees = kernels.degrees(adjacency)
+    spectrum = None
+    if isinstance(kernels, TorchBackend) and structure(graph) != "layered":
+        spectrum = lambda: batch_spectra(  # noqa: E731
+            adjacency[None], split if graph.is_bipartite else None, degrees[None], np.array([components]))[0]
     result = _summary(graph, RawCounts(
-        kernels.degrees(adjacency), components, lambda: kernels.lambda2(adjacency),
+        degrees, components, lambda: kernels.lambda2(adjacency),
         lambda: kernels.transitivity(adjacency), lambda: kernels.bipartite_cycles(adjacency, split),
         (lambda: sampled_shortest_path(graph, path_sources, seed)) if sampled
-        else (lambda: _path(graph, lambda: kernels.path_counts(adjacency))), sampled), metrics)
+        else (lambda: _path(graph, lambda: kernels.path_counts(adjacency))), sampled, spectrum), metrics)
     if small_world_graphs and structure(graph) == "square":  # σ and ω compare with a lattice: square graphs only
         result.update(small_world(graph, small_world_graphs, seed))
     return result
@@ -415,7 +424,10 @@ def _rows_per_graph(
 
 
 def _batch_summaries(graphs: list[Graph], small_world_graphs: int, seed: int) -> list[dict[str, float]]:
-    counts = count_batch(torch.stack([g.adjacency for g in graphs]), parts=graphs[0].parts)
+    adjacency = torch.stack([g.adjacency for g in graphs])
+    counts = count_batch(adjacency, parts=graphs[0].parts)
+    split = graphs[0].parts[0] if graphs[0].is_bipartite else None
+    spectra = functools.cache(lambda: batch_spectra(adjacency, split, counts.degrees, counts.n_components))
     summaries = []
     for i, graph in enumerate(graphs):
         summaries.append(_summary(graph, RawCounts(
@@ -425,9 +437,37 @@ def _batch_summaries(graphs: list[Graph], small_world_graphs: int, seed: int) ->
             lambda i=i: (float(counts.four_cycles[i]), float(counts.three_paths[i])),
             lambda i=i, graph=graph: _path(graph, lambda: PathCounts(float(counts.distance_sum[i]),
                                                                      int(counts.reachable_pairs[i]))),
+            spectrum=lambda i=i: spectra()[i],
         )))
         if small_world_graphs and structure(graph) == "square":
             summaries[-1].update(small_world(graph, small_world_graphs, seed))
+    return summaries
+
+
+def summarize_many(graphs: Sequence[Graph], *, small_world_graphs: int = 0, seed: int = 0,
+                   batch_bytes: int | None = None) -> list[dict]:
+    """:func:`summarize` of each of ``graphs`` (torch graphs on one device), computed in batches of equal-size
+    graphs there: the heads of a projection, or the gates of a recurrent layer, in one batch each.
+
+    The same values as :func:`summarize` with the torch backend, graph by graph (exact shortest paths: on a
+    device, the all-pairs search that counts the components gives them at no further cost). ``batch_bytes``: the
+    memory one batch may use (default :func:`default_batch_bytes` of the device).
+    """
+    if not graphs:
+        return []
+    device = graphs[0].adjacency.device
+    budget = batch_bytes or default_batch_bytes(device)
+    groups: dict[tuple[int, tuple[int, ...] | None], list[int]] = {}
+    for index, graph in enumerate(graphs):
+        groups.setdefault((graph.n_nodes, graph.parts), []).append(index)
+    summaries: list[dict | None] = [None] * len(graphs)
+    for (n, _), indices in groups.items():
+        step = batch_size(n, budget)
+        for start in range(0, len(indices), step):
+            chunk = indices[start : start + step]
+            for index, summary in zip(chunk, _batch_summaries([graphs[i] for i in chunk], small_world_graphs, seed),
+                                      strict=True):
+                summaries[index] = summary
     return summaries
 
 

@@ -75,3 +75,34 @@ def sampled_bfs_by_products(adjacency: np.ndarray, sources: np.ndarray,
         reach += newly
         reached |= new
         frontier = new.astype(np.float32)
+
+
+def sampled_bfs_by_products_torch(adjacency: torch.Tensor, sources: np.ndarray,
+                                  split: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`sampled_bfs_by_products` on the adjacency's own device (a CUDA graph stays there): the same
+    distances. Products in float16 on CUDA (tensor cores) and float32 elsewhere: only whether a count of paths is
+    positive is read, and a sum of non-negative terms rounds to a positive number (or inf), never to zero."""
+    n, count = adjacency.shape[0], len(sources)
+    device = adjacency.device
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    index = torch.from_numpy(np.asarray(sources)).to(device)
+    frontier = torch.zeros(n, count, dtype=dtype, device=device)
+    frontier[index, torch.arange(count, device=device)] = 1.0
+    reached = frontier > 0
+    block = (adjacency[split:, :split] if split else adjacency).to(dtype)
+    distances = torch.zeros(count, dtype=torch.int64, device=device)
+    reach = torch.zeros(count, dtype=torch.int64, device=device)
+    for level in range(1, n):
+        if split:
+            paths = torch.cat([block.T @ frontier[split:], block @ frontier[:split]])
+        else:
+            paths = block @ frontier
+        new = (paths > 0) & ~reached
+        newly = new.sum(0)
+        if not bool(newly.any()):
+            break
+        distances += level * newly
+        reach += newly
+        reached |= new
+        frontier = new.to(dtype)
+    return distances.cpu().numpy(), reach.cpu().numpy()

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import scipy.linalg
@@ -46,6 +47,70 @@ def lambda2_dense(adjacency: torch.Tensor) -> torch.Tensor:
     return torch.linalg.eigvalsh(laplacians(adjacency))[:, 1]
 
 
+def _lanczos(
+    operands: tuple[torch.Tensor, ...],
+    product: Callable[[tuple[torch.Tensor, ...], torch.Tensor], torch.Tensor],
+    start: torch.Tensor,
+    scale: torch.Tensor,
+    steps: int,
+    accept: Callable[[np.ndarray, np.ndarray, int, bool], object | None],
+    *,
+    orthogonal_to_constant: bool = False,
+) -> dict[int, object]:
+    """Batched Lanczos with full re-orthogonalisation, until every matrix of the batch is accepted or ``steps``.
+
+    ``operands`` are the batch's tensors (sliced together as matrices leave it) and ``product(operands, q)`` is
+    M·q for a ``(B, n)`` block of vectors; ``start`` the ``(B, n)`` start vectors; ``scale`` (B) at least each
+    matrix's spectral radius, which sets the size of "zero" for β. At each size of :data:`CHECKPOINTS` (and at
+    ``steps``) ``accept(alpha, beta, length, invariant)`` sees one matrix's tridiagonal on the host and returns its
+    result, or None to go on. Each step orthogonalises M·q_j against the whole basis by classical Gram-Schmidt,
+    twice (and against the constant vector with ``orthogonal_to_constant``). Returns {index in the batch: result}
+    for the matrices accepted.
+    """
+    batch, n = start.shape
+    device = start.device
+    basis = torch.zeros(batch, steps + 1, n, dtype=torch.float64, device=device)
+    basis[:, 0] = start / start.norm(dim=1, keepdim=True)
+    alpha = torch.zeros(batch, steps, dtype=torch.float64, device=device)
+    beta = torch.zeros(batch, steps, dtype=torch.float64, device=device)
+    alive = np.arange(batch)  # original index of each row still iterating
+    checkpoints = sorted({c for c in CHECKPOINTS if c < steps} | {steps})
+    accepted: dict[int, object] = {}
+    for j in range(steps):
+        qj = basis[:, j]
+        w = product(operands, qj)
+        alpha[:, j] = (w * qj).sum(1)
+        span = basis[:, : j + 1]
+        for _ in range(2):
+            w -= torch.bmm(span.transpose(1, 2), torch.bmm(span, w.unsqueeze(2))).squeeze(2)
+            if orthogonal_to_constant:
+                w -= w.mean(1, keepdim=True)
+        norm = w.norm(dim=1)
+        beta[:, j] = norm
+        basis[:, j + 1] = w / norm.clamp_min(torch.finfo(torch.float64).tiny).unsqueeze(1)
+        length = j + 1
+        if length not in checkpoints:
+            continue
+        host_alpha, host_beta = alpha[:, :length].cpu().numpy(), beta[:, :length].cpu().numpy()
+        host_scale = scale.cpu().numpy()
+        keep = []
+        for row in range(len(alive)):
+            invariant = bool(host_beta[row, length - 1] <= 1e-12 * host_scale[row])
+            result = accept(host_alpha[row], host_beta[row], length, invariant)
+            if result is None:
+                keep.append(row)
+            else:
+                accepted[int(alive[row])] = result
+        if not keep or length == steps:
+            break
+        if len(keep) < len(alive):
+            index = torch.tensor(keep, device=device)
+            operands = tuple(t[index] for t in operands)
+            basis, alpha, beta, scale = basis[index], alpha[index], beta[index], scale[index]
+            alive = alive[keep]
+    return accepted
+
+
 def _ritz_bound(alpha: np.ndarray, beta: np.ndarray, length: int) -> tuple[float, float]:
     """Smallest Ritz value of the Lanczos tridiagonal of ``length`` and a bound on its distance to λ2."""
     if length == 1:
@@ -69,53 +134,22 @@ def lambda2_lanczos(
     """
     batch, n, _ = adjacency.shape
     device = adjacency.device
-    values = torch.full((batch,), math.nan, dtype=torch.float64)
-    converged = torch.zeros(batch, dtype=torch.bool)
-    steps = min(max_iter, n - 1)
     a = adjacency.to(torch.float64)
     degrees = a.sum(-1)
     generator = torch.Generator(device=device).manual_seed(seed)
     q = torch.randn(batch, n, dtype=torch.float64, device=device, generator=generator)
     q -= q.mean(1, keepdim=True)
-    basis = torch.zeros(batch, steps + 1, n, dtype=torch.float64, device=device)
-    basis[:, 0] = q / q.norm(dim=1, keepdim=True)
-    alpha = torch.zeros(batch, steps, dtype=torch.float64, device=device)
-    beta = torch.zeros(batch, steps, dtype=torch.float64, device=device)
-    alive = torch.arange(batch)  # original index of each row still iterating
-    scale = 2.0 * degrees.amax(1)  # ≥ λmax(L): sets the size of "zero" for β
-    checkpoints = sorted({c for c in CHECKPOINTS if c < steps} | {steps})
-    for j in range(steps):
-        qj = basis[:, j]
-        w = degrees * qj - torch.bmm(a, qj.unsqueeze(2)).squeeze(2)
-        alpha[:, j] = (w * qj).sum(1)
-        span = basis[:, : j + 1]
-        for _ in range(2):
-            w -= torch.bmm(span.transpose(1, 2), torch.bmm(span, w.unsqueeze(2))).squeeze(2)
-            w -= w.mean(1, keepdim=True)
-        norm = w.norm(dim=1)
-        beta[:, j] = norm
-        basis[:, j + 1] = w / norm.clamp_min(torch.finfo(torch.float64).tiny).unsqueeze(1)
-        length = j + 1
-        if length not in checkpoints:
-            continue
-        host_alpha, host_beta = alpha[:, :length].cpu().numpy(), beta[:, :length].cpu().numpy()
-        host_scale = scale.cpu().numpy()
-        keep = []
-        for row in range(len(alive)):
-            invariant = host_beta[row, length - 1] <= 1e-12 * host_scale[row]
-            theta, bound = _ritz_bound(host_alpha[row], host_beta[row], length)
-            if invariant or bound <= rtol * max(theta, 0.0):
-                values[alive[row]] = theta
-                converged[alive[row]] = True
-            else:
-                keep.append(row)
-        if not keep or length == steps:
-            break
-        if len(keep) < len(alive):
-            index = torch.tensor(keep, device=device)
-            a, degrees, basis = a[index], degrees[index], basis[index]
-            alpha, beta, scale = alpha[index], beta[index], scale[index]
-            alive = alive[torch.tensor(keep)]
+
+    def accept(alpha: np.ndarray, beta: np.ndarray, length: int, invariant: bool) -> float | None:
+        theta, bound = _ritz_bound(alpha, beta, length)
+        return theta if invariant or bound <= rtol * max(theta, 0.0) else None
+
+    accepted = _lanczos((a, degrees), lambda t, x: t[1] * x - torch.bmm(t[0], x.unsqueeze(2)).squeeze(2), q,
+                        2.0 * degrees.amax(1), min(max_iter, n - 1), accept, orthogonal_to_constant=True)
+    values = torch.full((batch,), math.nan, dtype=torch.float64)
+    converged = torch.zeros(batch, dtype=torch.bool)
+    for index, theta in accepted.items():
+        values[index], converged[index] = theta, True
     return values, converged
 
 
@@ -184,4 +218,52 @@ def lambda2_batch(
             result[index] = float(lambda2_dense(adjacency[index : index + 1])[0])
         else:
             result[index] = lambda2_scipy(adjacency[index].cpu().numpy())
+    return result
+
+
+def _extremes_bound(alpha: np.ndarray, beta: np.ndarray, length: int) -> tuple[np.ndarray, float]:
+    """The Ritz values (θ_top, θ_second, θ_bottom) of a Lanczos tridiagonal of ``length`` ≥ 3 and the largest of
+    their error bounds min(r, r²/gap), r = |β·s_last| the residual norm, gap the distance to the nearest other Ritz
+    value (as for λ2 in :func:`_ritz_bound`)."""
+    values, vectors = scipy.linalg.eigh_tridiagonal(alpha[:length], beta[: length - 1])
+    residuals = np.abs(beta[length - 1] * vectors[-1])
+    bounds = []
+    for i in (length - 1, length - 2, 0):
+        gap = min(abs(values[i] - values[j]) for j in (i - 1, i + 1) if 0 <= j < length)
+        bounds.append(min(residuals[i], residuals[i] ** 2 / gap) if gap > 0 else residuals[i])
+    return values[[length - 1, length - 2, 0]], float(max(bounds))
+
+
+def extreme_eigenvalues_batch(
+    matrices: torch.Tensor, *, dense_limit: int = 32, rtol: float = 1e-10, max_iter: int = MAX_ITER, seed: int = 0
+) -> np.ndarray:
+    """(λ1, λ2, λn) of every symmetric matrix of a ``(B, n, n)`` batch (n ≥ 3), float64 on the host, in columns:
+    its two largest eigenvalues and its smallest, each with its multiplicity as a distinct value only.
+
+    Up to ``dense_limit`` a batched dense ``eigvalsh``. Above it Lanczos on the whole batch (one ``bmm`` per
+    iteration, full re-orthogonalisation as in :func:`lambda2_lanczos`), converged when each of the three Ritz
+    values' bounds is at most ``rtol`` times the spectral radius, or when the Krylov space became invariant;
+    matrices not converged after ``max_iter`` iterations get the dense solve. A single Lanczos vector finds each
+    *distinct* eigenvalue once: λ2 equals λ1 only where the dense solve runs, so callers pass matrices whose top
+    eigenvalue is simple (the adjacency or Gram matrix of a connected graph, by Perron–Frobenius).
+    """
+    batch, n, _ = matrices.shape
+    m = matrices.to(torch.float64)
+    if n <= dense_limit:
+        values = torch.linalg.eigvalsh(m)
+        return values[:, [-1, -2, 0]].cpu().numpy()
+    device = m.device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    q = torch.randn(batch, n, dtype=torch.float64, device=device, generator=generator)
+
+    def accept(alpha: np.ndarray, beta: np.ndarray, length: int, invariant: bool) -> np.ndarray | None:
+        theta, bound = _extremes_bound(alpha, beta, length)
+        return theta if invariant or bound <= rtol * max(abs(theta[0]), abs(theta[2])) else None
+
+    accepted = _lanczos((m,), lambda t, x: torch.bmm(t[0], x.unsqueeze(2)).squeeze(2), q,
+                        m.abs().sum(-1).amax(1), min(max_iter, n), accept)  # Gershgorin: ≥ the spectral radius
+    result = np.empty((batch, 3))
+    for index in range(batch):
+        result[index] = accepted[index] if index in accepted else \
+            torch.linalg.eigvalsh(m[index]).cpu().numpy()[[-1, -2, 0]]
     return result
