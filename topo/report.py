@@ -416,7 +416,7 @@ def checkpoints_comparison_section(paths: list[str], results: list[Any], *, laye
     beside its random-mask baseline, :func:`topo.analyze.layer_distances`; left out when ``nnstd_samples`` is
     0)."""
     from topo.analyze import layer_distances
-    from topo.summary import differences, summarised_metrics
+    from topo.summary import differences, median_and_range, summarised_metrics
 
     tables = dict(zip(paths, (r.table for r in results), strict=True))
     found = differences(tables)
@@ -429,9 +429,7 @@ def checkpoints_comparison_section(paths: list[str], results: list[Any], *, laye
     for (checkpoint, projection), group in found.groupby(["checkpoint", "projection"], sort=False):
         row: dict[str, Any] = {"checkpoint": checkpoint, "projection": projection, "graphs": group["graph"].nunique()}
         for metric, values in group.groupby("metric", sort=False):
-            numbers = values["difference"].dropna()
-            row.update({f"{metric}_{stat}": float(getattr(numbers, stat)()) if len(numbers) else np.nan
-                        for stat in ("median", "min", "max")})
+            row.update(median_and_range(values["difference"], metric))
         rows.append(row)
     summary = pd.DataFrame(rows)
     changed = [m for m in metrics if (found.loc[found["metric"] == m, "difference"].fillna(0) != 0).any()]

@@ -86,6 +86,13 @@ def summarised_metrics(table: pd.DataFrame) -> list[str]:
     return [m for m in SUMMARISED if m in table and pd.to_numeric(table[m], errors="coerce").notna().any()]
 
 
+def median_and_range(values: pd.Series, name: str) -> dict[str, float]:
+    """``<name>_median``, ``<name>_min`` and ``<name>_max`` of the numbers among ``values`` (NaN when none)."""
+    numbers = pd.to_numeric(values, errors="coerce").dropna()
+    return {f"{name}_{stat}": float(getattr(numbers, stat)()) if len(numbers) else np.nan
+            for stat in ("median", "min", "max")}
+
+
 def by_projection(table: pd.DataFrame, by: str = "projection") -> pd.DataFrame:
     """Per projection kind (in model order; or per block with ``by="block"``, graphs outside blocks left out):
     ``graphs``, ``blocks`` or ``projections`` (how many distinct), and for each metric of
@@ -102,9 +109,7 @@ def by_projection(table: pd.DataFrame, by: str = "projection") -> pd.DataFrame:
     for key, group in placed.groupby(by, sort=False):
         row = {by: key, "graphs": len(group), other: int(group[other.removesuffix("s")].nunique())}
         for metric in metrics:
-            values = pd.to_numeric(group[metric], errors="coerce").dropna()
-            row.update({f"{metric}_{stat}": float(getattr(values, stat)()) if len(values) else np.nan
-                        for stat in ("median", "min", "max")})
+            row.update(median_and_range(group[metric], metric))
         rows.append(row)
     return pd.DataFrame(rows, columns=[by, "graphs", other,
                                        *(f"{m}_{s}" for m in metrics for s in ("median", "min", "max"))])
