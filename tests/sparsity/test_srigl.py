@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from torch import nn
@@ -81,6 +83,7 @@ def test_every_live_neuron_keeps_the_constant_fan_in_after_every_update():
             ablated = sp.ablated.get(name, [])
             live = [r for r in range(mask.shape[0]) if r not in ablated]
             assert (mask[live].sum(1) == budgets[name] // len(live)).all(), name
+            assert sp.fan_in(name) == budgets[name] // len(live), name
             assert not mask[ablated].any() and (weight[ablated] == 0).all()
             assert (weight[~mask] == 0).all()
             seen["ablated"] += len(ablated)
@@ -171,3 +174,79 @@ def test_positions_scored_minus_infinity_are_never_chosen_even_when_a_row_asks_f
 
     scores = torch.tensor([[1.0, -math.inf, -math.inf, 0.5], [-math.inf, 2.0, 3.0, 1.0]])
     assert _top_per_row(scores, 3).tolist() == [[True, False, False, True], [False, True, True, True]]
+
+
+def test_options_reach_the_update_schedule_and_a_zero_saliency_threshold_is_allowed():
+    model = mlp((16,))
+    sp = SRigL(model, density=0.5, alpha_drop=0.1, delta_t=1, t_end=10, gamma_sal=0, seed=0)
+    assert sp.alpha_drop == 0.1 and sp.drop_fraction(0) == pytest.approx(0.1)
+
+
+def test_the_initial_mask_depends_on_the_seed_alone():
+    masks = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)  # the global generator moves; SRigL's own does not
+        masks.append(SRigL(mlp((16,)), density=0.25, t_end=10, seed=7).masks)
+    assert all(torch.equal(masks[0][n], masks[1][n]) for n in masks[0])
+    other = SRigL(mlp((16,)), density=0.25, t_end=10, seed=8).masks
+    assert not all(torch.equal(masks[0][n], other[n]) for n in masks[0])
+
+
+def test_a_missing_schedule_is_named_for_srigl():
+    with pytest.raises(ConfigError, match="^srigl needs t_end"):
+        SRigL(mlp((16,)), density=0.25)
+
+
+def test_a_conv1d_layer_keeps_a_constant_fan_in_per_output_neuron():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = nn.Sequential(transformers.pytorch_utils.Conv1D(12, 8), nn.ReLU(), nn.Linear(12, 4))  # weight (in, out)
+    sp = SRigL(model, density=0.25, delta_t=1, t_end=20, seed=0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    for step in range(6):
+        x = torch.randn(16, 8, generator=torch.Generator().manual_seed(step))
+        loss = model(x).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        sp.step()
+        mask = sp.masks["0.weight"]  # stored (in, out): an output neuron's inputs are a column
+        live = [c for c in range(12) if c not in sp.ablated.get("0.weight", [])]
+        assert (mask[:, live].sum(0) == sp.fan_in("0.weight")).all()
+
+
+def _rows_of_salient_counts(counts: list[int], fan_in: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """A weight whose row i has counts[i] non-zero inputs (all larger than any zero) and a zero gradient."""
+    weight = torch.zeros(len(counts), fan_in)
+    for row, count in enumerate(counts):
+        weight[row, :count] = 1.0 + row / 1000
+    return weight, torch.zeros_like(weight)
+
+
+def test_a_salient_count_of_one_or_more_is_a_count_and_below_one_a_fraction_of_the_floored_fan_in():
+    weight, grad = _rows_of_salient_counts([2, 2, 2, 1])  # 7 weights: m = 2 neurons at least, the third has 2
+    ablate = functools.partial(neurons_to_ablate, weight, grad, weight != 0, n_keep=7, n_prune=0)
+    assert ablate(budget=8, gamma_sal=1) == []  # a count of 1: every neuron has one
+    assert ablate(budget=8, gamma_sal=1.5) == [3]  # a count of 1.5
+    # 0.8 of the fan-in budget // rows = 10 // 4 = 2 is int(1.6) = 1, not int(0.8 · 2.5) = 2
+    assert ablate(budget=10, gamma_sal=0.8) == []
+    assert ablate(budget=8, gamma_sal=0.8) == []
+
+
+def test_too_few_live_neurons_fall_back_to_the_most_salient_by_floored_division():
+    weight, grad = _rows_of_salient_counts([2, 2, 2, 1])
+    ablate = functools.partial(neurons_to_ablate, weight, grad, weight != 0, n_keep=7, n_prune=0, gamma_sal=2)
+    assert ablate(budget=12) == [3]  # 12 // 3 = 4 live fan-in fits the dense fan-in of 4
+    assert ablate(budget=13) == [3]  # 13 // 3 = 4 too (13 / 3 would not)
+    # counts 2, 2, 1, 1 (the last two by gradient only); 9 // 2 = 4 fits: both go, the fallback would keep one
+    weight, grad = _rows_of_salient_counts([2, 2, 0, 0])
+    grad[2, 0] = grad[3, 0] = 1.0
+    assert neurons_to_ablate(weight, grad, weight != 0, n_keep=4, n_prune=2, budget=9, gamma_sal=2) == [2, 3]
+
+
+def test_the_fallback_keeps_the_lower_rows_among_equally_salient_neurons():
+    weight, grad = _rows_of_salient_counts([2] * 64 + [1] * 64)  # 192 weights: m = 48
+    # count 2 ablates the 64 neurons of count 1; 384 // 64 = 6 > 4, so the fallback keeps the 384 / 4 = 96 most
+    # salient: the 64 of count 2 and, of the equally salient rest, the lowest 32 rows
+    assert neurons_to_ablate(weight, grad, weight != 0, n_keep=192, n_prune=0, budget=384,
+                             gamma_sal=2) == list(range(96, 128))

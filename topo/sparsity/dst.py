@@ -251,7 +251,7 @@ class RigL(_DropAndGrow):
             raise ConfigError(f"delta_t (ΔT) must be an integer >= 1, got {delta_t!r}")
         if t_end is None:
             if total_steps is None:
-                raise ConfigError("rigl needs t_end (T_end, in steps) or total_steps (T_end = 75 % of it)")
+                raise ConfigError(f"{self.method} needs t_end (T_end, in steps) or total_steps (T_end = 75 % of it)")
             t_end = int(0.75 * total_steps)
         if not (isinstance(t_end, int) and t_end > 0):
             raise ConfigError(f"t_end (T_end) must be an integer > 0, got {t_end!r}")
