@@ -96,6 +96,24 @@ def test_sparsegpt_with_a_diagonal_hessian_prunes_by_w_squared_times_h_and_moves
     assert torch.equal(updated[kept], weight[kept]) and (updated[~kept] == 0).all()
 
 
+def test_sparsegpt_scores_squared_weights_so_the_sign_does_not_count():
+    # h = 1 everywhere (damp 0.01): scores w²·1.01 = 9.09, 1.01, 4.04, 0.2525; the sorted value at ⌊4·0.5⌋ = 2 is
+    # 4.04: the three scores up to it go, -3 stays (a cube would rank it first to go)
+    weight = torch.tensor([[-3.0, 1.0, 2.0, -0.5]])
+    updated, kept = sparsegpt_prune(weight, _hessian(torch.eye(4).tolist()), sparsity=0.5)
+    assert kept.tolist() == [[True, False, False, False]] and updated[0, 0] == -3.0
+
+
+def test_sparsegpt_n_m_scores_are_w_squared_over_the_squared_inverse_diagonal_by_hand():
+    # diag H = (16, 1, 2.5, 4) + damp 0.05875: Hinv_jj = 1/√h_j', scores w²·h_j' = 16.06, 9.53, 12.38, 10.39 keep
+    # inputs 0 and 2; w²·√h' (a score over Hinv_jj, not its square) would keep 1 and 2, w²·h'^1.5 inputs 0 and 3
+    weight = torch.tensor([[1.0, 3.0, 2.2, 1.6]])
+    h = [16.0, 1.0, 2.5, 4.0]
+    diagonal = [[h[i] if i == j else 0.0 for j in range(4)] for i in range(4)]
+    _, kept = sparsegpt_prune(weight, _hessian(diagonal), structure=(2, 4))
+    assert kept.tolist() == [[True, False, True, False]]
+
+
 def test_sparsegpt_compensates_a_pruned_weight_through_the_hessian_by_hand():
     # H = [[a, b], [b, c]] damped; pruning w0 moves w1 by w0·b/c' (the optimal brain surgeon update), and the score
     # of column j is w_j²/U_jj² with U the upper Cholesky factor of H⁻¹: w0²·det/c', w1²·c'
@@ -125,6 +143,19 @@ def test_sparsegpt_zeroes_dead_inputs_and_keeps_n_m_groups():
     assert updated[0, 2] == 0 and not kept[0, 2]
     assert kept.tolist() == [[False, True, False, True, False, False, True, True]]
     assert nm_pattern(kept.repeat(40, 1)) == "2:4"
+    # unstructured: the dead input's weight (5, the largest) scores 0 and goes first, never 1·h
+    updated, kept = sparsegpt_prune(torch.tensor([[0.1, 0.2, 5.0, 0.3]]), _hessian(torch.diag(torch.tensor(
+        [1.0, 1.0, 0.0, 1.0])).tolist()), sparsity=0.25)
+    assert kept.tolist() == [[False, True, False, True]] and updated[0, 2] == 0
+
+
+def test_a_dead_inputs_unit_diagonal_enters_the_damping():
+    # diag H = (0 → 1, 1, 4): damp = 0.01·mean(1, 1, 4) = 0.02, scores w²·(h + damp): 1.98401²·1.02 = 4.0150 for
+    # input 1 and 4.02 for input 2, which stays; with the dead input's diagonal at 2 the damping (0.0233) would
+    # rank input 1 first
+    weight = torch.tensor([[0.0, 1.98401, 1.0]])
+    _, kept = sparsegpt_prune(weight, _hessian(torch.diag(torch.tensor([0.0, 1.0, 4.0])).tolist()), sparsity=1 / 3)
+    assert kept.tolist() == [[False, False, True]]
 
 
 def test_sparsegpt_refuses_a_hessian_that_is_not_positive_definite():
@@ -347,3 +378,30 @@ def test_one_dimensional_calibration_sequences_are_read_as_batches_of_one():
     assert torch.equal(masks["model.layers.0.mlp.up_proj.weight"],
                        prune_oneshot(tiny_llama(1), "wanda", calibration(2), density=0.5,
                                      progress=False)["model.layers.0.mlp.up_proj.weight"])
+
+
+@pytest.mark.parametrize("method", ["magnitude", "sparsegpt"])
+def test_n_m_pruning_through_the_driver_keeps_n_of_every_m_inputs(method):
+    masks = prune_oneshot(tiny_llama(1), method, calibration(), structure="2:4", progress=False)
+    assert masks and all(nm_pattern(mask) == "2:4" for mask in masks.values())
+
+
+def test_a_singular_hessian_is_one_error_naming_the_layer():
+    with pytest.raises(ConfigError, match=r"Hessian of model\.layers\.0\.self_attn\.q_proj\.weight is not positive"):
+        prune_oneshot(tiny_llama(1), "sparsegpt", calibration(1, 2), density=0.5, percdamp=0, progress=False)
+
+
+def test_the_next_blocks_input_replaces_the_hidden_states_where_they_were_passed():
+    from topo.sparsity.oneshot import _with_hidden
+
+    old, new, mask = torch.zeros(2), torch.ones(2), torch.full((2,), 7.0)
+    assert _with_hidden((old, mask, 3), {"use_cache": False}, new) == ((new, mask, 3), {"use_cache": False})
+    assert _with_hidden((), {"hidden_states": old, "attention_mask": mask}, new) == (
+        (), {"hidden_states": new, "attention_mask": mask})
+
+
+def test_true_sequential_puts_an_unrecognised_linear_with_the_mlp_inputs():
+    from topo.sparsity.oneshot import _groups
+
+    names = ["self_attn.q_proj", "self_attn.o_proj", "block_sparse_moe.gate", "mlp.gate_proj", "mlp.down_proj"]
+    assert _groups(dict.fromkeys(names), True) == [names[:1], names[1:2], names[2:4], names[4:]]
