@@ -193,11 +193,13 @@ def test_epoch_schedule_adapts_at_first_step_after_every_nth_epoch():
 
 
 def test_same_seed_same_masks_and_different_seed_differs():
-    def run(seed):
+    def run(seed, global_seed=0):
         torch.manual_seed(0)
         model = mlp((32,))
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        sp = Adaptive(model, opt, density=0.3, every=2, unit="step", seed=seed, g=4.0, s=1.0, beta0=0.5)
+        sp = Adaptive(model, opt, density=0.3, every=2, unit="step", seed=seed, g=4.0, s=1.0, beta0=0.5,
+                      beta1=0.5)
+        torch.manual_seed(global_seed)  # every draw comes from the sparsifier's own generator, not this one
         data = torch.Generator().manual_seed(1)
         for _ in range(6):
             loss = model(torch.randn(8, 64, generator=data)).pow(2).mean()
@@ -207,7 +209,7 @@ def test_same_seed_same_masks_and_different_seed_differs():
             sp.step()
         return {n: m.clone() for n, m in sp.masks.items()}
 
-    a, b, c = run(7), run(7), run(8)
+    a, b, c = run(7), run(7, global_seed=1), run(8)
     assert all(torch.equal(a[n], b[n]) for n in a)
     assert not all(torch.equal(a[n], c[n]) for n in a)
 
@@ -295,3 +297,74 @@ def test_an_adaptation_pending_at_a_checkpoint_is_pending_after_resuming():
     assert not resumed.adaptation_due
     resumed.load_state_dict(sp.state_dict())
     assert resumed.adaptation_due
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_in_the_g_limit_a_weight_exactly_at_the_threshold_stays(fused):
+    from topo.sparsity.adaptive import adapt_layers_fused
+
+    cfg = AdaptiveConfig(density=0.5, k=1.0, g=math.inf, s=math.inf)
+    mask = torch.arange(16).view(4, 4) < 8
+    weight = torch.where(mask, 0.5, 0.0)  # |w| = k·W̄ exactly: x = 0, not below it
+    grad = (~mask).float()  # a weight pruned here would be replaced by an inactive one, not grown back
+    generator = torch.Generator().manual_seed(0)
+    if fused:
+        [(pruned, grown)] = adapt_layers_fused([weight], [mask], [grad], [cfg], generator)
+    else:
+        pruned, grown = adapt_layer(weight, mask, grad, cfg, generator)
+    assert not pruned.any() and not grown.any()
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_in_the_s_limit_equal_gradients_regrow_the_lowest_positions_first(fused):
+    from topo.sparsity.adaptive import adapt_layers_fused
+
+    cfg = AdaptiveConfig(density=0.5, k=1.0, g=math.inf, s=math.inf)
+    mask = torch.arange(256).view(16, 16) < 128
+    weight = torch.where(mask, 1.0, 0.0)
+    weight.view(-1)[:10] = 0.01  # the ten weights below k·W̄, at the lowest positions
+    generator = torch.Generator().manual_seed(0)
+    # zero gradients tie every inactive weight: the lowest positions, the ten just pruned, are grown back first
+    if fused:
+        [(pruned, grown)] = adapt_layers_fused([weight], [mask.clone()], [torch.zeros(16, 16)], [cfg], generator)
+    else:
+        pruned, grown = adapt_layer(weight, mask.clone(), torch.zeros(16, 16), cfg, generator)
+    assert not pruned.any() and not grown.any()
+
+
+def test_masked_means_divide_by_the_count_of_selected_values():
+    from topo.sparsity.adaptive import _masked_mean
+
+    values = torch.tensor([3.0, 5.0, 7.0])
+    assert _masked_mean(values, torch.tensor([True, False, False])) == 3.0
+    assert _masked_mean(values, torch.tensor([True, False, True])) == 5.0
+    assert _masked_mean(values, torch.zeros(3, dtype=torch.bool)) == 0.0
+
+
+def test_a_zero_gradient_never_grows_even_when_every_gradient_is_zero():
+    cfg = AdaptiveConfig(density=0.3, k=0.5, g=4.0, s=1.0)
+    assert grow_probability(torch.zeros(3), 0.0, 0.3, cfg).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_layer_options_and_each_layers_own_density_reach_the_rule():
+    torch.manual_seed(0)
+    model = mlp((64, 64))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    sp = Adaptive(model, optimizer, density=0.2, distribution="erk", params=["0.weight", "4.weight"], s=5.0,
+                  g=math.inf, every=1, unit="step", seed=0)
+    assert sp.sparse_layers == ["0.weight", "4.weight"]
+    assert sp.layer_density["4.weight"] > sp.layer_density["0.weight"] + 0.3  # ERK: 0.54 and 0.15
+    data = torch.Generator().manual_seed(1)
+    for _ in range(10):
+        loss = model(torch.randn(16, 64, generator=data)).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        sp.step()
+    # the bias s(a − α) of each layer pulls towards its own α: the layer of the larger α stays the denser
+    assert sp.masks["4.weight"].float().mean() > sp.masks["0.weight"].float().mean() + 0.1
+
+
+def test_an_unknown_hyperparameter_error_lists_the_valid_ones():
+    with pytest.raises(ConfigError, match=r"unknown adaptive hyperparameter\(s\) \['gamma'\]; valid: \['beta0'"):
+        Adaptive(mlp(), density=0.3, gamma=1.0)
