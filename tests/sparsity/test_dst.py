@@ -509,3 +509,27 @@ def test_snip_sparsifies_only_the_parameters_named():
     batch = (torch.ones(2, 3), None)
     sp = SNIP(model, density=0.5, batch=batch, loss=lambda m, b: m(b[0]).sum(), params=["1.weight"])
     assert list(sp.masks) == ["1.weight"] and torch.count_nonzero(model[0].weight) == 12
+
+
+def test_set_drops_a_lone_active_weight_and_nothing_from_an_empty_layer():
+    from topo.sparsity.dst import per_sign_smallest
+
+    weight = torch.tensor([[0.0, -0.7], [0.0, 0.0]])
+    assert per_sign_smallest(weight, weight != 0, 0.3).tolist() == [[False, True], [False, False]]
+    assert not per_sign_smallest(weight, torch.zeros(2, 2, dtype=torch.bool), 0.3).any()
+
+
+@pytest.mark.parametrize(("method", "options", "culprit"), [
+    ("rigl", {"delta_t": 2.5, "t_end": 10}, "delta_t"),
+    ("rigl", {"alpha_drop": 1.5, "t_end": 10}, r"^alpha_drop \(α_drop\) must be"),
+    ("set", {"every": 1.5}, "every"), ("set", {"init_scale": math.inf}, "init_scale"),
+    ("set", {"init_scale": -0.1}, "init_scale")])
+def test_dst_options_out_of_range_name_the_culprit(method, options, culprit):
+    with pytest.raises(ConfigError, match=culprit):
+        make_sparsifier(method, mlp(), density=0.3, **options)
+
+
+def test_dst_options_at_their_bounds_are_accepted_and_reach_the_method():
+    assert RigL(mlp(), density=0.3, t_end=1).t_end == 1
+    sparsifier = SET(mlp((32,)), density=0.3, init="normal", init_scale=0, params=["0.weight"])
+    assert sparsifier.init_scale == 0 and sparsifier.sparse_layers == ["0.weight"]

@@ -189,3 +189,21 @@ def test_optimizer_state_reset_exactly_at_changed_positions(make):
         for key, value in state.items():
             assert torch.count_nonzero(value[changed[name]]) == 0, (name, key)
             assert torch.equal(value[~changed[name]], before[name][key][~changed[name]]), (name, key)
+
+
+def test_a_rigl_update_after_a_skipped_step_uses_the_next_steps_gradients():
+    from topo.sparsity import RigL
+
+    torch.manual_seed(0)
+    model = mlp((16,))
+    opt = torch.optim.Adam(model.parameters())
+    sp = RigL(model, opt, density=0.3, delta_t=1, t_end=100)
+    scaler = torch.amp.GradScaler("cpu")
+    x, y = torch.randn(8, 64), torch.randint(0, 10, (8,))
+    for loss_factor in (math.inf, 1.0):  # the first step is skipped: its stashed gradients are dropped
+        opt.zero_grad()
+        scaler.scale(nn.functional.cross_entropy(model(x), y) * loss_factor).backward()
+        scaler.step(opt)
+        scaler.update()
+        sp.step()
+    assert sp.step_count == 1 and sum(p for p, _ in sp.pop_changes().values()) > 0
