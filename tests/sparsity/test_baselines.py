@@ -181,3 +181,31 @@ def test_pruning_prunes_only_the_parameters_named_and_refuses_negative_epochs():
     assert list(pruning.masks) == ["2.weight"]
     with pytest.raises(ConfigError, match="prune_after"):
         MagnitudePruning(mlp((32,)), density=0.25, prune_after=[-1])
+
+
+def test_channelwise_options_reach_the_masks():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 16, 3), nn.Conv2d(16, 4, 3))
+    sp = RandomChannelwise(model, density=0.3, params=["1.weight", "2.weight"], distribution="erk", seed=0)
+    assert sp.sparse_layers == ["1.weight", "2.weight"]
+    assert sp.layer_density["1.weight"] != sp.layer_density["2.weight"]  # ERK, not uniform
+    for name, density in sp.layer_density.items():
+        pairs = sp.masks[name][:, :, 0, 0]
+        assert pairs.sum() == active_count(pairs.numel(), density), name
+    first_last = RandomChannelwise(model, density=0.3, dense_first_last=True, seed=0)
+    assert first_last.masks["0.weight"].all() and first_last.masks["2.weight"].all()
+    assert not first_last.masks["1.weight"].all()
+
+
+def test_a_fixed_mask_given_as_numbers_is_held_as_booleans():
+    model = mlp((16,))
+    mask = (torch.arange(16 * 64).view(16, 64) % 3 == 0).float()
+    sp = FixedMask(model, masks={"0.weight": mask})
+    assert sp.masks["0.weight"].dtype == torch.bool and torch.equal(sp.masks["0.weight"], mask.bool())
+    assert (model[0].weight[~mask.bool()] == 0).all()
+
+
+def test_the_pruning_schedule_by_hand():
+    sp = MagnitudePruning(mlp(), density=0.25, prune_after=[2, 4])
+    # after epochs 0-2 (3 done) the first pruning has run: α^(1/2); after epoch 4 both: α
+    assert [sp.current_target(done) for done in (0, 2, 3, 4, 5)] == [1.0, 1.0, 0.5, 0.5, 0.25]
+    assert sp.current_target(3, density=0.04) == pytest.approx(0.2)

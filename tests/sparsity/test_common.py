@@ -295,3 +295,35 @@ def test_random_controls_record_their_distribution_and_draw_from_their_own_seed(
         model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3))
         masks.append(make_sparsifier("random-channelwise", model, density=0.3, seed=4).masks)
     assert all(torch.equal(masks[0][n], masks[1][n]) for n in masks[0])
+
+
+def test_a_state_without_exploration_records_resumes_from_the_masks():
+    model = mlp((16,))
+    sp = make_sparsifier("random-fixed", model, density=0.3, seed=0)
+    state = sp.state_dict()
+    del state["ever_active"]  # as a checkpoint written before topo recorded exploration
+    fresh = make_sparsifier("random-fixed", mlp((16,)), density=0.3, seed=1)
+    fresh.load_state_dict(state)
+    assert all(torch.equal(fresh.ever_active[n], sp.masks[n]) for n in sp.masks)
+
+
+def test_one_optimizer_step_is_counted_once():
+    model = mlp((16,))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    sp = make_sparsifier("random-fixed", model, optimizer, density=0.3, seed=0)
+    model(torch.randn(4, 64)).sum().backward()
+    optimizer.step()
+    sp.step()
+    sp.step()  # no optimizer step in between: not counted
+    assert sp.step_count == 1
+
+
+def test_n_m_structure_is_checked_along_a_conv1d_layers_inputs():
+    transformers = pytest.importorskip("transformers")
+    model = nn.Sequential(transformers.pytorch_utils.Conv1D(6, 8))  # stored (8 in, 6 out): 8 inputs fit 2:4
+    sp = make_sparsifier("random-fixed", model, density=0.5, structure="2:4", seed=0)
+    mask = sp.masks["0.weight"]  # stored (in, out): an output's inputs are a column, in groups of 4 rows
+    assert mask[:4].sum(0).eq(2).all() and mask[4:].sum(0).eq(2).all()
+    with pytest.raises(ConfigError, match="its 6 inputs do not divide into groups of 4"):
+        make_sparsifier("random-fixed", nn.Sequential(transformers.pytorch_utils.Conv1D(8, 6)), density=0.5,
+                        structure="2:4")
