@@ -327,3 +327,36 @@ def test_n_m_structure_is_checked_along_a_conv1d_layers_inputs():
     with pytest.raises(ConfigError, match="its 6 inputs do not divide into groups of 4"):
         make_sparsifier("random-fixed", nn.Sequential(transformers.pytorch_utils.Conv1D(8, 6)), density=0.5,
                         structure="2:4")
+
+
+def test_a_mask_state_of_other_layers_is_one_error_naming_them():
+    sp = make_sparsifier("random-fixed", mlp((16,)), density=0.3, seed=0)
+    masks = sp.masked.state_dict()
+    with pytest.raises(MaskError, match=r"missing \['0.weight'\], unexpected \[\]"):
+        sp.masked.load_state_dict({n: m for n, m in masks.items() if n != "0.weight"})
+    with pytest.raises(MaskError, match=r"missing \[\], unexpected \['9.weight'\]"):
+        sp.masked.load_state_dict({**masks, "9.weight": masks["0.weight"]})
+
+
+def test_mask_multipliers_are_rebuilt_only_when_a_mask_or_the_dtype_changes():
+    model = mlp((16,))
+    sp = make_sparsifier("random-fixed", model, density=0.3, seed=0)
+    first = list(sp.masked.multipliers())
+    assert all(a is b for a, b in zip(first, sp.masked.multipliers(), strict=True))  # cached
+    sp.masks["0.weight"][0, 0] = ~sp.masks["0.weight"][0, 0]  # in place: the mask's version moves
+    again = sp.masked.multipliers()
+    assert again[0] is not first[0] and again[0][0, 0] == sp.masks["0.weight"][0, 0]
+    assert all(a is b for a, b in zip(first[1:], again[1:], strict=True))
+    model.double()
+    assert all(m.dtype == torch.float64 for m in sp.masked.multipliers())
+
+
+def test_er_reads_a_one_dimensional_weight_as_one_input_and_a_fused_weight_as_its_parts():
+    from topo.sparsity.distributions import layer_densities
+
+    # ER raw densities (n_in + n_out) / (n_in · n_out): 1.1 for (10,) read as 10 × 1, 0.2 for 10 × 10
+    densities = layer_densities({"vector": (10,), "square": (10, 10)}, 0.2, "er")
+    assert densities["vector"] / densities["square"] == pytest.approx(1.1 / 0.2)
+    # a weight of two fused 10 × 10 parts has one part's raw density, 0.2, not that of 20 × 10 (0.15)
+    fused = layer_densities({"fused": (20, 10), "square": (10, 10)}, 0.2, "er", parts={"fused": 2})
+    assert fused["fused"] == pytest.approx(fused["square"])

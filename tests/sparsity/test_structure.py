@@ -221,3 +221,19 @@ def test_only_a_module_of_class_conv1d_is_read_in_out():
 
     with pytest.raises(ConfigError, match="no nn.Linear or Conv1D weight"):  # read (in, out) it would fit 2:4
         ts.to_semi_structured(nn.Sequential(Odd()))
+
+
+def _groups_holding(counts: list[int], rows: int = 256) -> torch.Tensor:
+    """A (rows, 4·len(counts)) mask whose i-th group of four inputs holds counts[i] active weights in every row."""
+    mask = torch.zeros(rows, len(counts), 4, dtype=torch.bool)
+    for group, count in enumerate(counts):
+        mask[:, group, :count] = True
+    return mask.reshape(rows, -1)
+
+
+def test_n_m_needs_more_than_half_of_the_groups_full():
+    # at most 2 of 4 everywhere, which chance would not give at these densities, but 2 in only 30 % or exactly
+    # 50 % of the groups: not 2:4 (nor 4:8, whose groups of eight are full as rarely)
+    assert nm_pattern(_groups_holding([2] * 3 + [1] * 7)) is None
+    assert nm_pattern(_groups_holding([2, 2, 1, 1] * 3)) is None
+    assert nm_pattern(_groups_holding([2, 2, 1] * 4)) == "2:4"  # two thirds full
