@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from topo.errors import EmptyGraphWarning
+from topo.errors import ConfigError, EmptyGraphWarning
 from topo.graph import metrics_table, summarize
 from topo.graph.backends import TorchBackend
 from topo.graph.batched import all_pairs_bfs, batch_size, closed_walks, count_batch, triangle_dtype
@@ -205,3 +205,27 @@ def test_summarize_many_equals_summarize_graph_by_graph_across_sizes_and_kinds()
     for theirs, ours in zip(expected, got, strict=True):
         assert ours.keys() == theirs.keys()
         assert ours == pytest.approx(theirs, rel=1e-9, abs=1e-12, nan_ok=True)
+
+
+def test_the_per_graph_table_uses_the_backend_it_is_given():
+    snapshot = {"w": np.random.default_rng(0).random((12, 12)) < 0.3}
+    with pytest.raises(ConfigError, match="unknown graph backend 'gpu'"):
+        metrics_table(snapshot, backend="gpu", progress=False)
+    torch_rows = metrics_table(snapshot, backend="torch", progress=False)
+    assert torch_rows["value"].tolist() == pytest.approx(metrics_table(snapshot, backend="cpu", progress=False)[
+        "value"].tolist(), nan_ok=True)
+
+
+def test_a_null_table_defaults_to_20_samples_of_seed_0():
+    snapshot = {"w": np.random.default_rng(1).random((12, 12)) < 0.3}
+    default = metrics_table(snapshot, null="er", progress=False)
+    assert default.equals(metrics_table(snapshot, null="er", null_samples=20, seed=0, progress=False))
+    assert not default.equals(metrics_table(snapshot, null="er", null_samples=21, seed=0, progress=False))
+    assert not default.equals(metrics_table(snapshot, null="er", null_samples=20, seed=1, progress=False))
+
+
+def test_closed_walks_are_float64_and_exact_beyond_float32_integers():
+    n = 1000
+    complete = ~torch.eye(n, dtype=torch.bool)
+    walks = closed_walks(complete[None])
+    assert walks.dtype == torch.float64 and walks.item() == n * (n - 1) * (n - 2)  # 997,002,000 > 2²⁴

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -255,3 +256,16 @@ def test_nnstd_names_bad_masks_reads_conv1d_channels_and_takes_empty_layers():
     moved = np.zeros_like(taps)
     moved[0, 0, 2] = moved[1, 1, 0] = moved[2, :, 3] = True  # same channels, other taps
     assert nnstd([taps], [moved]) == [0.0]
+
+
+def test_a_run_directorys_table_numbers_its_graph_and_topology_rows_once(tmp_path):
+    from topo.graph import metrics_table
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(30, 20, bias=False))
+    with Recorder(tmp_path / "run", RandomFixed(model, density=0.3), checkpoint=False) as recorder:
+        for epoch in range(2):
+            recorder.snapshot(epoch)
+    table = metrics_table(RunReader(tmp_path / "run"), progress=False)
+    assert {"turnover", "exploration", "algebraic_connectivity"} <= set(table["metric"])
+    assert table.index.equals(pd.RangeIndex(len(table)))

@@ -198,3 +198,15 @@ def test_null_masks_take_two_samples_or_more_and_seed_zero_by_default():
     with pytest.raises(ConfigError, match="at least 2 samples"):
         null_masks("er", block, 1)
     assert torch.equal(null_masks("degree", block, 3), null_masks("degree", block, 3, seed=0))
+
+
+def test_the_nm_null_places_a_groups_weights_uniformly_within_it():
+    from topo.graph.null import nm_masks
+
+    block = torch.zeros(1, 16, dtype=torch.bool)
+    block[0, ::4] = True  # one active weight in each of four groups of four
+    masks = nm_masks(block, 4, 4000, torch.Generator().manual_seed(0))
+    assert (masks.view(4000, 4, 4).sum(-1) == 1).all()
+    frequency = masks.float().mean(0).view(4, 4)  # each position of each group: 1/4 (binomial sd 0.007)
+    assert torch.allclose(frequency, torch.full((4, 4), 0.25), atol=0.03)
+
