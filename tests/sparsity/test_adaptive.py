@@ -12,6 +12,7 @@ from topo.sparsity import Adaptive, AdaptiveConfig, adapt_layer, grow_probabilit
 from topo.sparsity.adaptive import grow_exponent, prune_exponent
 
 from ..conftest import DEVICES, mlp
+from .test_common import train
 
 
 def test_prune_probability_is_half_at_k_times_mean():
@@ -354,13 +355,7 @@ def test_layer_options_and_each_layers_own_density_reach_the_rule():
                   g=math.inf, every=1, unit="step", seed=0)
     assert sp.sparse_layers == ["0.weight", "4.weight"]
     assert sp.layer_density["4.weight"] > sp.layer_density["0.weight"] + 0.3  # ERK: 0.54 and 0.15
-    data = torch.Generator().manual_seed(1)
-    for _ in range(10):
-        loss = model(torch.randn(16, 64, generator=data)).pow(2).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        sp.step()
+    train(model, optimizer, sp, 10, data_seed=1)
     # the bias s(a − α) of each layer pulls towards its own α: the layer of the larger α stays the denser
     assert sp.masks["4.weight"].float().mean() > sp.masks["0.weight"].float().mean() + 0.1
 
