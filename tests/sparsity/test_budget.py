@@ -137,3 +137,48 @@ def test_the_budget_counts_only_the_parameters_named():
     assert match.target == nonzero_count(mnist_mlp([64, 64, 64]), 1.0, params)
     assert match.wide_dense_params == nonzero_count(mnist_mlp(match.widths), 1.0, params)
     assert match.relative_error <= 0.01
+
+
+def _mlp_13_to_5(widths):
+    return mlp(tuple(widths), n_in=13, n_out=5)
+
+
+@pytest.mark.parametrize(("base", "density"), [([11, 11, 11], 0.5), ([11, 11, 11], 0.3), ([30, 12], 0.05),
+                                               ([30, 12], 0.2), ([7, 40, 3], 0.3)])
+def test_widths_where_the_scale_is_not_enough_end_at_a_local_optimum_of_unit_moves(base, density):
+    # the bisection's common scale leaves these one unit off the best: the search must step down (11s at 0.5,
+    # 30/12 at 0.05) or take a second pass (30/12 at 0.2, 7/40/3 at 0.3)
+    match = match_budget(_mlp_13_to_5, base, density, tolerance=0.05)
+
+    def gap(widths):
+        return abs(nonzero_count(_mlp_13_to_5(widths), density) - match.target)
+
+    for i in range(len(base)):
+        for delta in (-1, 1):
+            moved = list(match.widths)
+            moved[i] = max(1, moved[i] + delta)
+            assert gap(moved) >= gap(match.widths)
+
+
+@pytest.mark.parametrize(("n_in", "base", "density"), [(20, [2, 3], 0.3), (2, [1], 0.5), (2, [1], 0.3)])
+def test_a_gap_of_exactly_half_a_unit_step_and_one_is_matched_with_a_warning(n_in, base, density, caplog):
+    def factory(widths):
+        return mlp(tuple(widths), n_in=n_in, n_out=1)
+
+    with caplog.at_level("WARNING", logger="topo.sparsity.budget"):
+        match = match_budget(factory, base, density)  # the guard's edge: a warning, not an error
+    assert match.relative_error > 0.01 and "closest integer widths" in caplog.text
+
+
+def _wide_then_one(widths):
+    return mlp(tuple(widths), n_in=50, n_out=1)
+
+
+def test_a_local_optimum_farther_than_half_the_smallest_unit_step_is_an_error():
+    # [2, 1] at 0.4 ends where the second width, held at 1, moves the count by less than the gap left by the first
+    with pytest.raises(ConfigError, match=r"^no widths near \[\d+, 1\] match the budget of \d+ non-zeros within 1.0%"):
+        match_budget(_wide_then_one, [2, 1], 0.4)
+    match = match_budget(_wide_then_one, [3, 1], 0.5)  # there, the gap is within half the smallest step and one
+    assert match.widths == [6, 1] and match.relative_error > 0.01
+    three = match_budget(lambda widths: mlp(tuple(widths), n_in=20, n_out=1), [2, 2, 1], 0.5)
+    assert three.widths == [3, 4, 2] and three.relative_error > 0.01  # each step widens one width, the others kept
