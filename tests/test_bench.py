@@ -6,6 +6,7 @@ import csv
 import gzip
 import json
 import math
+import pstats
 import subprocess
 import sys
 from pathlib import Path
@@ -75,7 +76,9 @@ def test_llm_benchmark_times_each_variant_and_block_count(tmp_path):
                            "--profile", str(tmp_path / "llm.prof")], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "Ordered by: cumulative time" in done.stdout and "_analyze_source" in done.stdout  # the 2-block run's
+    assert "Ordered by: cumulative time" in done.stdout  # the 2-block run's profile, printed and kept:
+    profiled = pstats.Stats(str(tmp_path / "llm.prof")).stats  # (its top 40 may be imports on a loaded machine)
+    assert any(name == "_analyze_source" for _, _, name in profiled)
     runs = json.loads((out / "analyze_llm.json").read_text())["runs"]
     assert [(r["variant"], r["blocks"], r["graphs"]) for r in runs] == [("2:4", 1, 19), ("2:4", 2, 38)]  # 16 heads + 3
     assert all(r["seconds"] > 0 and r["peak_rss_mib"] > 100 for r in runs)

@@ -135,11 +135,20 @@ def _warn_without_nm(null: str | None, records: list[dict[str, Any]], where: str
 
 
 def _degrees(graph: Graph) -> tuple[np.ndarray, ...]:
-    """Each node's degree (per side of a bipartite graph), summed where the adjacency lives."""
+    """Each node's degree (per side of a bipartite graph: inputs, then outputs), summed where the adjacency lives;
+    a bipartite graph's from its biadjacency block alone (a fifth of a 4096 × 11008 layer's adjacency)."""
     adjacency = graph.adjacency
-    degrees = (adjacency.sum(1, dtype=torch.int64).cpu().numpy() if torch.is_tensor(adjacency)
-               else adjacency.sum(1, dtype=np.int64))
-    return (degrees[: graph.parts[0]], degrees[graph.parts[0]:]) if graph.is_bipartite else (degrees,)
+    on_device = torch.is_tensor(adjacency) and adjacency.device.type != "cpu"
+    adjacency = adjacency if on_device else np.asarray(graph.numpy().adjacency)
+
+    def summed(block: np.ndarray | torch.Tensor, axis: int) -> np.ndarray:
+        return block.sum(axis, dtype=torch.int64).cpu().numpy() if on_device else block.sum(axis, dtype=np.int64)
+
+    if not graph.is_bipartite:
+        return (summed(adjacency, 1),)
+    split = graph.parts[0]
+    block = adjacency[split:, :split]
+    return summed(block, 0), summed(block, 1)
 
 
 def analyze_checkpoint(
@@ -335,9 +344,11 @@ def _analyze_source(
         dense = dense and layer_dense
         pattern = nm_pattern(oriented(mask, family.role(name, tuple(mask.shape))))
         on_device = mask.to(device) if device is not None else mask
+        batched = on_device.is_cuda and not path_sources
+        if on_device.device.type == "cpu":  # numpy graphs: the CPU kernels are numpy's, and torch's threads
+            on_device = on_device.numpy()   # waiting beside numpy's BLAS threads cost a head ~30 ms an operation
         layer_sources = graph_sources({name: on_device}, gates, family=family, heads=heads, conv=conv,
                                       weights={name: weight})
-        batched = on_device.is_cuda and not path_sources
         graphs = {graph_name: source.build(source.block) for graph_name, source in layer_sources.items()} \
             if batched else {}
         summaries = dict(zip(graphs, summarize_many(list(graphs.values()), small_world_graphs=small_world),
@@ -345,17 +356,17 @@ def _analyze_source(
         for graph_name, graph_source in layer_sources.items():
             shape = "×".join(map(str, graph_source.layer_shape or tuple(graph_source.block.shape)))
             graph = graphs[graph_name] if batched else graph_source.build(graph_source.block)
+            sources = None if batched else path_sources if path_sources else (
+                DEFAULT_PATH_SOURCES if graph.n_nodes > EXACT_PATH_LIMIT else None)
             if batched:
                 summary = summaries[graph_name]
             else:
-                sources = path_sources if path_sources else (
-                    DEFAULT_PATH_SOURCES if graph.n_nodes > EXACT_PATH_LIMIT else None)
                 summary = summarize(graph, "auto", small_world_graphs=small_world, path_sources=sources)
             if graph.kind in WEIGHTED_KINDS:
                 summary["weighted_spectral_gap"] = weighted_spectral_gap(graph_source.weights, graph_source.block)
             if null is not None:
                 summary.update(null_rows(graph_source, summary, null, null_samples, zlib.crc32(graph_name.encode()),
-                                         device))
+                                         device, sources))
             record = {"layer": name, "graph": graph_name, "kind": graph.kind, "shape": shape,
                       "mask_density": summary.pop("mask_density")}
             if pattern is not None:

@@ -218,6 +218,19 @@ def test_bipartite_metrics_equal_networkx(index, backend):
         assert summary["fan_out_gini"] == pytest.approx(expected_gini, rel=1e-9, abs=1e-12)
 
 
+@pytest.mark.parametrize("shape", [(23, 40), (40, 23)])
+def test_bipartite_four_cycles_counted_in_bands_from_the_diagonal_equal_networkx(shape, monkeypatch):
+    from topo.graph import backends
+
+    monkeypatch.setattr(backends, "ROWS_PER_CHUNK", 5)  # bands of the smaller side's Gram matrix, a short last one
+    mask = np.random.default_rng(sum(shape)).random(shape) < 0.3
+    reference = nx.Graph()
+    reference.add_nodes_from(range(sum(shape)))
+    reference.add_edges_from((shape[1] + o, i) for o, i in zip(*np.nonzero(mask), strict=True))
+    expected = nx.bipartite.robins_alexander_clustering(reference)
+    assert bipartite_clustering(bipartite_graph(mask), "cpu") == pytest.approx(expected, rel=1e-12)
+
+
 def test_bipartite_clustering_hand_worked():
     # K_{2,3}: 3 four-cycles (a pair of inputs shared by both outputs); 6 edges × (3-1)(2-1) = 12 three-paths
     assert bipartite_clustering(bipartite_graph(np.ones((2, 3), bool))) == pytest.approx(1.0)
@@ -348,6 +361,49 @@ def test_gini_of_a_layer_without_edges_is_nan_and_a_square_graph_has_no_fan_in()
         fan_in_gini(square_graph(np.eye(3, dtype=bool)))
     with pytest.raises(ConfigError, match="^fan-out Gini of graph <unnamed>: defined for bipartite"):
         fan_out_gini(square_graph(np.eye(3, dtype=bool)))
+
+
+def test_components_by_the_search_from_one_node_or_by_scipy_equal_networkx(monkeypatch):
+    from topo.graph import backends
+
+    path_with_isolated = nx.path_graph(10)
+    path_with_isolated.add_nodes_from(range(10, 13))
+    star_with_tail = nx.star_graph(5)
+    star_with_tail.add_edge(5, 6)  # reached only through the last band of the frontier of leaves
+    monkeypatch.setattr(backends, "REACH_ROWS", 2)  # frontiers of more than one band
+    cases = [nx.path_graph(40), star_with_tail, path_with_isolated,
+             nx.disjoint_union(nx.complete_graph(3), nx.complete_graph(4)), nx.empty_graph(5),
+             nx.complete_bipartite_graph(3, 4)]
+    for graph in cases:
+        adjacency = nx.to_numpy_array(graph, dtype=bool)
+        assert backends.CPU.n_components(adjacency) == nx.number_connected_components(graph)
+    labelled = []
+    scipy_labels = backends.scipy.sparse.csgraph.connected_components
+    monkeypatch.setattr(backends.scipy.sparse.csgraph, "connected_components",
+                        lambda *args, **kwargs: labelled.append(1) or scipy_labels(*args, **kwargs))
+    for connected in (path_with_isolated, nx.path_graph(40), star_with_tail):
+        backends.CPU.n_components(nx.to_numpy_array(connected, dtype=bool))
+    assert not labelled  # one component and isolated nodes: told by the search alone
+    backends.CPU.n_components(nx.to_numpy_array(nx.empty_graph(3), dtype=bool))
+    backends.CPU.n_components(nx.to_numpy_array(cases[3], dtype=bool))
+    assert len(labelled) == 2  # no edge, or several components: labelled by scipy
+
+
+def test_the_csr_form_of_a_dense_mask_equals_scipys_across_bands(monkeypatch):
+    import scipy.sparse
+
+    from topo.graph import bitsets
+
+    monkeypatch.setattr(bitsets, "CSR_BAND_ROWS", 3)  # bands end inside the matrix, and a last short band
+    rng = np.random.default_rng(5)
+    for shape, density in [((10, 7), 0.4), ((11, 11), 0.0), ((1, 5), 1.0), ((0, 4), 0.5)]:
+        dense = rng.random(shape) < density
+        for matrix in (dense, dense[:, ::-1]):  # a strided view too
+            got, expected = bitsets._dense_to_csr(matrix), scipy.sparse.csr_array(matrix)
+            assert got.shape == expected.shape and got.has_sorted_indices
+            np.testing.assert_array_equal(got.indptr, expected.indptr)
+            np.testing.assert_array_equal(got.indices, expected.indices)
+            assert got.data.all() and got.data.dtype == bool
 
 
 def test_sampled_breadth_first_search_from_more_than_64_sources():

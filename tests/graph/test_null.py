@@ -210,3 +210,28 @@ def test_the_nm_null_places_a_groups_weights_uniformly_within_it():
     frequency = masks.float().mean(0).view(4, 4)  # each position of each group: 1/4 (binomial sd 0.007)
     assert torch.allclose(frequency, torch.full((4, 4), 0.25), atol=0.03)
 
+
+
+def test_null_graphs_estimate_their_paths_from_as_many_sources_as_the_observed_graph(monkeypatch, tmp_path):
+    import topo.analyze as analyze
+    from topo.graph import bipartite_graph, metrics
+    from topo.graph.build import GraphSource
+
+    calls = []
+    summarize = metrics.summarize
+    monkeypatch.setattr(metrics, "summarize", lambda graph, *a, **k: calls.append(k.get("path_sources"))
+                        or summarize(graph, *a, **k))
+    mask = np.random.default_rng(3).random((12, 20)) < 0.4
+    source = GraphSource(mask, bipartite_graph)
+    observed = metrics.summarize(bipartite_graph(mask), path_sources=8)
+    calls.clear()
+    rows = metrics.null_rows(source, observed, "er", 3, seed=1, path_sources=8)
+    assert calls == [8, 8, 8] and np.isfinite(rows["mean_shortest_path_z"])
+    calls.clear()
+    metrics.null_rows(source, observed, "er", 2, seed=1)
+    assert calls == [None, None]  # exact unless told
+    monkeypatch.setattr(analyze, "EXACT_PATH_LIMIT", 16)  # the layer's 32 nodes are "large": sampled, nulls too
+    monkeypatch.setattr(analyze, "DEFAULT_PATH_SOURCES", 5)
+    calls.clear()
+    analyze.analyze_model(torch.nn.Sequential(torch.nn.Linear(20, 12)), null="er", null_samples=2, progress=False)
+    assert calls == [5, 5]  # its two null graphs, sampled as the observed graph is

@@ -88,3 +88,35 @@ def test_a_cuda_graph_is_searched_on_its_device_with_the_same_estimate(monkeypat
     monkeypatch.setattr(metrics, "sampled_bfs_by_products", None)  # the host searches are not called
     monkeypatch.setattr(metrics.bitsets, "sampled_bfs", None)
     assert metrics.sampled_shortest_path(graph.torch("cuda"), sources=64) == expected
+
+
+def test_a_dense_bipartite_blocks_products_equal_the_csr_products_and_the_same_lambda2(monkeypatch):
+    from topo.graph import products
+    from topo.graph.spectral import lambda2_scipy
+
+    rng = np.random.default_rng(4)
+    for n_out, n_in, density in ((180, 140, 0.5), (180, 140, 0.2)):  # held dense, and through CSR
+        block = rng.random((n_out, n_in)) < density
+        n = n_in + n_out
+        adjacency = np.zeros((n, n), dtype=bool)
+        adjacency[n_in:, :n_in], adjacency[:n_in, n_in:] = block, block.T
+        vector = rng.standard_normal(n)
+        expected = adjacency.astype(np.float64) @ vector
+        np.testing.assert_allclose(products.adjacency_product(adjacency, n_in)(vector), expected, rtol=1e-12)
+        forward, backward = products.dense_or_csr_products(block)
+        np.testing.assert_allclose(forward(vector[:n_in]), block @ vector[:n_in], rtol=1e-12)
+        np.testing.assert_allclose(backward(vector[n_in:]), block.T @ vector[n_in:], rtol=1e-12)
+        assert lambda2_scipy(adjacency, 64, n_in) == pytest.approx(lambda2_scipy(adjacency, 64), rel=1e-10)
+        assert lambda2_scipy(adjacency, 64, n_in) == pytest.approx(lambda2_scipy(adjacency, n), rel=1e-9)
+    calls = []
+    original = products.csr_product
+    monkeypatch.setattr(products, "csr_product", lambda matrix: calls.append(1) or original(matrix))
+    for density, through_csr in ((0.5, False), (0.2, True)):  # either side of DENSE_BLOCK_FROM
+        block = rng.random((30, 20)) < density
+        adjacency = np.zeros((50, 50), dtype=bool)
+        adjacency[20:, :20], adjacency[:20, 20:] = block, block.T
+        for build, argument in ((products.dense_or_csr_products, (block,)),
+                                (products.adjacency_product, (adjacency, 20))):
+            calls.clear()
+            build(*argument)
+            assert bool(calls) == through_csr

@@ -33,9 +33,29 @@ def csr_of(adjacency: np.ndarray) -> scipy.sparse.csr_array:
     cached, csr = _LAST_CSR
     if cached is adjacency:
         return csr
-    csr = scipy.sparse.csr_array(adjacency)
+    csr = _dense_to_csr(adjacency)
     _LAST_CSR = (adjacency, csr)
     return csr
+
+
+#: Rows converted at once by :func:`csr_of` (bounds the temporary flat indices to this many rows' non-zeros).
+CSR_BAND_ROWS = 1024
+
+
+def _dense_to_csr(matrix: np.ndarray) -> scipy.sparse.csr_array:
+    """The CSR form of a dense boolean matrix, a band of rows at a time: the row pointers from the row sums, the
+    column indices from the band's flat non-zeros (in order, so sorted within each row). scipy's conversion goes
+    through COO and CSC: 9× slower on a 15,104-node adjacency of 45 M non-zeros (a 4096 × 11008 2:4 layer)."""
+    rows, cols = matrix.shape
+    nnz = int(np.count_nonzero(matrix))
+    index = np.int32 if max(nnz, rows, cols) < 2**31 else np.int64
+    indptr = np.zeros(rows + 1, dtype=index)
+    np.cumsum(matrix.sum(1, dtype=np.int64), out=indptr[1:], dtype=index)
+    indices = np.empty(nnz, dtype=index)
+    for start in range(0, rows, CSR_BAND_ROWS):
+        stop = min(start + CSR_BAND_ROWS, rows)
+        indices[indptr[start]:indptr[stop]] = np.flatnonzero(matrix[start:stop]) % cols
+    return scipy.sparse.csr_array((np.ones(nnz, dtype=bool), indices, indptr), shape=(rows, cols))
 
 
 def pack_rows(adjacency: np.ndarray) -> np.ndarray:

@@ -29,7 +29,7 @@ import scipy.sparse.linalg
 import torch
 
 from topo.graph.bitsets import csr_of
-from topo.graph.products import csr_product
+from topo.graph.products import adjacency_product
 
 #: Krylov sizes at which convergence is checked (and :data:`MAX_ITER` itself).
 CHECKPOINTS = (24, 48, 80, 120, 170, 230)
@@ -153,12 +153,13 @@ def lambda2_lanczos(
     return values, converged
 
 
-def lambda2_scipy(adjacency: np.ndarray, dense_limit: int = 256) -> float:
+def lambda2_scipy(adjacency: np.ndarray, dense_limit: int = 256, split: int | None = None) -> float:
     """λ2 of one connected graph (numpy boolean adjacency, n ≥ 2) with scipy, on the CPU.
 
     LAPACK's ``eigh`` restricted to the second eigenvalue up to ``dense_limit`` nodes. Above it ARPACK's Lanczos for
-    the two smallest eigenvalues (0 and λ2) of the sparse Laplacian (its products on every core,
-    :func:`topo.graph.products.csr_product`), to ARPACK's tolerance 1e-8 and at most 50
+    the two smallest eigenvalues (0 and λ2) of the Laplacian (its products on every core,
+    :func:`topo.graph.products.adjacency_product`: a bipartite graph's, when ``split`` gives its first side, from
+    its block held dense when that is faster), to ARPACK's tolerance 1e-8 and at most 50
     restarts of a 40-vector basis (twice ARPACK's default: half the matrix products on the clustered spectra of N:M
     layers, measured on a 2:4 Llama MLP layer); when that does not converge (λ2 inside a cluster of tiny
     eigenvalues, as in path-like graphs), ARPACK in shift-invert mode around a small negative shift, where 0 and λ2
@@ -172,9 +173,9 @@ def lambda2_scipy(adjacency: np.ndarray, dense_limit: int = 256) -> float:
     degrees = adjacency.sum(1, dtype=np.float64)
     if n <= dense_limit:
         return _lambda2_lapack(adjacency, degrees)
-    adjacency_product = csr_product(csr_of(adjacency))
+    product = adjacency_product(adjacency, split)
     laplacian_operator = scipy.sparse.linalg.LinearOperator(
-        (n, n), matvec=lambda x: degrees * x.ravel() - adjacency_product(x.ravel()), dtype=np.float64)
+        (n, n), matvec=lambda x: degrees * x.ravel() - product(x.ravel()), dtype=np.float64)
     start = np.random.default_rng(0).standard_normal(n)
     try:
         values = scipy.sparse.linalg.eigsh(laplacian_operator, k=2, which="SA", tol=1e-8, maxiter=50,
