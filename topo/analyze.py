@@ -139,7 +139,7 @@ def _degrees(graph: Graph) -> tuple[np.ndarray, ...]:
     a bipartite graph's from its biadjacency block alone (a fifth of a 4096 × 11008 layer's adjacency)."""
     adjacency = graph.adjacency
     on_device = torch.is_tensor(adjacency) and adjacency.device.type != "cpu"
-    adjacency = adjacency if on_device else np.asarray(graph.numpy().adjacency)
+    adjacency = adjacency if on_device else graph.numpy().adjacency
 
     def summed(block: np.ndarray | torch.Tensor, axis: int) -> np.ndarray:
         return block.sum(axis, dtype=torch.int64).cpu().numpy() if on_device else block.sum(axis, dtype=np.int64)

@@ -55,17 +55,15 @@ def adjacency_product(adjacency: np.ndarray, split: int | None = None) -> Callab
     """``x ↦ A @ x`` in float64 for a vector ``x``: a bipartite graph (``split``: nodes below it one side, no edge
     within a side) of at least :data:`DENSE_BLOCK_FROM` active entries of its block as two dense products with
     the block, ``[Bᵀ·x_out, B·x_in]``; any other graph through :func:`csr_product`. The two equal to rounding."""
-    if split:
-        block = adjacency[split:, :split]
-        if np.count_nonzero(block) >= DENSE_BLOCK_FROM * block.size:
-            dense = block.astype(np.float64)
+    dense = _held_dense(adjacency[split:, :split]) if split else None
+    if dense is None:
+        return csr_product(csr_of(adjacency))
 
-            def product(x: np.ndarray) -> np.ndarray:
-                x = np.asarray(x, dtype=np.float64)
-                return np.concatenate([dense.T @ x[split:], dense @ x[:split]])
+    def product(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        return np.concatenate([dense.T @ x[split:], dense @ x[:split]])
 
-            return product
-    return csr_product(csr_of(adjacency))
+    return product
 
 
 def dense_or_csr_products(matrix: np.ndarray | scipy.sparse.sparray) -> tuple[Callable[[np.ndarray], np.ndarray],
@@ -73,12 +71,17 @@ def dense_or_csr_products(matrix: np.ndarray | scipy.sparse.sparray) -> tuple[Ca
     """``(x ↦ M @ x, y ↦ Mᵀ @ y)`` in float64 for a real matrix: a dense one with at least
     :data:`DENSE_BLOCK_FROM` non-zeros per entry from itself in float64, any other from its CSR form
     (:func:`csr_product`)."""
-    if not scipy.sparse.issparse(matrix) and np.count_nonzero(matrix) >= DENSE_BLOCK_FROM * matrix.size:
-        dense = np.asarray(matrix, dtype=np.float64)
-        return (lambda x: dense @ np.asarray(x, dtype=np.float64),
-                lambda y: dense.T @ np.asarray(y, dtype=np.float64))
-    sparse = scipy.sparse.csr_array(matrix).astype(np.float64)
-    return csr_product(sparse), csr_product(sparse.T.tocsr())
+    dense = None if scipy.sparse.issparse(matrix) else _held_dense(matrix)
+    if dense is None:
+        sparse = scipy.sparse.csr_array(matrix).astype(np.float64)
+        return csr_product(sparse), csr_product(sparse.T.tocsr())
+    return (lambda x: dense @ np.asarray(x, dtype=np.float64), lambda y: dense.T @ np.asarray(y, dtype=np.float64))
+
+
+def _held_dense(matrix: np.ndarray) -> np.ndarray | None:
+    """``matrix`` in float64 when at least :data:`DENSE_BLOCK_FROM` of its entries are non-zero, else ``None``."""
+    return np.asarray(matrix, dtype=np.float64) if np.count_nonzero(matrix) >= DENSE_BLOCK_FROM * matrix.size \
+        else None
 
 
 def sampled_bfs_by_products(adjacency: np.ndarray, sources: np.ndarray,
@@ -98,10 +101,9 @@ def sampled_bfs_by_products(adjacency: np.ndarray, sources: np.ndarray,
         return _search(adjacency.astype(np.float32), sources, adjacency.shape[0], None)
     block = adjacency[split:, :split].astype(np.float32)
     distances, reach = np.zeros(len(sources), dtype=np.int64), np.zeros(len(sources), dtype=np.int64)
-    for side in (sources < split, sources >= split):
+    for side, from_outputs in ((sources < split, False), (sources >= split, True)):
         if side.any():
-            distances[side], reach[side] = _search(block, sources[side], split,
-                                                   bool(sources[side][0] >= split))
+            distances[side], reach[side] = _search(block, sources[side], split, from_outputs)
     return distances, reach
 
 
