@@ -364,15 +364,16 @@ def _analyze_source(
                 summary = summarize(graph, "auto", small_world_graphs=small_world, path_sources=sources)
             if graph.kind in WEIGHTED_KINDS:
                 summary["weighted_spectral_gap"] = weighted_spectral_gap(graph_source.weights, graph_source.block)
+            record = {"layer": name, "graph": graph_name, "kind": graph.kind, "shape": shape,
+                      "mask_density": summary.pop("mask_density")}
+            degrees[graph_name] = _degrees(graph)
+            del graph  # a null's graphs are built one at a time: the observed one is not held beside them
             if null is not None:
                 summary.update(null_rows(graph_source, summary, null, null_samples, zlib.crc32(graph_name.encode()),
                                          device, sources))
-            record = {"layer": name, "graph": graph_name, "kind": graph.kind, "shape": shape,
-                      "mask_density": summary.pop("mask_density")}
             if pattern is not None:
                 record["n_m"] = pattern
             records.append({**record, **summary})
-            degrees[graph_name] = _degrees(graph)
         if kept is not None:
             kept.put(name, {"records": records[first_record:], "dense": layer_dense,
                             "degrees": {r["graph"]: degrees[r["graph"]] for r in records[first_record:]}})

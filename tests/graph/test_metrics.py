@@ -418,6 +418,20 @@ def test_sampled_breadth_first_search_from_more_than_64_sources():
         assert distances[index] == sum(lengths.values()) and reach[index] == len(lengths) - 1
 
 
+def test_all_pairs_search_in_small_node_blocks_with_isolated_nodes_and_hubs(monkeypatch):
+    from topo.graph import bitsets
+
+    graph = nx.connected_watts_strogatz_graph(140, 4, 0.3, seed=2)
+    graph.add_edges_from((0, v) for v in range(2, 140, 3))  # a hub: its neighbour list alone fills several blocks
+    graph.add_nodes_from(range(140, 150))                    # isolated nodes, among them the last
+    adjacency = nx.to_numpy_array(graph, nodelist=range(150), dtype=bool)
+    lengths = dict(nx.all_pairs_shortest_path_length(graph))
+    expected = (sum(d for row in lengths.values() for d in row.values()), sum(len(row) - 1 for row in lengths.values()))
+    for entries in (5, 1, 1 << 18):  # blocks of a few neighbours, of one node each, and one block for all
+        monkeypatch.setattr(bitsets, "FRONTIER_BLOCK_ENTRIES", entries)
+        assert bitsets.all_pairs_bfs(adjacency) == expected  # 150 sources: three words, each column on its own
+
+
 def test_sampled_shortest_path_with_two_sources_and_two_nodes():
     from topo.graph.metrics import sampled_shortest_path
 

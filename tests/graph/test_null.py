@@ -235,3 +235,63 @@ def test_null_graphs_estimate_their_paths_from_as_many_sources_as_the_observed_g
     calls.clear()
     analyze.analyze_model(torch.nn.Sequential(torch.nn.Linear(20, 12)), null="er", null_samples=2, progress=False)
     assert calls == [5, 5]  # its two null graphs, sampled as the observed graph is
+
+
+def test_a_groups_ranks_are_a_stable_sorts_with_ties_by_position():
+    from topo.graph.null import _ranks_within
+
+    keys = torch.rand(500, 8, generator=torch.Generator().manual_seed(0))
+    keys[0] = torch.tensor([0.5, 0.5, 0.1, 0.5, 0.9, 0.1, 0.2, 0.5])  # ties: the earlier position ranks first
+    assert _ranks_within(keys[0]).tolist() == [3, 4, 0, 5, 7, 1, 2, 6]
+    assert torch.equal(_ranks_within(keys).long(), keys.argsort(dim=-1, stable=True).argsort(dim=-1))
+    wide = torch.rand(50, 16, generator=torch.Generator().manual_seed(1))  # past the pairwise size: argsort
+    assert torch.equal(_ranks_within(wide), wide.argsort(dim=-1, stable=True).argsort(dim=-1))
+
+
+@pytest.mark.parametrize("kind", ["er", "nm"])
+def test_null_masks_drawn_in_batches_are_the_masks_drawn_at_once(kind):
+    from topo.graph.null import iter_null_masks
+
+    block = torch.zeros(24, 32, dtype=torch.bool).reshape(24, 8, 4)
+    block = block.scatter_(-1, torch.rand(24, 8, 4, generator=torch.Generator().manual_seed(2)).topk(2, -1).indices,
+                           True).reshape(24, 32)
+    batches = list(iter_null_masks(kind, block, 7, seed=5, per_batch=3))
+    assert [len(b) for b in batches] == [3, 3, 1]
+    assert torch.equal(torch.cat(batches), null_masks(kind, block, 7, seed=5))
+
+
+def test_degree_null_batches_each_run_their_own_chain_keeping_the_margins():
+    from topo.graph.null import iter_null_masks
+
+    block = torch.rand(20, 30, generator=torch.Generator().manual_seed(3)) < 0.3
+    batches = list(iter_null_masks("degree", block, 5, seed=1, per_batch=2))
+    masks = torch.cat(batches)
+    assert [len(b) for b in batches] == [2, 2, 1]
+    assert (masks.sum(2) == block.sum(1)).all() and (masks.sum(1) == block.sum(0)).all()
+    assert torch.equal(batches[0], degree_masks(block, 2, torch.Generator().manual_seed(1))[0])
+    with pytest.raises(ConfigError, match="per_batch=0"):
+        iter_null_masks("degree", block, 5, per_batch=0)
+
+
+def test_null_rows_on_the_cpu_hold_one_null_graph_at_a_time(monkeypatch):
+    from topo.graph import bipartite_graph, metrics
+    from topo.graph.build import GraphSource
+
+    block = np.zeros((16, 32), dtype=bool).reshape(16, 8, 4)
+    np.put_along_axis(block, np.random.default_rng(4).random((16, 8, 4)).argsort(-1)[..., :2], True, -1)
+    source = GraphSource(block.reshape(16, 32), bipartite_graph)
+    observed = metrics.summarize(bipartite_graph(source.block))
+    at_once = metrics.null_rows(source, observed, "nm", 4, seed=3)
+    sizes, draw = [], metrics.iter_null_masks
+
+    def recorded(*args):
+        for batch in draw(*args):
+            sizes.append(len(batch))
+            yield batch
+    monkeypatch.setattr(metrics, "iter_null_masks", recorded)
+    monkeypatch.setattr(metrics, "NULL_BATCH_BYTES", 512 * metrics.NULL_BYTES_PER_WEIGHT)  # one 512-weight block
+    assert metrics.null_rows(source, observed, "nm", 4, seed=3) == at_once and sizes == [1, 1, 1, 1]
+    sizes.clear()
+    monkeypatch.setattr(metrics, "NULL_BATCH_BYTES", 3 * 512 * metrics.NULL_BYTES_PER_WEIGHT)
+    metrics.null_rows(source, observed, "nm", 4, seed=3)
+    assert sizes == [3, 1]

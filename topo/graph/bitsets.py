@@ -6,14 +6,16 @@ breadth-first sources) at once:
 * **Triangles**: for every edge {u, v}, the common neighbours are ``popcount(row_u & row_v)``; summed over the
   edges this counts every triangle three times. Cost: m·⌈n/64⌉ word operations (m edges).
 * **All-pairs BFS**: ``frontier[v]`` holds, as bits over the n sources, the sources at distance exactly ℓ from v.
-  The next level is the OR of the neighbours' frontiers, minus the sources already reached: one gather over the
-  CSR neighbour lists and one ``bitwise_or.reduceat`` per level. Cost: 2m·⌈n/64⌉ word operations per level.
+  The next level is the OR of the neighbours' frontiers, minus the sources already reached: per word of the
+  frontier, one gather over the CSR neighbour lists and one ``bitwise_or.reduceat``. Cost: 2m·⌈n/64⌉ word
+  operations per level.
 * **Sampled BFS**: the same over a chosen set of s sources (bits over the sources, ⌈s/64⌉ words a node), with
   the distance sum and reach of every source kept apart for the ratio estimator's standard error. Cost:
   2m·⌈s/64⌉ word operations per level.
 
-Both are exact integer computations. Work is cut into chunks of about :data:`CHUNK_WORDS` words so that
-temporaries stay small whatever the graph.
+Both are exact integer computations. Work is cut into chunks so that temporaries stay small whatever the graph:
+triangles :data:`CHUNK_WORDS` words at a time, searches one word column of :data:`FRONTIER_BLOCK_ENTRIES`
+neighbours at a time.
 """
 
 from __future__ import annotations
@@ -80,22 +82,40 @@ def triangle_edge_sum(adjacency: np.ndarray) -> int:
     return sum(popcount(rows[u[s : s + chunk]] & rows[v[s : s + chunk]]) for s in range(0, len(u), chunk))
 
 
-def _next_frontier(frontier: np.ndarray, indptr: np.ndarray, indices: np.ndarray) -> np.ndarray:
-    """For every node v, the OR of ``frontier`` over v's neighbours (zero for isolated nodes)."""
-    n, words = frontier.shape
-    result = np.zeros_like(frontier)
-    block_entries = max(1, CHUNK_WORDS // words)
-    start = 0
+#: :func:`_next_frontier` gathers the neighbours of a block of nodes holding at most this many neighbour entries
+#: at once (2 MiB of uint64 words a frontier column).
+FRONTIER_BLOCK_ENTRIES = 1 << 18
+
+
+def _node_blocks(indptr: np.ndarray, entries: int) -> list[tuple[int, int]]:
+    """Consecutive node ranges whose neighbour lists hold at most ``entries`` entries (at least one node each)."""
+    n, blocks, start = len(indptr) - 1, [], 0
     while start < n:
-        # the largest node block whose neighbour lists fit in one chunk (at least one node)
-        stop = int(np.searchsorted(indptr, indptr[start] + block_entries, side="right")) - 1
+        stop = int(np.searchsorted(indptr, indptr[start] + entries, side="right")) - 1
         stop = min(n, max(stop, start + 1))
+        blocks.append((start, stop))
+        start = stop
+    return blocks
+
+
+def _next_frontier(frontier: np.ndarray, indptr: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """For every node v, the OR of ``frontier`` over v's neighbours (zero for isolated nodes).
+
+    One word column of the frontier at a time (n words, in cache) and a block of nodes at a time: the gather of
+    whole rows of words (⌈s/64⌉ words apart) read 5–8× slower on the development machine (n = 4096, 64 words
+    a row, densities 0.01–0.3)."""
+    result = np.zeros_like(frontier)
+    blocks = []
+    for start, stop in _node_blocks(indptr, FRONTIER_BLOCK_ENTRIES):
         lo, hi = int(indptr[start]), int(indptr[stop])
         if hi > lo:
             nodes = np.arange(start, stop)
             nodes = nodes[indptr[start + 1 : stop + 1] > indptr[start:stop]]  # nodes with neighbours
-            result[nodes] = np.bitwise_or.reduceat(frontier[indices[lo:hi]], indptr[nodes] - lo, axis=0)
-        start = stop
+            blocks.append((nodes, indices[lo:hi], indptr[nodes] - lo))
+    for word in range(frontier.shape[1]):
+        column = np.ascontiguousarray(frontier[:, word])
+        for nodes, neighbours, offsets in blocks:
+            result[nodes, word] = np.bitwise_or.reduceat(column[neighbours], offsets)
     return result
 
 

@@ -30,7 +30,7 @@ from topo.graph.backends import CPUBackend, PathCounts, TorchBackend, pick_backe
 from topo.graph.batched import batch_size, count_batch
 from topo.graph.build import Graph, GraphSource, graph_sources, recurrent_gates, square_graph
 from topo.graph.compare import run_topology
-from topo.graph.null import NULLS, null_masks, z_scores
+from topo.graph.null import NULLS, iter_null_masks, null_masks, z_scores
 from topo.graph.products import sampled_bfs_by_products, sampled_bfs_by_products_torch
 from topo.graph.singular import batch_spectra, graph_spectrum
 
@@ -386,23 +386,33 @@ def _snapshots(source: Any) -> tuple[Iterable[tuple[int | None, Snapshot]], int 
     return source, len(source) if hasattr(source, "__len__") else None
 
 
+#: On the CPU a null draws its masks in batches of at most this many bytes of working memory …
+NULL_BATCH_BYTES = 256 * 2**20
+#: … counting this many a weight of a sample: the degree null's keys (4 bytes) and its double argsort's indices
+#: (8 + 8), the largest of the three nulls.
+NULL_BYTES_PER_WEIGHT = 24
+
+
 def null_rows(source: GraphSource, observed: Mapping[str, float], null: str, samples: int, seed: int,
               device: torch.device | None = None, path_sources: int | None = None) -> dict[str, float]:
     """``<metric>_null_mean``, ``_null_std`` and ``_z`` of one graph against ``samples`` graphs built by its
-    ``source``'s builder from null masks of its block (:mod:`topo.graph.null`): generated in one batch, measured in
-    one batch on ``device`` when given, else one at a time by the CPU kernels, their mean shortest path estimated
-    from ``path_sources`` sampled sources when given, as the observed graph's was (:func:`summarize`; an exact
+    ``source``'s builder from null masks of its block (:mod:`topo.graph.null`): on ``device`` when given, generated
+    and measured in one batch; else by the CPU kernels, generated in batches of :data:`NULL_BATCH_BYTES` and
+    built and measured one at a time, so a null takes the memory of one graph more than the observed one (eight
+    ``nm`` samples of a 4096 × 11008 matrix at once took 10.4 GiB), their mean shortest path estimated from
+    ``path_sources`` sampled sources when given, as the observed graph's was (:func:`summarize`; an exact
     all-pairs search of every null graph of a 15,104-node layer took minutes each). Empty where the null does not
     apply."""
     block, build = source.block, source.build
-    on_device = torch.as_tensor(block).to(device) if device is not None else torch.as_tensor(np.asarray(block))
-    masks = null_masks(null, on_device, samples, seed, source.layer_shape)
-    if masks is None:
-        return {}
     if device is not None:
-        summaries = _batch_summaries([build(mask) for mask in masks], 0, seed)
-    else:
-        summaries = [summarize(build(mask.numpy()), path_sources=path_sources) for mask in masks]
+        masks = null_masks(null, torch.as_tensor(block).to(device), samples, seed, source.layer_shape)
+        return {} if masks is None else z_scores(observed, _batch_summaries([build(mask) for mask in masks], 0, seed))
+    block = torch.as_tensor(np.asarray(block))
+    per_batch = max(1, NULL_BATCH_BYTES // (NULL_BYTES_PER_WEIGHT * max(1, block.numel())))
+    batches = iter_null_masks(null, block, samples, seed, source.layer_shape, per_batch)
+    if batches is None:
+        return {}
+    summaries = [summarize(build(mask.numpy()), path_sources=path_sources) for batch in batches for mask in batch]
     return z_scores(observed, summaries)
 
 
