@@ -244,8 +244,19 @@ def test_a_groups_ranks_are_a_stable_sorts_with_ties_by_position():
     keys[0] = torch.tensor([0.5, 0.5, 0.1, 0.5, 0.9, 0.1, 0.2, 0.5])  # ties: the earlier position ranks first
     assert _ranks_within(keys[0]).tolist() == [3, 4, 0, 5, 7, 1, 2, 6]
     assert torch.equal(_ranks_within(keys).long(), keys.argsort(dim=-1, stable=True).argsort(dim=-1))
-    wide = torch.rand(50, 16, generator=torch.Generator().manual_seed(1))  # past the pairwise size: argsort
-    assert torch.equal(_ranks_within(wide), wide.argsort(dim=-1, stable=True).argsort(dim=-1))
+    assert _ranks_within(keys).dtype == torch.uint8  # a byte a rank: N:M groups of a 4096 × 11008 matrix
+    wide = torch.rand(5, 7, 16, generator=torch.Generator().manual_seed(1))  # past the pairwise size: argsort,
+    assert torch.equal(_ranks_within(wide), wide.argsort(dim=-1, stable=True).argsort(dim=-1))  # along the last
+
+
+def test_node_blocks_are_the_longest_runs_within_the_entry_bound():
+    from topo.graph.bitsets import _node_blocks
+
+    indptr = np.array([0, 3, 5, 9, 10, 10, 16])  # neighbour counts 3, 2, 4, 1, 0, 6
+    # 3 + 2 fill five entries; 4 + 1 + 0 fill five; the last node's six exceed the bound and go alone
+    assert _node_blocks(indptr, 5) == [(0, 2), (2, 5), (5, 6)]
+    assert _node_blocks(indptr, 100) == [(0, 6)] and _node_blocks(indptr, 1) == [(0, 1), (1, 2), (2, 3), (3, 5),
+                                                                                    (5, 6)]
 
 
 @pytest.mark.parametrize("kind", ["er", "nm"])
@@ -271,6 +282,7 @@ def test_degree_null_batches_each_run_their_own_chain_keeping_the_margins():
     assert torch.equal(batches[0], degree_masks(block, 2, torch.Generator().manual_seed(1))[0])
     with pytest.raises(ConfigError, match="per_batch=0"):
         iter_null_masks("degree", block, 5, per_batch=0)
+    assert torch.equal(torch.cat(list(iter_null_masks("er", block, 3))), null_masks("er", block, 3, seed=0))
 
 
 def test_null_rows_on_the_cpu_hold_one_null_graph_at_a_time(monkeypatch):

@@ -102,6 +102,24 @@ def test_weighted_spectral_gap_reads_the_active_weights_magnitudes():
     assert math.isnan(weighted_spectral_gap(np.zeros((3, 3))))
 
 
+def test_weighted_spectral_gap_of_empty_rows_and_columns_non_finite_weights_bf16_and_integer_masks():
+    rng = np.random.default_rng(7)
+    weights = rng.standard_normal((12, 9))
+    mask = rng.random((12, 9)) < 0.5
+    mask[3], mask[:, 5] = False, False  # an output and an input with no active weight: dropped, σ unchanged
+    weights[0, mask[0].argmax()] = np.nan  # non-finite weights inside the mask are inactive too
+    weights[1, mask[1].argmax()] = np.inf
+    active = mask & np.isfinite(weights)
+    sigma = numpy_sigmas(np.where(active, np.abs(weights), 0.0))
+    gap = sigma[0] - sigma[1]
+    assert weighted_spectral_gap(weights, mask) == pytest.approx(gap, rel=1e-10)
+    assert weighted_spectral_gap(weights, mask.astype(np.uint8)) == pytest.approx(gap, rel=1e-10)  # 0/1 mask
+    assert weighted_spectral_gap(weights.T, mask.T) == pytest.approx(gap, rel=1e-10)  # wider than tall
+    low = torch.from_numpy(np.where(active, weights, 0.0)).to(torch.bfloat16)  # read in float32
+    rounded = numpy_sigmas(low.float().abs().numpy().astype(np.float64))
+    assert weighted_spectral_gap(low, torch.from_numpy(mask)) == pytest.approx(rounded[0] - rounded[1], rel=1e-6)
+
+
 def test_an_empty_graph_has_nan_gaps():
     spectrum = bipartite_spectrum(np.zeros((3, 4), dtype=bool))
     assert math.isnan(spectrum["spectral_gap"]) and spectrum["dead_inputs"] == 4
