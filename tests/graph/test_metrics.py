@@ -531,3 +531,14 @@ def test_run_tables_name_the_run_as_asked_and_nothing_by_default(tmp_path):
     for table in (run_topology(run), degree_distributions(run)):
         assert set(table.run) == {""}
     assert set(run_topology(run, "mine").run) == {"mine"}
+
+
+def test_the_blas_triangle_count_of_a_dense_graph_is_exact():
+    from topo.graph import backends
+
+    upper = np.triu(np.random.default_rng(0).random((700, 700)) < 0.6, 1)
+    adjacency = upper | upper.T  # 7.4e7 closed walks: past float32's exact integers, so they are summed in float64
+    exact = adjacency.astype(np.int64)
+    degrees = exact.sum(1)
+    expected = int(((exact @ exact) * exact).sum()) / int((degrees * (degrees - 1)).sum())
+    assert backends.CPU.transitivity(adjacency) == expected

@@ -34,6 +34,25 @@ def test_the_product_equals_scipys_for_vectors_and_blocks_whatever_the_threads(m
     assert product(vector.astype(np.float32)).dtype == np.float64
 
 
+def test_products_keep_the_shape_of_a_matrix_whose_last_row_and_column_are_empty(monkeypatch):
+    import topo.graph.products as products
+
+    monkeypatch.setattr(products, "THREADED_FROM", 0)  # torch's kernel: its CSR tensor takes the shape given
+    dense = np.random.default_rng(2).random((40, 30)) < 0.2
+    dense[-1], dense[:, -1] = False, False  # nothing in the last row or column to infer the shape from
+    vector = np.random.default_rng(3).standard_normal(30)
+    np.testing.assert_allclose(csr_product(scipy.sparse.csr_array(dense))(vector), dense @ vector, rtol=1e-13)
+
+
+def test_a_dense_square_graphs_product_is_its_adjacency_times_the_vector():
+    from topo.graph.products import adjacency_product
+
+    upper = np.triu(np.random.default_rng(5).random((60, 60)) < 0.7, 1)
+    adjacency = upper | upper.T  # dense enough to be held dense were it bipartite, but it is not: no split
+    vector = np.random.default_rng(6).standard_normal(60)
+    np.testing.assert_allclose(adjacency_product(adjacency)(vector), adjacency @ vector, rtol=1e-13)
+
+
 def test_the_search_by_products_finds_the_bit_parallel_searchs_distances():
     from topo.graph import bitsets
     from topo.graph.products import sampled_bfs_by_products, sampled_bfs_by_products_torch

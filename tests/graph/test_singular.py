@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import scipy.sparse
 import torch
 
 from topo.graph import bipartite_graph, square_graph, summarize
@@ -232,3 +233,20 @@ def test_batched_bipartite_spectra_equal_the_per_graph_solve_on_both_sides():
         got = batch_spectra(adjacency, inputs, *_batch_inputs(adjacency))
         for block, values in zip(blocks, got, strict=True):
             assert values == pytest.approx(bipartite_spectrum(block), rel=1e-9, abs=1e-9)
+
+
+def test_top_singular_values_of_a_small_sparse_matrix_and_of_an_empty_one():
+    matrix = np.diag([3.0, 2.0, 1.0])
+    matrix[0, 1] = 1.0
+    expected = numpy_sigmas(matrix)[:2]
+    assert top_singular_values(scipy.sparse.csr_array(matrix)) == pytest.approx(expected, rel=1e-12)  # Gram path
+    assert top_singular_values(np.zeros((0, 5))).tolist() == [0.0, 0.0]  # no rows: no singular value, zeros
+    rng = np.random.default_rng(0)
+    for _ in range(6):  # the sixth rank-one matrix's Gram matrix has a second eigenvalue of −5e-16: σ2 is 0, not NaN
+        rank_one = np.outer(rng.standard_normal(4), rng.standard_normal(6))
+    assert top_singular_values(rank_one)[1] == 0.0
+
+
+def test_top_singular_values_of_a_wide_matrix_above_the_dense_limit():
+    block = np.random.default_rng(8).random((DENSE_LIMIT + 2, DENSE_LIMIT + 6)) < 0.01  # more columns than rows:
+    assert top_singular_values(block.astype(np.float64)) == pytest.approx(numpy_sigmas(block)[:2], rel=1e-9)  # B·Bᵀ
