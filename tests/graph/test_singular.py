@@ -250,3 +250,23 @@ def test_top_singular_values_of_a_small_sparse_matrix_and_of_an_empty_one():
 def test_top_singular_values_of_a_wide_matrix_above_the_dense_limit():
     block = np.random.default_rng(8).random((DENSE_LIMIT + 2, DENSE_LIMIT + 6)) < 0.01  # more columns than rows:
     assert top_singular_values(block.astype(np.float64)) == pytest.approx(numpy_sigmas(block)[:2], rel=1e-9)  # B·Bᵀ
+
+
+def test_top_singular_values_fall_back_to_the_full_svd_when_lanczos_does_not_converge(monkeypatch):
+    import scipy.sparse.linalg
+
+    def never(*args, **kwargs):
+        raise scipy.sparse.linalg.ArpackNoConvergence("no convergence", np.zeros(0), np.zeros((0, 0)))
+
+    matrix = np.random.default_rng(9).random((DENSE_LIMIT + 3, DENSE_LIMIT + 5)) * 0.5
+    expected = numpy_sigmas(matrix)[:2]
+    monkeypatch.setattr(scipy.sparse.linalg, "eigsh", never)
+    assert top_singular_values(matrix) == pytest.approx(expected, rel=1e-12)
+    assert top_singular_values(scipy.sparse.csr_array(matrix)) == pytest.approx(expected, rel=1e-12)
+
+
+def test_a_large_rank_one_matrix_has_a_second_singular_value_of_zero():
+    rng = np.random.default_rng(1)
+    rank_one = np.outer(rng.random(DENSE_LIMIT + 4), rng.random(DENSE_LIMIT + 9))  # Lanczos on its Gram operator
+    sigma = top_singular_values(rank_one)
+    assert sigma[0] == pytest.approx(numpy_sigmas(rank_one)[0], rel=1e-9) and sigma[1] == pytest.approx(0, abs=1e-6)
