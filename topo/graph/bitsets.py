@@ -98,23 +98,33 @@ def _node_blocks(indptr: np.ndarray, entries: int) -> list[tuple[int, int]]:
     return blocks
 
 
-def _next_frontier(frontier: np.ndarray, indptr: np.ndarray, indices: np.ndarray) -> np.ndarray:
-    """For every node v, the OR of ``frontier`` over v's neighbours (zero for isolated nodes).
-
-    One word column of the frontier at a time (n words, in cache) and a block of nodes at a time: the gather of
-    whole rows of words (⌈s/64⌉ words apart) read 5–8× slower on the development machine (n = 4096, 64 words
-    a row, densities 0.01–0.3)."""
-    result = np.zeros_like(frontier)
-    blocks = []
+def _gather_plan(adjacency: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """What :func:`_next_frontier` gathers, built once per search: for each block of nodes holding at most
+    :data:`FRONTIER_BLOCK_ENTRIES` neighbour entries, its nodes that have neighbours, their neighbour lists end to
+    end, and where each list starts in them."""
+    csr = csr_of(adjacency)
+    indptr, indices = csr.indptr.astype(np.int64), csr.indices.astype(np.int64)
+    plan = []
     for start, stop in _node_blocks(indptr, FRONTIER_BLOCK_ENTRIES):
         lo, hi = int(indptr[start]), int(indptr[stop])
         if hi > lo:
             nodes = np.arange(start, stop)
             nodes = nodes[indptr[start + 1 : stop + 1] > indptr[start:stop]]  # nodes with neighbours
-            blocks.append((nodes, indices[lo:hi], indptr[nodes] - lo))
+            plan.append((nodes, indices[lo:hi], indptr[nodes] - lo))
+    return plan
+
+
+def _next_frontier(frontier: np.ndarray, plan: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
+    """For every node v, the OR of ``frontier`` over v's neighbours (zero for isolated nodes), by the gather
+    ``plan`` of :func:`_gather_plan`.
+
+    One word column of the frontier at a time (n words, in cache) and a block of nodes at a time: the gather of
+    whole rows of words (⌈s/64⌉ words apart) read 5–8× slower on the development machine (n = 4096, 64 words
+    a row, densities 0.01–0.3)."""
+    result = np.zeros_like(frontier)
     for word in range(frontier.shape[1]):
         column = np.ascontiguousarray(frontier[:, word])
-        for nodes, neighbours, offsets in blocks:
+        for nodes, neighbours, offsets in plan:
             result[nodes, word] = np.bitwise_or.reduceat(column[neighbours], offsets)
     return result
 
@@ -123,8 +133,7 @@ def sampled_bfs(adjacency: np.ndarray, sources: np.ndarray) -> tuple[np.ndarray,
     """Per source, (Σ of shortest-path lengths to the nodes it reaches, number of nodes it reaches, itself
     excluded), by bit-parallel BFS from all ``sources`` at once."""
     n, count = adjacency.shape[0], len(sources)
-    csr = csr_of(adjacency)
-    indptr, indices = csr.indptr.astype(np.int64), csr.indices.astype(np.int64)
+    plan = _gather_plan(adjacency)
     words = max(1, -(-count // 64))
     frontier = np.zeros((n, words), dtype=np.uint64)
     bits = np.arange(count)
@@ -135,7 +144,7 @@ def sampled_bfs(adjacency: np.ndarray, sources: np.ndarray) -> tuple[np.ndarray,
     level = 0
     while True:
         level += 1
-        frontier = _next_frontier(frontier, indptr, indices) & ~reached
+        frontier = _next_frontier(frontier, plan) & ~reached
         newly = np.unpackbits(frontier.view(np.uint8), axis=1, bitorder="little")[:, :count].sum(0, dtype=np.int64)
         if not newly.any():
             return distances, reach
@@ -147,8 +156,7 @@ def sampled_bfs(adjacency: np.ndarray, sources: np.ndarray) -> tuple[np.ndarray,
 def all_pairs_bfs(adjacency: np.ndarray) -> tuple[int, int]:
     """(Σ of shortest-path lengths, number of reachable pairs) over ordered pairs u ≠ v, by bit-parallel BFS."""
     n = adjacency.shape[0]
-    csr = csr_of(adjacency)
-    indptr, indices = csr.indptr.astype(np.int64), csr.indices.astype(np.int64)
+    plan = _gather_plan(adjacency)
     frontier = pack_rows(adjacency)
     reached = frontier.copy()
     diagonal = np.arange(n)
@@ -157,7 +165,7 @@ def all_pairs_bfs(adjacency: np.ndarray) -> tuple[int, int]:
     distance_sum, pairs, level = newly, newly, 1
     while newly:
         level += 1
-        frontier = _next_frontier(frontier, indptr, indices) & ~reached
+        frontier = _next_frontier(frontier, plan) & ~reached
         newly = popcount(frontier)
         distance_sum += level * newly
         pairs += newly
