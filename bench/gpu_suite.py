@@ -182,6 +182,15 @@ def _write(path: Path, text: str) -> None:
     os.replace(handle.name, path)
 
 
+def part_limit(text: str) -> tuple[str, float]:
+    """``'llm=420'`` → ``('llm', 420.0)``: the ``--limit`` option's value."""
+    name, _, seconds = text.rpartition("=")
+    try:
+        return name, float(seconds)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected PART=SECONDS, got {text!r}") from None
+
+
 def plan(args: argparse.Namespace, scratch: Path) -> list[Part]:
     py = sys.executable
     quick = args.quick
@@ -238,14 +247,18 @@ def plan(args: argparse.Namespace, scratch: Path) -> list[Part]:
              limit(420, 240)),
         Part("llm", [py, "bench/analyze_llm.py", "--variants", "2:4", "--json", str(scratch / "llm.json"),
                      *(["--blocks", "1", "--hidden", "64", "--intermediate", "128", "--heads", "4"] if quick else
-                       ["--blocks", "32", "--device", "cuda"])], limit(900, 120), scratch / "llm.json"),
+                       ["--blocks", *map(str, args.llm_blocks), "--device", "cuda",
+                        "--out", str(out_dir / "llm-7b-2of4")])], limit(900, 120), scratch / "llm.json"),
     ]
+    names = {p.name for p in parts}
+    unknown = (set(args.parts or ()) | set(args.limit)) - names
+    if unknown:
+        raise SystemExit(f"unknown part(s) {sorted(unknown)}; parts: {sorted(names)}")
+    for part in parts:
+        part.limit_s = args.limit.get(part.name, part.limit_s)
     if args.skip_install:
         parts = parts[2:]
     if args.parts:
-        unknown = set(args.parts) - {p.name for p in parts}
-        if unknown:
-            raise SystemExit(f"unknown part(s) {sorted(unknown)}; parts: {[p.name for p in parts]}")
         parts = [p for p in parts if p.name in args.parts or p.name.startswith("install")]
     return parts
 
@@ -258,7 +271,12 @@ def main() -> None:
     parser.add_argument("--skip-install", action="store_true")
     parser.add_argument("--parts", nargs="+", help="run only these parts (the installs always run)")
     parser.add_argument("--tag", default="", help="suffix of the report's file names, e.g. 'rerun'")
+    parser.add_argument("--llm-blocks", type=int, nargs="+", default=[32],
+                        help="block counts of the llm part, e.g. '1 32' (each a separate analysis; default 32)")
+    parser.add_argument("--limit", type=part_limit, action="append", default=[], metavar="PART=SECONDS",
+                        help="another time limit for one part, e.g. 'llm=420' (repeatable): fit a device's lease")
     args = parser.parse_args()
+    args.limit = dict(args.limit)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = device_name() + (" (quick)" if args.quick else "") + (f" {args.tag}" if args.tag else "")

@@ -72,9 +72,11 @@ def main() -> None:
     epoch(0, True)  # warm-up: kernels, cuDNN's choices, the first write
     args.steps = steps
     totals = {True: 0.0, False: 0.0}
+    seconds = []
     for index in range(1, 2 * args.epochs + 1):
         record = index % 2 == 1
-        totals[record] += epoch(index, record)
+        seconds.append(epoch(index, record))
+        totals[record] += seconds[-1]
     start = time.perf_counter()
     recorder.flush()
     totals[True] += time.perf_counter() - start
@@ -94,12 +96,15 @@ def main() -> None:
     print(f"epoch without recorder {without:8.3f} s")
     print(f"epoch with recorder    {with_rec:8.3f} s   (one snapshot on the training thread: {snapshot_time:.3f} s; "
           f"written synchronously: {sync_time:.3f} s)")
+    print("each pair (recorded, unrecorded): " + ", ".join(
+        f"({seconds[i]:.3f}, {seconds[i + 1]:.3f})" for i in range(0, len(seconds), 2)))
     print(f"ratio with/without: {with_rec / without:.4f}")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"argv": sys.argv, "device": torch.cuda.get_device_name() if cuda else platform.machine(),
                        "depth": args.depth, "batch": args.batch, "steps": args.steps, "epoch_s": without,
                        "epoch_recorded_s": with_rec, "snapshot_s": snapshot_time, "snapshot_synchronous_s": sync_time,
+                       "epochs_s": seconds,
                        "ratio": with_rec / without},
                       handle, indent=2)
 

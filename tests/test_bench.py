@@ -36,6 +36,19 @@ def test_gpu_suite_quick_mode_runs_every_part_and_writes_its_report(tmp_path):
     assert "tables equal: True" in text  # the grid part: Ray's Table 2 is the local executor's
 
 
+def test_gpu_suite_takes_a_part_limit_and_refuses_an_unknown_part(tmp_path):
+    def suite(*extra):
+        return subprocess.run([sys.executable, "bench/gpu_suite.py", "--quick", "--skip-install", "--out",
+                               str(tmp_path), *extra], cwd=REPO, capture_output=True, text=True, timeout=300)
+
+    done = suite("--parts", "analyze-100m", "--limit", "analyze-100m=0.01")
+    assert done.returncode == 0, done.stderr
+    assert "### analyze-100m: stopped at its 0 s limit" in next(tmp_path.glob("*.md")).read_text()
+    for wrong in (["--limit", "llm-typo=60"], ["--limit", "llm:60"]):
+        done = suite(*wrong)
+        assert done.returncode != 0 and ("llm-typo" in done.stderr or "PART=SECONDS" in done.stderr)
+
+
 def test_graph_benchmark_json_has_the_whole_run_figures(tmp_path):
     out = tmp_path / "graphs.json"
     done = subprocess.run([sys.executable, "bench/graph_metrics.py", "--sizes", "64", "--densities", "0.1",
