@@ -5,41 +5,115 @@ Usage: python bench/mutation_score.py [--since REF | --files PATH… | --all] [-
 
 Runs mutmut (``pip install -e ".[mutation]"``; its settings are ``[tool.mutmut]`` in ``pyproject.toml``) over
 ``topo/sparsity``, ``topo/graph`` and ``topo/families.py`` and prints, per package, the mutants killed (a test
-failed or timed out), those that survived, and those listed in ``bench/mutation_equivalent.tsv`` with one line of
-why: ``equivalent`` (the mutant cannot change any result) or ``cuda`` (it changes only what runs on a CUDA
-device, which ``pytest -m cuda`` tests and a CPU machine cannot); the score is killed / (all − listed). By default
-only the mutants of the files a change touches are run — those that differ from ``--since`` (default ``HEAD``:
-the uncommitted change) — and the score is over every mutant mutmut has a result for; ``--all`` runs every mutant
-(about three hours on two cores); ``--report-only`` runs nothing. Lists every surviving mutant not listed as
-equivalent (``mutmut show NAME`` prints its diff). Exits 1 when a package is below ``--goal`` (0.9).
+failed or timed out, or the tests' process crashed), those that survived, and those listed in
+``bench/mutation_equivalent.tsv`` with one line of why: ``equivalent`` (the mutant cannot change any result) or
+``cuda`` (it changes only what runs on a CUDA device, which ``pytest -m cuda`` tests and a CPU machine cannot); the
+score is killed / (all − listed). By default only the mutants of the files a change touches are run — those that
+differ from ``--since`` (default ``HEAD``: the uncommitted change) — and the score is over every mutant mutmut has a
+result for; ``--all`` runs every mutant (about three hours on two cores); ``--report-only`` runs nothing. Lists
+every surviving mutant not listed as equivalent (``mutmut show NAME`` prints its diff). Exits 1 when a package is
+below ``--goal`` (0.9).
+
+mutmut numbers a function's mutants anew whenever the function changes, so a listed name can come to mean another
+mutant. Each line of the list therefore also holds the change it was read for (its fourth column: the removed and
+the added lines of ``mutmut show NAME``); a listed mutant whose change is no longer that is reported as
+"listed for another change" and scored as a survivor until it is read again. ``--list NAME KIND WHY`` adds (or
+replaces) a line with the mutant's change filled in.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
+import os
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 #: The packages whose mutants are scored, by the prefix of their mutants' names.
 PACKAGES = {"topo.sparsity": "topo/sparsity", "topo.graph": "topo/graph", "topo.families": "topo/families.py"}
 EQUIVALENT = REPO / "bench" / "mutation_equivalent.tsv"
-#: mutmut's statuses that mean the tests saw the mutant.
-KILLED = ("killed", "timeout")
+#: mutmut's statuses that mean the tests saw the mutant: a test failed, ran out of time, or the test process died
+#: ("segfault": killed by a signal; "suspicious": any other abnormal exit) — a run no one would take for a pass.
+KILLED = ("killed", "timeout", "segfault", "suspicious")
 
 
-def read_listed(path: Path = EQUIVALENT) -> dict[str, tuple[str, str]]:
-    """Mutant name → (kind, why), from the three-column TSV (kind ``equivalent`` or ``cuda``; ``#`` lines are
-    comments)."""
+def read_listed(path: Path = EQUIVALENT) -> dict[str, tuple[str, str, str]]:
+    """Mutant name → (kind, why, change), from the TSV (kind ``equivalent`` or ``cuda``; change: see
+    :func:`mutant_change`, empty on a line without it; ``#`` lines are comments)."""
     if not path.exists():
         return {}
     with open(path, newline="") as handle:
-        rows = [row for row in csv.reader(handle, delimiter="\t") if row and not row[0].startswith("#")]
-    return {row[0]: (row[1], row[2]) for row in rows}
+        rows = [row for row in csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+                if row and not row[0].startswith("#")]
+    return {row[0]: (row[1], row[2], row[3] if len(row) > 3 else "") for row in rows}
+
+
+def mutant_change(name: str) -> str | None:
+    """The lines mutant ``name`` changes: the removed lines of mutmut's diff, then the added ones, each stripped and
+    marked ``-``/``+``, joined by `` ⏎ ``; None when mutmut has no such mutant (the function is gone or has fewer
+    mutants now)."""
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
+
+    module, _, _ = name.partition(".x")
+    path = module.replace(".", "/") + ".py"
+    try:
+        return change_of(get_diff_for_mutant(name, path=path))
+    except (FileNotFoundError, KeyError, ValueError):
+        return None
+
+
+def change_of(diff: str) -> str:
+    """A unified diff's removed lines, then its added ones, each marked ``-``/``+`` with its whitespace collapsed,
+    joined by `` ⏎ ``: one line of the list's fourth column."""
+    lines = [line for line in diff.splitlines() if line[:1] in "-+" and not line.startswith(("---", "+++"))]
+    ordered = [line for line in lines if line[0] == "-"] + [line for line in lines if line[0] == "+"]
+    return " ⏎ ".join(f"{line[0]} {' '.join(line[1:].split())}".rstrip() for line in ordered)
+
+
+def stale_listings(listed: dict[str, tuple[str, str, str]], names: set[str],
+                   change: Callable[[str], str | None] = mutant_change) -> dict[str, str | None]:
+    """Listed mutants among ``names`` whose change is not the one their line was read for: name → its change now
+    (None: no such mutant now)."""
+    stale = {}
+    with _in_repo():
+        for name in sorted(names & set(listed)):
+            change_now = change(name)
+            if change_now is None or change_now != listed[name][2]:
+                stale[name] = change_now
+    return stale
+
+
+def add_listing(name: str, kind: str, why: str, path: Path = EQUIVALENT) -> str:
+    """Add (or replace) ``name``'s line in the list, with its current change; returns that change."""
+    if kind not in ("equivalent", "cuda"):
+        raise SystemExit(f"kind must be 'equivalent' or 'cuda', not {kind!r}")
+    with _in_repo():
+        change = mutant_change(name)
+    if change is None:
+        raise SystemExit(f"mutmut has no mutant {name} (run it first)")
+    lines = [line for line in path.read_text().splitlines() if line.split("\t", 1)[0] != name]
+    lines.append("\t".join((name, kind, " ".join(why.split()), change)))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)
+    return change
+
+
+@contextlib.contextmanager
+def _in_repo() -> Iterator[None]:
+    """mutmut reads its mutants relative to the working directory: the repository's root."""
+    previous = os.getcwd()
+    os.chdir(REPO)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 def parse_results(text: str) -> dict[str, str]:
@@ -56,7 +130,7 @@ def package_of(mutant: str) -> str | None:
     return next((package for package in PACKAGES if mutant.startswith(package + ".")), None)
 
 
-def scores(statuses: dict[str, str], listed: dict[str, tuple[str, str]]) -> dict[str, dict[str, float]]:
+def scores(statuses: dict[str, str], listed: dict[str, tuple[str, ...]]) -> dict[str, dict[str, float]]:
     """Per package: killed, survived, equivalent, cuda (see the module docstring), not run, total and score =
     killed / (total − equivalent − cuda − not run), over the mutants that were run."""
     table: dict[str, Counter] = {package: Counter() for package in PACKAGES}
@@ -106,7 +180,12 @@ def main() -> int:
     parser.add_argument("--max-children", type=int, default=2)
     parser.add_argument("--goal", type=float, default=0.9)
     parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("--list", nargs=3, metavar=("NAME", "KIND", "WHY"),
+                        help="list a surviving mutant as 'equivalent' or 'cuda', with one line of why, and exit")
     args = parser.parse_args()
+    if args.list:
+        print(add_listing(*args.list))
+        return 0
     if not args.report_only:
         targets = [] if args.all else [mutant_glob(f) for f in (args.files or changed_files(args.since))]
         if not args.all and not targets:
@@ -118,17 +197,23 @@ def main() -> int:
                              check=True).stdout
     statuses = parse_results(listing)
     listed = read_listed()
-    figures = scores(statuses, listed)
+    survivors_listed = {m for m, s in statuses.items() if s not in KILLED and s != "not checked" and package_of(m)}
+    moved = stale_listings(listed, survivors_listed)
+    current = {m: entry for m, entry in listed.items() if m not in moved}
+    figures = scores(statuses, current)
     print(f"# {' '.join(sys.argv)}")
     print("| package | killed | survived | equivalent | CUDA only | not run | score |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for package, row in figures.items():
         print(f"| `{PACKAGES[package]}` | {row['killed']} | {row['survived']} | {row['equivalent']} | {row['cuda']} | "
               f"{row['not run']} | {row['score']:.1%} |")
-    survivors = sorted(m for m, s in statuses.items() if s not in KILLED and s != "not checked" and m not in listed
+    survivors = sorted(m for m, s in statuses.items() if s not in KILLED and s != "not checked" and m not in current
                        and package_of(m))
     for mutant in survivors:
-        print(f"survived: {mutant}")
+        if mutant in moved:
+            print(f"survived: {mutant} (listed for another change; now: {moved[mutant]})")
+        else:
+            print(f"survived: {mutant}")
     stale = sorted(m for m in listed if statuses.get(m) in (None, *KILLED) and package_of(m))
     for mutant in stale:  # the code changed (mutants are numbered per function) or a test now kills it
         print(f"listed but no longer a surviving mutant (update {EQUIVALENT.name}): {mutant}")

@@ -123,17 +123,34 @@ def test_mutation_score_counts_killed_survived_and_equivalent_mutants_per_packag
     listing = "\n".join([
         "    topo.graph.null.x_er_masks__mutmut_1: killed", "    topo.graph.null.x_er_masks__mutmut_2: survived",
         "    topo.graph.null.x_er_masks__mutmut_3: timeout", "    topo.graph.null.x_er_masks__mutmut_4: survived",
+        "    topo.graph.null.x_er_masks__mutmut_5: segfault", "    topo.graph.null.x_er_masks__mutmut_6: suspicious",
         "    topo.sparsity.base.x_active_count__mutmut_1: not checked",
         "    topo.families.x_natural_key__mutmut_1: no tests", "    topo.analyze.x_f__mutmut_1: survived"])
     statuses = mutation_score.parse_results(listing)
-    assert len(statuses) == 7
+    assert len(statuses) == 9
     table = mutation_score.scores(statuses, {"topo.graph.null.x_er_masks__mutmut_4": ("equivalent", "same values"),
                                              "topo.graph.null.x_er_masks__mutmut_2": ("cuda", "device placement")})
-    assert table["topo.graph"] == {"killed": 2, "survived": 0, "equivalent": 1, "cuda": 1, "not run": 0, "total": 4,
+    assert table["topo.graph"] == {"killed": 4, "survived": 0, "equivalent": 1, "cuda": 1, "not run": 0, "total": 6,
                                    "score": 1.0}
     assert table["topo.families"]["survived"] == 1 and table["topo.families"]["score"] == 0.0  # untested code
     assert table["topo.sparsity"]["not run"] == 1 and math.isnan(table["topo.sparsity"]["score"])
     assert mutation_score.mutant_glob("topo/graph/null.py") == "topo.graph.null.*"
     listed = mutation_score.read_listed()
-    assert all(kind in ("equivalent", "cuda") and why.strip() and mutation_score.package_of(name)
-               for name, (kind, why) in listed.items())
+    assert all(kind in ("equivalent", "cuda") and why.strip() and change.startswith("- ") and " ⏎ + " in change
+               and mutation_score.package_of(name) for name, (kind, why, change) in listed.items())
+
+
+def test_mutation_score_finds_listed_mutants_whose_change_is_no_longer_the_one_read():
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import mutation_score
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    diff = "\n".join(["--- topo/graph/x.py", "+++ topo/graph/x.py", "@@ -1,3 +1,3 @@", " def f(a, b):",
+                      "-    return a  <  b", "+    return a <= b", "     # unchanged"])
+    assert mutation_score.change_of(diff) == "- return a < b ⏎ + return a <= b"
+    listed = {"m_1": ("equivalent", "why", "- a ⏎ + b"), "m_2": ("cuda", "why", "- c ⏎ + d"),
+              "m_3": ("equivalent", "why", "- e ⏎ + f"), "m_4": ("equivalent", "why", "- g ⏎ + h")}
+    now = {"m_1": "- a ⏎ + b", "m_2": "- c ⏎ + x", "m_3": None, "m_4": "- g ⏎ + h"}
+    stale = mutation_score.stale_listings(listed, {"m_1", "m_2", "m_3", "m_5"}, change=now.get)
+    assert stale == {"m_2": "- c ⏎ + x", "m_3": None}  # m_4: not among the names asked about

@@ -9,7 +9,7 @@ import pytest
 import scipy.sparse
 import torch
 
-from topo.graph.products import csr_product
+from topo.graph.products import csr_index_dtype, csr_product
 
 
 def test_the_product_equals_scipys_for_vectors_and_blocks_whatever_the_threads(monkeypatch):
@@ -32,6 +32,15 @@ def test_the_product_equals_scipys_for_vectors_and_blocks_whatever_the_threads(m
         torch.set_num_threads(threads)
     assert np.array_equal(alone, product(vector))  # one thread per row: the same sums on any number of threads
     assert product(vector.astype(np.float32)).dtype == np.float64
+
+
+def test_csr_indices_are_int32_exactly_while_every_offset_and_index_fits_below_two_to_the_31():
+    # int32's largest value is 2³¹ − 1: a row offset can reach nnz, an index the width − 1, indptr's length rows + 1
+    assert csr_index_dtype(2**31 - 1, (10, 10)) == torch.int32
+    assert csr_index_dtype(2**31, (10, 10)) == torch.int64
+    assert csr_index_dtype(5, (2**31 - 1, 2**31 - 1)) == torch.int32
+    assert csr_index_dtype(5, (2**31, 3)) == torch.int64
+    assert csr_index_dtype(5, (3, 2**31)) == torch.int64
 
 
 def test_products_keep_the_shape_of_a_matrix_whose_last_row_and_column_are_empty(monkeypatch):
