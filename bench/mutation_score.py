@@ -19,6 +19,11 @@ mutant. Each line of the list therefore also holds the change it was read for (i
 the added lines of ``mutmut show NAME``); a listed mutant whose change is no longer that is reported as
 "listed for another change" and scored as a survivor until it is read again. ``--list NAME KIND WHY`` adds (or
 replaces) a line with the mutant's change filled in.
+
+mutmut keeps its results in ``mutants/``, on the machine that ran it. ``--save-results`` writes them to
+``bench/mutation_results.tsv`` (each mutant's status and the hash mutmut gives its function's code), for the
+repository; on another machine a mutant mutmut has no result for takes its recorded status while its function's
+hash is unchanged (mutmut keeps its own results on the same condition), and the report says how many did.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ REPO = Path(__file__).resolve().parents[1]
 #: The packages whose mutants are scored, by the prefix of their mutants' names.
 PACKAGES = {"topo.sparsity": "topo/sparsity", "topo.graph": "topo/graph", "topo.families": "topo/families.py"}
 EQUIVALENT = REPO / "bench" / "mutation_equivalent.tsv"
+#: Statuses carried between machines (``--save-results``): mutant → status, function hash.
+RECORD = REPO / "bench" / "mutation_results.tsv"
 #: mutmut's statuses that mean the tests saw the mutant: a test failed, ran out of time, or the test process died
 #: ("segfault": killed by a signal; "suspicious": any other abnormal exit) — a run no one would take for a pass.
 KILLED = ("killed", "timeout", "segfault", "suspicious")
@@ -156,6 +163,61 @@ def scores(statuses: dict[str, str], listed: dict[str, tuple[str, ...]]) -> dict
     return out
 
 
+def function_of(mutant: str) -> tuple[str, str]:
+    """``topo.graph.null.x_er_masks__mutmut_3`` → (``topo/graph/null.py``, ``x_er_masks``): its file and the key
+    mutmut hashes its function's code under."""
+    mangled = mutant.rpartition("__mutmut_")[0]
+    module, _, function = mangled.partition(".x")
+    return module.replace(".", "/") + ".py", "x" + function
+
+
+def function_hashes(mutants: Path = REPO / "mutants") -> dict[tuple[str, str], str]:
+    """(file, function key) → the hash mutmut gave the function's code when it made its mutants."""
+    hashes = {}
+    for meta in mutants.glob("topo/**/*.py.meta"):
+        path = meta.relative_to(mutants).as_posix().removesuffix(".meta")
+        for function, digest in json.loads(meta.read_text()).get("hash_by_function_name", {}).items():
+            hashes[(path, function)] = digest
+    return hashes
+
+
+def read_record(path: Path = RECORD) -> dict[str, tuple[str, str]]:
+    """Mutant → (status, function hash), from the carried results (``#`` lines are comments)."""
+    if not path.exists():
+        return {}
+    with open(path, newline="") as handle:
+        rows = [row for row in csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+                if row and not row[0].startswith("#")]
+    return {row[0]: (row[1], row[2]) for row in rows}
+
+
+def with_record(statuses: dict[str, str], record: dict[str, tuple[str, str]],
+                hashes: dict[tuple[str, str], str]) -> tuple[dict[str, str], set[str]]:
+    """``statuses`` with each mutant that has none here ("not checked") given its recorded status, where its
+    function's hash is the recorded one; and the names so given."""
+    merged, taken = dict(statuses), set()
+    for mutant, status in statuses.items():
+        if status == "not checked" and mutant in record:
+            recorded, digest = record[mutant]
+            if hashes.get(function_of(mutant)) == digest:
+                merged[mutant] = recorded
+                taken.add(mutant)
+    return merged, taken
+
+
+def save_record(statuses: dict[str, str], hashes: dict[tuple[str, str], str], path: Path = RECORD) -> int:
+    """Write every scored mutant's status with a result (here or carried) and its function's hash; returns how
+    many lines."""
+    rows = sorted((m, s, hashes[function_of(m)]) for m, s in statuses.items()
+                  if s != "not checked" and package_of(m) and function_of(m) in hashes)
+    lines = ["# mutant\tstatus (mutmut's)\thash of its function's code (mutmut's): bench/mutation_score.py"]
+    lines += ["\t".join(row) for row in rows]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)
+    return len(rows)
+
+
 def changed_files(since: str) -> list[str]:
     """Python files of the scored packages that differ from ``since`` (uncommitted and untracked included)."""
     diff = subprocess.run(["git", "diff", "--name-only", since, "--", *PACKAGES.values()], cwd=REPO,
@@ -180,6 +242,8 @@ def main() -> int:
     parser.add_argument("--max-children", type=int, default=2)
     parser.add_argument("--goal", type=float, default=0.9)
     parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("--save-results", action="store_true",
+                        help=f"write the results to {RECORD.relative_to(REPO)}, for the repository")
     parser.add_argument("--list", nargs=3, metavar=("NAME", "KIND", "WHY"),
                         help="list a surviving mutant as 'equivalent' or 'cuda', with one line of why, and exit")
     args = parser.parse_args()
@@ -195,7 +259,10 @@ def main() -> int:
                            check=True)
     listing = subprocess.run(["mutmut", "results", "--all", "true"], cwd=REPO, capture_output=True, text=True,
                              check=True).stdout
-    statuses = parse_results(listing)
+    hashes = function_hashes()
+    statuses, carried = with_record(parse_results(listing), read_record(), hashes)
+    if args.save_results:
+        print(f"{save_record(statuses, hashes)} results written to {RECORD.relative_to(REPO)}")
     listed = read_listed()
     survivors_listed = {m for m, s in statuses.items() if s not in KILLED and s != "not checked" and package_of(m)}
     moved = stale_listings(listed, survivors_listed)
@@ -207,6 +274,9 @@ def main() -> int:
     for package, row in figures.items():
         print(f"| `{PACKAGES[package]}` | {row['killed']} | {row['survived']} | {row['equivalent']} | {row['cuda']} | "
               f"{row['not run']} | {row['score']:.1%} |")
+    if carried:
+        print(f"({len(carried)} of these results carried in {RECORD.name}: mutmut has none here, and their "
+              "functions are unchanged)")
     survivors = sorted(m for m, s in statuses.items() if s not in KILLED and s != "not checked" and m not in current
                        and package_of(m))
     for mutant in survivors:

@@ -154,3 +154,32 @@ def test_mutation_score_finds_listed_mutants_whose_change_is_no_longer_the_one_r
     now = {"m_1": "- a ⏎ + b", "m_2": "- c ⏎ + x", "m_3": None, "m_4": "- g ⏎ + h"}
     stale = mutation_score.stale_listings(listed, {"m_1", "m_2", "m_3", "m_5"}, change=now.get)
     assert stale == {"m_2": "- c ⏎ + x", "m_3": None}  # m_4: not among the names asked about
+
+
+def test_mutation_results_carried_in_the_repository_count_only_while_their_function_is_unchanged(tmp_path):
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import mutation_score
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    assert mutation_score.function_of("topo.graph.null.x_er_masks__mutmut_3") == ("topo/graph/null.py", "x_er_masks")
+    assert mutation_score.function_of("topo.graph.backends.xǁCPUBackendǁtransitivity__mutmut_12") == (
+        "topo/graph/backends.py", "xǁCPUBackendǁtransitivity")
+    meta = tmp_path / "mutants" / "topo" / "graph" / "null.py.meta"
+    meta.parent.mkdir(parents=True)
+    meta.write_text(json.dumps({"hash_by_function_name": {"x_er_masks": "aaa", "x_nm_masks": "bbb"}}))
+    hashes = mutation_score.function_hashes(tmp_path / "mutants")
+    assert hashes == {("topo/graph/null.py", "x_er_masks"): "aaa", ("topo/graph/null.py", "x_nm_masks"): "bbb"}
+    here = {"topo.graph.null.x_er_masks__mutmut_1": "killed", "topo.graph.null.x_er_masks__mutmut_2": "not checked",
+            "topo.graph.null.x_nm_masks__mutmut_1": "not checked", "topo.graph.null.x_nm_masks__mutmut_2": "survived"}
+    record = tmp_path / "record.tsv"
+    assert mutation_score.save_record(here, hashes, record) == 2  # the results this machine has
+    assert mutation_score.read_record(record) == {"topo.graph.null.x_er_masks__mutmut_1": ("killed", "aaa"),
+                                                  "topo.graph.null.x_nm_masks__mutmut_2": ("survived", "bbb")}
+    carried = {"topo.graph.null.x_er_masks__mutmut_2": ("killed", "aaa"),  # function unchanged: taken
+               "topo.graph.null.x_nm_masks__mutmut_1": ("killed", "old"),  # function changed since: not taken
+               "topo.graph.null.x_er_masks__mutmut_1": ("survived", "aaa")}  # a result here wins
+    merged, taken = mutation_score.with_record(here, carried, hashes)
+    assert taken == {"topo.graph.null.x_er_masks__mutmut_2"}
+    assert merged == {**here, "topo.graph.null.x_er_masks__mutmut_2": "killed"}
+

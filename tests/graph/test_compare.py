@@ -200,6 +200,10 @@ def test_nnstd_random_is_nnstd_of_seeded_shuffles_with_its_sample_spread():
     assert mean == pytest.approx(draws.mean(0).tolist()) and std == pytest.approx(draws.std(0, ddof=1).tolist())
     assert nnstd_random(a, b, samples=2) == nnstd_random(a, b, samples=2, seed=0)
     assert nnstd_random(a, b, samples=2, seed=1) != nnstd_random(a, b, samples=2, seed=0)
+    assert nnstd_random(a, b) == nnstd_random(a, b, samples=20)  # the documented default
+    # without chain the second layer's inputs are not renamed by the first layer's matching (the draws are the same)
+    unchained, chained = nnstd_random(a, b, samples=2, chain=False), nnstd_random(a, b, samples=2)
+    assert unchained[0][0] == chained[0][0] and unchained[0][1] != chained[0][1]
     from topo.errors import MaskError
 
     with pytest.raises(MaskError, match="at least 2 samples"):
@@ -251,6 +255,8 @@ def test_nnstd_names_bad_masks_reads_conv1d_channels_and_takes_empty_layers():
     with pytest.raises(MaskError, match=r"mask 'a\[0\]' is not boolean"):
         nnstd([np.full((2, 2), 2)], [np.ones((2, 2), bool)])
     assert nnstd([np.zeros((0, 3), bool)], [np.zeros((0, 3), bool)]) == [0.0]
+    assert nnstd([np.zeros((3, 0), bool), np.ones((2, 3), bool)], [np.zeros((3, 0), bool), np.ones((2, 3), bool)]) \
+        == [0.0, 0.0]  # a first layer without inputs
     taps = np.zeros((3, 2, 4), bool)
     taps[0, 0, 1] = taps[1, 1, 3] = taps[2, :, 0] = True
     moved = np.zeros_like(taps)

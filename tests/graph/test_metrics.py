@@ -542,3 +542,12 @@ def test_the_blas_triangle_count_of_a_dense_graph_is_exact():
     degrees = exact.sum(1)
     expected = int(((exact @ exact) * exact).sum()) / int((degrees * (degrees - 1)).sum())
     assert backends.CPU.transitivity(adjacency) == expected
+
+
+def test_lambda2_of_a_dense_bipartite_graph_with_unequal_sides_equals_the_dense_solve():
+    # 450 nodes: Lanczos, with the 250 × 200 block held dense (density 0.6), split at the inputs' side
+    mask = np.random.default_rng(3).random((250, 200)) < 0.6
+    graph = bipartite_graph(mask)
+    adjacency = graph.adjacency.astype(np.float64)
+    expected = np.linalg.eigvalsh(np.diag(adjacency.sum(1)) - adjacency)[1]
+    assert graph.parts == (200, 250) and algebraic_connectivity(graph) == pytest.approx(expected, rel=1e-10)

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import scipy.sparse
+import scipy.sparse.linalg
 import torch
 
 from topo.graph import bipartite_graph, square_graph, summarize
@@ -140,8 +141,27 @@ def test_square_and_bipartite_spectra_of_graphs_just_above_the_dense_limit():
     found = square_spectrum(adjacency)
     assert found == pytest.approx(expected, rel=1e-9)
     assert square_spectrum(torch.from_numpy(adjacency)) == found  # a CPU tensor takes the same path
+    assert values[-2] > -values[0]  # here μ is λ2; below, the smallest eigenvalue's magnitude
+    upper = np.triu(np.random.default_rng(0).random((n, n)) < 0.01, 1)
+    adjacency = upper | upper.T
+    values = np.linalg.eigvalsh(adjacency.astype(np.float64))
+    degrees = adjacency.sum(1)
+    assert -values[0] > values[-2]
+    assert square_spectrum(adjacency)["ramanujan_gap"] == pytest.approx(
+        2 * math.sqrt(degrees[degrees > 0].mean() - 1) + values[0], rel=1e-9)
     block = rng.random((DENSE_LIMIT + 6, DENSE_LIMIT + 2)) < 0.01
     assert top_singular_values(block.astype(np.float64)) == pytest.approx(numpy_sigmas(block)[:2], rel=1e-9)
+
+
+def test_square_spectrum_falls_back_to_the_dense_solve_when_lanczos_does_not_converge(monkeypatch):
+    def no_convergence(*args, **kwargs):
+        raise scipy.sparse.linalg.ArpackNoConvergence("no convergence", np.zeros(0), np.zeros((0, 0)))
+
+    upper = np.triu(np.random.default_rng(2).random((DENSE_LIMIT + 10,) * 2) < 0.01, 1)
+    adjacency = upper | upper.T
+    expected = square_spectrum(adjacency)
+    monkeypatch.setattr(scipy.sparse.linalg, "eigsh", no_convergence)
+    assert square_spectrum(adjacency) == pytest.approx(expected, rel=1e-9)
 
 
 def test_square_spectrum_of_a_single_edge_by_hand():
