@@ -148,3 +148,43 @@ def test_a_dense_bipartite_blocks_products_equal_the_csr_products_and_the_same_l
             calls.clear()
             build(*argument)
             assert bool(calls) == through_csr
+
+
+def test_lambda2_of_a_path_comes_from_the_shift_invert_solve_and_then_from_the_dense_one(monkeypatch):
+    # a path's small eigenvalues 2(1 − cos(πk/n)) cluster near 0: plain Lanczos does not converge in its restarts
+    import scipy.sparse.linalg
+
+    from topo.graph.spectral import lambda2_scipy
+
+    n = 300
+    path = np.zeros((n, n), dtype=bool)
+    path[np.arange(n - 1), np.arange(1, n)] = path[np.arange(1, n), np.arange(n - 1)] = True
+    expected = 2 * (1 - np.cos(np.pi / n))
+    shifts = []
+    original = scipy.sparse.linalg.eigsh
+
+    def spy(*args, **kwargs):
+        shifts.append(kwargs.get("sigma"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(scipy.sparse.linalg, "eigsh", spy)
+    assert lambda2_scipy(path) == pytest.approx(expected, rel=1e-9)
+    assert shifts[0] is None and -0.01 < shifts[1] < 0  # the plain solve gave up; the shift sits just below 0
+
+    def no_convergence(*args, **kwargs):
+        raise scipy.sparse.linalg.ArpackNoConvergence("no convergence", np.zeros(0), np.zeros((0, 0)))
+
+    monkeypatch.setattr(scipy.sparse.linalg, "eigsh", no_convergence)
+    assert lambda2_scipy(path) == pytest.approx(expected, rel=1e-9)  # the dense solve
+
+
+def test_lambda2_by_lanczos_equals_the_dense_solve_where_lambda2_is_not_well_separated():
+    # a sparse random graph: λ2 sits at the edge of the bulk, which a loose Lanczos tolerance misses by 0.1
+    import scipy.sparse.csgraph
+
+    from topo.graph.spectral import lambda2_scipy
+
+    upper = np.triu(np.random.default_rng(0).random((400, 400)) < 0.02, 1)
+    adjacency = upper | upper.T
+    assert scipy.sparse.csgraph.connected_components(adjacency)[0] == 1
+    assert lambda2_scipy(adjacency, 64) == pytest.approx(lambda2_scipy(adjacency, 400), rel=1e-9)
