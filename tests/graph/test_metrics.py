@@ -369,7 +369,7 @@ def test_components_by_the_search_from_one_node_or_by_scipy_equal_networkx(monke
     path_with_isolated = nx.path_graph(10)
     path_with_isolated.add_nodes_from(range(10, 13))
     star_with_tail = nx.star_graph(5)
-    star_with_tail.add_edge(5, 6)  # reached only through the last band of the frontier of leaves
+    star_with_tail.add_edge(1, 6)  # reached only through the first band of the frontier of leaves
     monkeypatch.setattr(backends, "REACH_ROWS", 2)  # frontiers of more than one band
     cases = [nx.path_graph(40), star_with_tail, path_with_isolated,
              nx.disjoint_union(nx.complete_graph(3), nx.complete_graph(4)), nx.empty_graph(5),
@@ -403,6 +403,7 @@ def test_the_csr_form_of_a_dense_mask_equals_scipys_across_bands(monkeypatch):
             assert got.shape == expected.shape and got.has_sorted_indices
             np.testing.assert_array_equal(got.indptr, expected.indptr)
             np.testing.assert_array_equal(got.indices, expected.indices)
+            assert got.indptr.dtype == got.indices.dtype == expected.indices.dtype == np.int32  # scipy's width
             assert got.data.all() and got.data.dtype == bool
 
 

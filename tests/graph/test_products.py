@@ -9,7 +9,8 @@ import pytest
 import scipy.sparse
 import torch
 
-from topo.graph.products import csr_index_dtype, csr_product
+from topo.graph.bitsets import csr_index_dtype, csr_of
+from topo.graph.products import csr_product
 
 
 def test_the_product_equals_scipys_for_vectors_and_blocks_whatever_the_threads(monkeypatch):
@@ -34,13 +35,22 @@ def test_the_product_equals_scipys_for_vectors_and_blocks_whatever_the_threads(m
     assert product(vector.astype(np.float32)).dtype == np.float64
 
 
-def test_csr_indices_are_int32_exactly_while_every_offset_and_index_fits_below_two_to_the_31():
+def test_csr_indices_are_int32_exactly_while_every_offset_and_index_fits_below_two_to_the_31(monkeypatch):
     # int32's largest value is 2³¹ − 1: a row offset can reach nnz, an index the width − 1, indptr's length rows + 1
-    assert csr_index_dtype(2**31 - 1, (10, 10)) == torch.int32
-    assert csr_index_dtype(2**31, (10, 10)) == torch.int64
-    assert csr_index_dtype(5, (2**31 - 1, 2**31 - 1)) == torch.int32
-    assert csr_index_dtype(5, (2**31, 3)) == torch.int64
-    assert csr_index_dtype(5, (3, 2**31)) == torch.int64
+    assert csr_index_dtype(2**31 - 1, (10, 10)) == np.int32
+    assert csr_index_dtype(2**31, (10, 10)) == np.int64
+    assert csr_index_dtype(5, (2**31 - 1, 2**31 - 1)) == np.int32
+    assert csr_index_dtype(5, (2**31, 3)) == np.int64
+    assert csr_index_dtype(5, (3, 2**31)) == np.int64
+    from topo.graph import bitsets, products
+
+    mask = np.random.default_rng(0).random((300, 200)) < 0.1
+    monkeypatch.setattr(bitsets, "csr_index_dtype", lambda nnz, shape: np.int64)  # as above 2³¹ non-zeros
+    wide = csr_of(mask)
+    assert wide.indptr.dtype == wide.indices.dtype == np.int64
+    monkeypatch.setattr(products, "THREADED_FROM", 0)  # torch's kernel takes int64 indices as they are
+    vector = np.random.default_rng(1).standard_normal(200)
+    np.testing.assert_allclose(csr_product(wide)(vector), mask @ vector, rtol=1e-12)
 
 
 def test_products_keep_the_shape_of_a_matrix_whose_last_row_and_column_are_empty(monkeypatch):

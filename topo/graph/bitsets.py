@@ -44,13 +44,19 @@ def csr_of(adjacency: np.ndarray) -> scipy.sparse.csr_array:
 CSR_BAND_ROWS = 1024
 
 
+def csr_index_dtype(nnz: int, shape: tuple[int, int]) -> type[np.signedinteger]:
+    """The narrowest index type of a CSR matrix of ``nnz`` non-zeros and ``shape`` (scipy's rule): int32 while every
+    row offset (at most ``nnz``) and column index (below the width) and the row count fit below 2³¹, else int64."""
+    return np.int32 if max(nnz, *shape) < 2**31 else np.int64
+
+
 def _dense_to_csr(matrix: np.ndarray) -> scipy.sparse.csr_array:
     """The CSR form of a dense boolean matrix, a band of rows at a time: the row pointers from the row sums, the
     column indices from the band's flat non-zeros (in order, so sorted within each row). scipy's conversion goes
     through COO and CSC: 9× slower on a 15,104-node adjacency of 45 M non-zeros (a 4096 × 11008 2:4 layer)."""
     rows, cols = matrix.shape
     nnz = int(np.count_nonzero(matrix))
-    index = np.int32 if max(nnz, rows, cols) < 2**31 else np.int64
+    index = csr_index_dtype(nnz, (rows, cols))
     indptr = np.zeros(rows + 1, dtype=index)
     np.cumsum(matrix.sum(1, dtype=np.int64), out=indptr[1:], dtype=index)
     indices = np.empty(nnz, dtype=index)

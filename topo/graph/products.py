@@ -23,24 +23,17 @@ from topo.graph.bitsets import csr_of
 THREADED_FROM = 1_000_000
 
 
-def csr_index_dtype(nnz: int, shape: tuple[int, int]) -> torch.dtype:
-    """The narrowest index type of a torch CSR tensor of ``nnz`` non-zeros and ``shape``: int32 while every row
-    offset (at most ``nnz``) and column index (below the width) and the row count fit below 2³¹, else int64."""
-    return torch.int32 if max(nnz, *shape) < 2**31 else torch.int64
-
-
 def csr_product(matrix: scipy.sparse.csr_array | scipy.sparse.csr_matrix) -> Callable[[np.ndarray], np.ndarray]:
     """``x ↦ matrix @ x`` in float64 (``x`` a vector or a block of columns): through torch's CSR kernel from
-    :data:`THREADED_FROM` non-zeros, else scipy's."""
+    :data:`THREADED_FROM` non-zeros, else scipy's. Torch takes the matrix's index arrays as they are, int32 or
+    int64 (:func:`topo.graph.bitsets.csr_index_dtype`)."""
     csr = scipy.sparse.csr_array(matrix)
     if csr.nnz < THREADED_FROM:
         small = csr.astype(np.float64)
         return lambda x: small @ np.asarray(x, dtype=np.float64)
-    index = csr_index_dtype(csr.nnz, csr.shape)
     with warnings.catch_warnings():  # torch calls its CSR support beta: the product used here is its oldest kernel
         warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta state", UserWarning)
-        tensor = torch.sparse_csr_tensor(torch.from_numpy(csr.indptr).to(index),
-                                         torch.from_numpy(csr.indices).to(index),
+        tensor = torch.sparse_csr_tensor(torch.from_numpy(csr.indptr), torch.from_numpy(csr.indices),
                                          torch.from_numpy(np.asarray(csr.data, dtype=np.float64)), size=csr.shape,
                                          check_invariants=False)
 
