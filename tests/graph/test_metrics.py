@@ -552,3 +552,15 @@ def test_lambda2_of_a_dense_bipartite_graph_with_unequal_sides_equals_the_dense_
     adjacency = graph.adjacency.astype(np.float64)
     expected = np.linalg.eigvalsh(np.diag(adjacency.sum(1)) - adjacency)[1]
     assert graph.parts == (200, 250) and algebraic_connectivity(graph) == pytest.approx(expected, rel=1e-10)
+
+
+@pytest.mark.parametrize(("graph", "expected"), [
+    (nx.cycle_graph(301), 2 * (1 - math.cos(2 * math.pi / 301))),  # λ2 of a cycle C_n: 2 − 2cos(2π/n), twice
+    (nx.grid_2d_graph(20, 20), 2 * (1 - math.cos(math.pi / 20))),  # of a grid P_s × P_s: the path's, twice
+    (nx.grid_2d_graph(17, 17, periodic=True), 2 * (1 - math.cos(2 * math.pi / 17))),  # of a torus: the cycle's, ×4
+], ids=["cycle", "grid", "torus"])
+def test_lambda2_of_graphs_whose_lambda2_is_repeated_is_lambda2_through_lanczos(graph, expected):
+    # above the dense limit (256 nodes) λ2 comes from ARPACK, which finds one copy of a repeated eigenvalue only
+    adjacency = nx.to_numpy_array(graph, dtype=bool)
+    assert adjacency.shape[0] > 256
+    assert algebraic_connectivity(Graph(adjacency, built=True), backend="cpu") == pytest.approx(expected, rel=1e-9)

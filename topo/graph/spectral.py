@@ -157,13 +157,16 @@ def lambda2_scipy(adjacency: np.ndarray, dense_limit: int = 256, split: int | No
     """λ2 of one connected graph (numpy boolean adjacency, n ≥ 2) with scipy, on the CPU.
 
     LAPACK's ``eigh`` restricted to the second eigenvalue up to ``dense_limit`` nodes. Above it ARPACK's Lanczos for
-    the two smallest eigenvalues (0 and λ2) of the Laplacian (its products on every core,
+    the two smallest eigenvalues of the Laplacian (its products on every core,
     :func:`topo.graph.products.adjacency_product`: a bipartite graph's, when ``split`` gives its first side, from
-    its block held dense when that is faster), to ARPACK's tolerance 1e-8 and at most 50
-    restarts of a 40-vector basis (twice ARPACK's default: half the matrix products on the clustered spectra of N:M
-    layers, measured on a 2:4 Llama MLP layer); when that does not converge (λ2 inside a cluster of tiny
-    eigenvalues, as in path-like graphs), ARPACK in shift-invert mode around a small negative shift, where 0 and λ2
-    are the eigenvalues nearest the shift and converge at once; if even that fails, the dense solve.
+    its block held dense when that is faster), to ARPACK's tolerance 1e-8 and at most 50 restarts of a 40-vector
+    basis (twice ARPACK's default: half the matrix products on the clustered spectra of N:M layers, measured on a
+    2:4 Llama MLP layer); when that does not converge (λ2 inside a cluster of tiny eigenvalues, as in path-like
+    graphs), ARPACK in shift-invert mode around a small negative shift, where 0 and λ2 are the eigenvalues nearest
+    the shift and converge at once; if even that fails, the dense solve. Of the eigenvalues either solve returns,
+    λ2 is the smallest above 1/n² (a connected graph's λ2 is at least 4/(n·diameter) > 4/n², Mohar 1991), not
+    the larger of the two: for graphs whose λ2 is repeated (cycles, grids, tori) ARPACK returned λ2 and λ4, missing
+    0 and λ2's second copy, and the larger was twice to four times λ2.
 
     ARPACK's tolerance bounds the Ritz residual relative to the eigenvalue; the eigenvalue's own error is of the
     order of the residual's square over the spectral gap: λ2 of 2:4 layers (3,776 and 7,552 nodes) came out equal
@@ -180,7 +183,8 @@ def lambda2_scipy(adjacency: np.ndarray, dense_limit: int = 256, split: int | No
     try:
         values = scipy.sparse.linalg.eigsh(laplacian_operator, k=2, which="SA", tol=1e-8, maxiter=50,
                                            ncv=min(n - 1, 40), v0=start, return_eigenvectors=False)
-        return float(np.max(values))
+        if (found := _smallest_nonzero(values, n)) is not None:
+            return found
     except scipy.sparse.linalg.ArpackNoConvergence:
         pass
     laplacian = scipy.sparse.diags_array(degrees) - csr_of(adjacency).astype(np.float64)
@@ -188,9 +192,18 @@ def lambda2_scipy(adjacency: np.ndarray, dense_limit: int = 256, split: int | No
     try:
         values = scipy.sparse.linalg.eigsh(laplacian.tocsc(), k=2, sigma=shift, which="LM", v0=start,
                                            return_eigenvectors=False)
-        return float(np.max(values))
+        if (found := _smallest_nonzero(values, n)) is not None:
+            return found
     except scipy.sparse.linalg.ArpackNoConvergence:
-        return _lambda2_lapack(adjacency, degrees)
+        pass
+    return _lambda2_lapack(adjacency, degrees)
+
+
+def _smallest_nonzero(values: np.ndarray, n: int) -> float | None:
+    """The smallest Laplacian eigenvalue among ``values`` above 1/n² (below it only the null one of a connected
+    graph of n nodes, see :func:`lambda2_scipy`); None when there is none."""
+    nonzero = values[values > 1.0 / n**2]
+    return float(nonzero.min()) if nonzero.size else None
 
 
 def _lambda2_lapack(adjacency: np.ndarray, degrees: np.ndarray) -> float:
