@@ -129,6 +129,15 @@ def test_fused_qkv_splits_only_where_the_sizes_are_known():
     assert gqa.role("a.qkv_proj.weight", (128, 64)).sizes == (64, 32, 32)
     wrong = detect({"a.qkv_proj.weight": (128, 64)}, {"num_attention_heads": 4, "num_key_value_heads": 1})
     assert wrong.role("a.qkv_proj.weight", (128, 64)).parts == ()
+    assert any("a.qkv_proj.weight left fused" in note for note in wrong.notes)  # said so, by the head counts
+    assert gqa.notes == () and detect({"a.q_proj.weight": (64, 64)}, {"model_type": "llama"}).notes == ()
+
+
+def test_an_interleaved_query_key_value_is_left_fused_without_its_head_count_and_said_so():
+    shapes = {"layers.0.attention.query_key_value.weight": (192, 64)}
+    assert any("query_key_value left fused" in note for note in detect(shapes, {"model_type": "gpt_neox"}).notes)
+    split = detect(shapes, {"model_type": "gpt_neox", "num_attention_heads": 4})
+    assert split.notes == () and split.role(*shapes.popitem()).parts == ("q", "k", "v")
 
 
 def test_erk_reads_a_conv1d_fused_projection_along_its_outputs():
