@@ -130,7 +130,10 @@ def test_fused_qkv_splits_only_where_the_sizes_are_known():
     wrong = detect({"a.qkv_proj.weight": (128, 64)}, {"num_attention_heads": 4, "num_key_value_heads": 1})
     assert wrong.role("a.qkv_proj.weight", (128, 64)).parts == ()
     assert any("a.qkv_proj.weight left fused" in note for note in wrong.notes)  # said so, by the head counts
-    assert gqa.notes == () and detect({"a.q_proj.weight": (64, 64)}, {"model_type": "llama"}).notes == ()
+    llama = detect({"a.q_proj.weight": (64, 64)}, {"model_type": "llama"})
+    assert gqa.notes == () and llama.notes == () and llama.model_type == "llama"
+    assert detect({"a.qkv_proj.weight": (192,)}).notes == ()  # a 1-D weight is no fused projection
+    assert gqa.role("a.num_batches_tracked", ()).kind == "layer"  # nor a 0-D one
 
 
 def test_an_interleaved_query_key_value_is_left_fused_without_its_head_count_and_said_so():
