@@ -35,7 +35,7 @@ def test_the_product_equals_scipys_for_vectors_and_blocks_whatever_the_threads(m
     assert product(vector.astype(np.float32)).dtype == np.float64
 
 
-def test_csr_indices_are_int32_exactly_while_every_offset_and_index_fits_below_two_to_the_31(monkeypatch):
+def test_the_csr_index_width_is_int32_exactly_while_every_offset_and_index_fits_below_two_to_the_31(monkeypatch):
     # int32's largest value is 2³¹ − 1: a row offset can reach nnz, an index the width − 1, indptr's length rows + 1
     assert csr_index_dtype(2**31 - 1, (10, 10)) == np.int32
     assert csr_index_dtype(2**31, (10, 10)) == np.int64
