@@ -198,3 +198,31 @@ def test_lambda2_by_lanczos_equals_the_dense_solve_where_lambda2_is_not_well_sep
     adjacency = upper | upper.T
     assert scipy.sparse.csgraph.connected_components(adjacency)[0] == 1
     assert lambda2_scipy(adjacency, 64) == pytest.approx(lambda2_scipy(adjacency, 400), rel=1e-9)
+
+
+def test_lambda2_of_a_cycle_comes_from_lanczos_alone_and_of_a_path_from_the_shift_invert_solve(monkeypatch):
+    # neither needs the dense solve: a cycle's repeated λ2 is found by the plain Lanczos, a path's by shift-invert
+    import scipy.sparse.linalg
+
+    from topo.graph import spectral
+
+    monkeypatch.setattr(spectral, "_lambda2_lapack", None)  # any call fails
+    shifts = []
+    original = scipy.sparse.linalg.eigsh
+    monkeypatch.setattr(scipy.sparse.linalg, "eigsh",
+                        lambda *args, **kwargs: shifts.append(kwargs.get("sigma")) or original(*args, **kwargs))
+    n = 301
+    nodes = np.arange(n)
+    cycle = np.zeros((n, n), dtype=bool)
+    cycle[nodes, (nodes + 1) % n] = cycle[(nodes + 1) % n, nodes] = True
+    assert spectral.lambda2_scipy(cycle) == pytest.approx(2 * (1 - np.cos(2 * np.pi / n)), rel=1e-9)
+    assert shifts == [None]
+    path = cycle.copy()
+    path[0, n - 1] = path[n - 1, 0] = False
+    assert spectral.lambda2_scipy(path) == pytest.approx(2 * (1 - np.cos(np.pi / n)), rel=1e-9)
+    assert shifts[1] is None and shifts[2] is not None
+    path = path.copy()  # a new array (csr_of keeps the CSR form of the last array it saw)
+    path[0, 2] = path[2, 0] = True  # a triangle at one end: not bipartite, so D + A's spectrum is not D − A's
+    laplacian = np.diag(path.sum(1).astype(np.float64)) - path
+    assert spectral.lambda2_scipy(path) == pytest.approx(np.linalg.eigvalsh(laplacian)[1], rel=1e-9)
+    assert shifts[4] is not None
