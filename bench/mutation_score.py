@@ -53,12 +53,23 @@ KILLED = ("killed", "timeout", "segfault", "suspicious")
 def read_listed(path: Path = EQUIVALENT) -> dict[str, tuple[str, str, str]]:
     """Mutant name → (kind, why, change), from the TSV (kind ``equivalent`` or ``cuda``; change: see
     :func:`mutant_change`, empty on a line without it; ``#`` lines are comments)."""
+    return {row[0]: (row[1], row[2], row[3] if len(row) > 3 else "") for row in _read_tsv(path)}
+
+
+def _read_tsv(path: Path) -> list[list[str]]:
+    """The rows of one of this script's TSV files (none when it is absent), ``#`` lines left out."""
     if not path.exists():
-        return {}
+        return []
     with open(path, newline="") as handle:
-        rows = [row for row in csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        return [row for row in csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
                 if row and not row[0].startswith("#")]
-    return {row[0]: (row[1], row[2], row[3] if len(row) > 3 else "") for row in rows}
+
+
+def _write_lines(path: Path, lines: list[str]) -> None:
+    """Write ``lines`` to ``path`` through a temporary file and a rename (never half a file)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)
 
 
 def mutant_change(name: str) -> str | None:
@@ -67,10 +78,8 @@ def mutant_change(name: str) -> str | None:
     mutants now)."""
     from mutmut.mutation.diff_apply import get_diff_for_mutant
 
-    module, _, _ = name.partition(".x")
-    path = module.replace(".", "/") + ".py"
     try:
-        return change_of(get_diff_for_mutant(name, path=path))
+        return change_of(get_diff_for_mutant(name, path=function_of(name)[0]))
     except (FileNotFoundError, KeyError, ValueError):
         return None
 
@@ -106,9 +115,7 @@ def add_listing(name: str, kind: str, why: str, path: Path = EQUIVALENT) -> str:
         raise SystemExit(f"mutmut has no mutant {name} (run it first)")
     lines = [line for line in path.read_text().splitlines() if line.split("\t", 1)[0] != name]
     lines.append("\t".join((name, kind, " ".join(why.split()), change)))
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)
+    _write_lines(path, lines)
     return change
 
 
@@ -183,12 +190,7 @@ def function_hashes(mutants: Path = REPO / "mutants") -> dict[tuple[str, str], s
 
 def read_record(path: Path = RECORD) -> dict[str, tuple[str, str]]:
     """Mutant → (status, function hash), from the carried results (``#`` lines are comments)."""
-    if not path.exists():
-        return {}
-    with open(path, newline="") as handle:
-        rows = [row for row in csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-                if row and not row[0].startswith("#")]
-    return {row[0]: (row[1], row[2]) for row in rows}
+    return {row[0]: (row[1], row[2]) for row in _read_tsv(path)}
 
 
 def with_record(statuses: dict[str, str], record: dict[str, tuple[str, str]],
@@ -211,10 +213,7 @@ def save_record(statuses: dict[str, str], hashes: dict[tuple[str, str], str], pa
     rows = sorted((m, s, hashes[function_of(m)]) for m, s in statuses.items()
                   if s != "not checked" and package_of(m) and function_of(m) in hashes)
     lines = ["# mutant\tstatus (mutmut's)\thash of its function's code (mutmut's): bench/mutation_score.py"]
-    lines += ["\t".join(row) for row in rows]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)
+    _write_lines(path, lines + ["\t".join(row) for row in rows])
     return len(rows)
 
 
@@ -264,8 +263,8 @@ def main() -> int:
     if args.save_results:
         print(f"{save_record(statuses, hashes)} results written to {RECORD.relative_to(REPO)}")
     listed = read_listed()
-    survivors_listed = {m for m, s in statuses.items() if s not in KILLED and s != "not checked" and package_of(m)}
-    moved = stale_listings(listed, survivors_listed)
+    surviving = {m for m, s in statuses.items() if s not in KILLED and s != "not checked" and package_of(m)}
+    moved = stale_listings(listed, surviving)
     current = {m: entry for m, entry in listed.items() if m not in moved}
     figures = scores(statuses, current)
     print(f"# {' '.join(sys.argv)}")
@@ -277,8 +276,7 @@ def main() -> int:
     if carried:
         print(f"({len(carried)} of these results carried in {RECORD.name}: mutmut has none here, and their "
               "functions are unchanged)")
-    survivors = sorted(m for m, s in statuses.items() if s not in KILLED and s != "not checked" and m not in current
-                       and package_of(m))
+    survivors = sorted(surviving - set(current))
     for mutant in survivors:
         if mutant in moved:
             print(f"survived: {mutant} (listed for another change; now: {moved[mutant]})")
